@@ -1,0 +1,1 @@
+"""egg: Entropy-Gradient Grounding for vision-language models."""

@@ -1,0 +1,58 @@
+"""Form key-value lookup (DocVQA): a page of small text lines with coloured field tags and values.
+
+One question in three compares two fields ("which is larger, the red or the blue field ?").
+"""
+from __future__ import annotations
+
+from PIL import ImageDraw
+
+from ..core import COLOURS, Item, canvas_size, evidence_side, font, pick, place, scribble, text_fit, union
+
+METRIC = "anls"
+FRAC = (0.001, 0.015)
+MULTI_P = 1 / 3
+
+
+def generate(rng) -> Item:
+    w, h = canvas_size(rng, aspect=(0.6, 1.1))
+    img = _page(rng, w, h)
+    d = ImageDraw.Draw(img)
+    colours = pick(rng, list(COLOURS), int(rng.integers(3, 6)))
+    values = [int(v) for v in rng.choice(range(10, 100), size=len(colours), replace=False)]
+    taken, fields = [], []
+    for c, v in zip(colours, values):
+        s = evidence_side(rng, w, h, FRAC)
+        fw, fh = int(s * 1.6), max(10, int(s * 0.6))
+        box = place(rng, w, h, fw, fh, taken)
+        tag = (box[0], box[1], box[0] + int(fw * 0.35), box[3])
+        val = (tag[2], box[1], box[2], box[3])
+        d.rectangle(box, fill=(255, 255, 255))
+        d.rectangle(tag, fill=COLOURS[c])
+        text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=0.85)
+        fields.append((c, v, union(tag, val)))
+    if rng.random() < MULTI_P:
+        (c1, v1, b1), (c2, v2, b2) = fields[0], fields[1]
+        ans = c1 if v1 > v2 else c2
+        return Item(img, f"which is larger , the {c1} or the {c2} field ?", [ans], [b1, b2], "doc",
+                    meta={"key": [c1, c2], "values": [v1, v2]})
+    c, v, b = fields[0]
+    return Item(img, f"what is the value of the {c} field ?", [str(v)], [b], "doc", meta={"key": c})
+
+
+def _page(rng, w: int, h: int):
+    """White page covered in grey lines of small pseudo-text: dense distractors, like a scanned form."""
+    from PIL import Image
+
+    img = Image.new("RGB", (w, h), (250, 250, 248))
+    d = ImageDraw.Draw(img)
+    y = int(rng.integers(10, 30))
+    while y < h - 20:
+        size = int(rng.integers(9, 16))
+        x = int(rng.integers(10, 60))
+        while x < w - 60:
+            word = scribble(rng)
+            g = int(rng.integers(60, 140))
+            d.text((x, y), word, fill=(g, g, g), font=font(size, bold=False))
+            x += int(size * 0.6 * len(word)) + int(rng.integers(6, 20))
+        y += size + int(rng.integers(6, 20))
+    return img

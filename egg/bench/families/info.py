@@ -1,0 +1,61 @@
+"""Infographic / chart value reading (InfographicVQA): coloured bars with small value labels.
+
+Bars are drawn to scale, so a glance gives the rough size but not the printed value; one
+question in three compares two bars whose values differ by at most 5.
+"""
+from __future__ import annotations
+
+from PIL import ImageDraw
+
+from ..core import COLOURS, Item, background, canvas_size, font, pick, scribble, text_fit
+
+METRIC = "anls"
+MULTI_P = 1 / 3
+
+
+def generate(rng) -> Item:
+    w, h = canvas_size(rng, aspect=(0.5, 1.4))
+    img = background(rng, w, h)
+    d = ImageDraw.Draw(img)
+    n = int(rng.integers(4, 7))
+    colours = pick(rng, list(COLOURS), n)
+    values = [int(v) for v in rng.choice(range(20, 100), size=n, replace=False)]
+    if rng.random() < MULTI_P:
+        values[1] = values[0] + int(rng.choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]))
+        values[1] = min(99, max(10, values[1])) if values[1] != values[0] else values[0] + 1
+        multi = True
+    else:
+        multi = False
+    # chart panel occupying a random part of the canvas
+    pw, ph = int(w * rng.uniform(0.45, 0.8)), int(h * rng.uniform(0.3, 0.55))
+    px, py = int(rng.integers(5, w - pw - 5)), int(rng.integers(5, h - ph - 5))
+    d.rectangle([px, py, px + pw, py + ph], fill=(252, 252, 252), outline=(80, 80, 80))
+    d.text((px + 8, py + 4), scribble(rng, 10), fill=(60, 60, 60), font=font(max(8, ph // 25)))
+    slot = pw / n
+    bw = slot * rng.uniform(0.45, 0.7)
+    label_h = max(9, int(min(slot * 0.45, ph * 0.1)))
+    base_y, top_y = py + ph - 6, py + ph * 0.2 + label_h
+    bars = []
+    order = rng.permutation(n)
+    for i, k in enumerate(order):
+        c, v = colours[k], values[k]
+        x0 = px + i * slot + (slot - bw) / 2
+        y0 = base_y - (base_y - top_y) * v / 100
+        d.rectangle([x0, y0, x0 + bw, base_y], fill=COLOURS[c])
+        lw = int(min(slot * 0.95, label_h * 1.8))
+        lx = int(x0 + bw / 2 - lw / 2)
+        label = (lx, int(y0) - label_h - 2, lx + lw, int(y0) - 2)
+        text_fit(d, label, str(v), fill=(0, 0, 0), fill_frac=0.95)
+        # evidence: the label plus the top of its bar (what identifies the colour)
+        ev = (min(label[0], int(x0)), label[1], max(label[2], int(x0 + bw)), int(y0) + max(4, label_h // 2))
+        bars.append((c, v, ev))
+    by_colour = {c: (v, b) for c, v, b in bars}
+    if multi:
+        c1, c2 = colours[0], colours[1]
+        (v1, b1), (v2, b2) = by_colour[c1], by_colour[c2]
+        ans = c1 if v1 > v2 else c2
+        return Item(img, f"which is larger , the {c1} or the {c2} bar ?", [ans], [b1, b2], "info",
+                    meta={"key": [c1, c2], "values": [v1, v2]})
+    c = colours[0]
+    v, b = by_colour[c]
+    return Item(img, f"what is the value of the {c} bar ?", [str(v)], [b], "info", meta={"key": c})

@@ -1,0 +1,51 @@
+"""Object existence (POPE): "is there a {colour} {shape} ?" over scattered small objects.
+
+Half the questions are positives. Negatives come in POPE's three kinds: random (an absent
+pair drawn at random), popular (an absent pair using the most frequent colour in the image)
+and adversarial (colour and shape both present in the image, but never together). A
+negative's evidence box is its most confusable object (same colour), which a model must
+inspect to say no.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from PIL import ImageDraw
+
+from ..core import COLOURS, SHAPES, Item, background, canvas_size, draw_shape, evidence_side, pick, place
+
+METRIC = "pope"
+FRAC = (0.001, 0.012)
+NEGATIVES = ("random", "popular", "adversarial")
+
+
+def generate(rng) -> Item:
+    w, h = canvas_size(rng)
+    img = background(rng, w, h)
+    d = ImageDraw.Draw(img)
+    taken, objs = [], []
+    for _ in range(int(rng.integers(4, 8))):
+        s = evidence_side(rng, w, h, FRAC)
+        box = place(rng, w, h, s, s, taken)
+        c, t = pick(rng, list(COLOURS)), pick(rng, SHAPES)
+        draw_shape(d, t, box, COLOURS[c])
+        objs.append((c, t, box))
+    present = {(c, t) for c, t, _ in objs}
+    absent = [(c, t) for c in COLOURS for t in SHAPES if (c, t) not in present]
+    if rng.random() < 0.5 or not absent:
+        c, t, box = objs[int(rng.integers(0, len(objs)))]
+        return Item(img, f"is there a {c} {t} in the image ?", ["yes"], [box], "pope",
+                    meta={"label": "yes", "negative": None, "key": c})
+    kind = NEGATIVES[int(rng.integers(0, 3))]
+    colours_here = Counter(c for c, _, _ in objs)
+    shapes_here = {t for _, t, _ in objs}
+    pool = absent
+    if kind == "popular":
+        top = colours_here.most_common(1)[0][0]
+        pool = [p for p in absent if p[0] == top] or absent
+    elif kind == "adversarial":
+        pool = [p for p in absent if p[0] in colours_here and p[1] in shapes_here] or absent
+    c, t = pool[int(rng.integers(0, len(pool)))]
+    confusable = [b for oc, _, b in objs if oc == c] or [b for _, ot, b in objs if ot == t] or [objs[0][2]]
+    return Item(img, f"is there a {c} {t} in the image ?", ["no"], [confusable[0]], "pope",
+                meta={"label": "no", "negative": kind, "key": c})

@@ -1,0 +1,49 @@
+"""Tiny-object attributes (V* Bench): a small glyph inside a coloured ring, multiple choice.
+
+One question in three needs two rings (do their glyphs match?).
+"""
+from __future__ import annotations
+
+from PIL import ImageDraw
+
+from ..core import COLOURS, SHAPES, Item, background, canvas_size, draw_shape, evidence_side, mc_options, mc_question, pick, place
+
+METRIC = "multiple_choice"
+FRAC = (0.001, 0.015)
+MULTI_P = 1 / 3
+
+
+def draw_ring(d: ImageDraw.ImageDraw, box, colour: str, glyph: str) -> None:
+    s = box[2] - box[0]
+    d.ellipse(box, fill=COLOURS[colour])
+    m = s * 0.18
+    d.ellipse([box[0] + m, box[1] + m, box[2] - m, box[3] - m], fill=(255, 255, 255))
+    m = s * 0.28
+    draw_shape(d, glyph, (int(box[0] + m), int(box[1] + m), int(box[2] - m), int(box[3] - m)), (0, 0, 0))
+
+
+def generate(rng) -> Item:
+    w, h = canvas_size(rng)
+    img = background(rng, w, h)
+    d = ImageDraw.Draw(img)
+    colours = pick(rng, list(COLOURS), int(rng.integers(3, 6)))
+    multi = rng.random() < MULTI_P
+    same = rng.random() < 0.5
+    taken, rings = [], []
+    for i, c in enumerate(colours):
+        s = evidence_side(rng, w, h, FRAC)
+        box = place(rng, w, h, s, s, taken)
+        glyph = rings[0][1] if (multi and same and i == 1) else pick(rng, SHAPES)
+        draw_ring(d, box, c, glyph)
+        rings.append((c, glyph, box))
+    if multi:
+        (c1, g1, b1), (c2, g2, b2) = rings[0], rings[1]
+        truth = "yes" if g1 == g2 else "no"
+        opts = ["yes", "no"]
+        q = mc_question(f"are the shapes in the {c1} and {c2} rings the same ?", opts)
+        return Item(img, q, ["A" if truth == "yes" else "B"], [b1, b2], "vstar", options=opts,
+                    meta={"key": [c1, c2], "truth": truth})
+    c, g, b = rings[0]
+    opts, letter = mc_options(rng, g, SHAPES)
+    q = mc_question(f"what shape is in the {c} ring ?", opts)
+    return Item(img, q, [letter], [b], "vstar", options=opts, meta={"key": c, "truth": g})

@@ -1,0 +1,130 @@
+"""The reference VLM: a genuine transformers LLaVA (tiny CLIP tower + tiny Llama), built locally.
+
+Everything here produces objects of the same classes a user gets from
+`llava-hf/llava-1.5-7b-hf` (LlavaForConditionalGeneration, LlavaProcessor,
+PreTrainedTokenizerFast, a CLIP image processor), so the code paths the reference model
+exercises are the ones real LLaVA uses.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..bench.core import COLOURS, LETTERS, POSITIONS, SHAPES, WORDS
+
+IMAGE_TOKEN = "<image>"
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
+
+# LLaVA-1.5's conversation format, as a chat template so that the processor builds prompts
+# exactly as it does for llava-hf checkpoints.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% else %} ASSISTANT: {% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+@dataclass
+class ReferenceConfig:
+    """Sizes of the reference model. 64 px input with patch 8 gives an 8x8 token grid."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 6
+    max_positions: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def vocabulary() -> list[str]:
+    """Every word the benchmark's templates and answers use; digits split WordPiece-style."""
+    words = set(COLOURS) | set(SHAPES) | set(WORDS) | set(POSITIONS) | {x.lower() for x in LETTERS}
+    words |= {
+        "user", "assistant", ":", "?", ",", ".", "(", ")", "what", "word", "is", "on", "the", "sign",
+        "shape", "in", "ring", "are", "shapes", "and", "same", "yes", "no", "answer", "with", "letter",
+        "which", "larger", "or", "field", "value", "of", "bar", "there", "a", "image", "large", "region",
+        "where", "to", "above", "below", "middle", "centre", "describe",
+    }
+    digits = [str(i) for i in range(10)]
+    return SPECIALS + sorted(words) + digits + [f"##{d}" for d in digits]
+
+
+def build_tokenizer():
+    """A WordPiece tokenizer over the benchmark vocabulary, saved as PreTrainedTokenizerFast.
+
+    Numbers split into a digit and "##digit" continuations, so "47" is two tokens and decodes
+    back to "47"; anything outside the vocabulary maps to <unk>.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=32))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=[IMAGE_TOKEN], padding_side="left",
+    )
+    return fast
+
+
+def build_processor(cfg: ReferenceConfig):
+    """LlavaProcessor with a CLIP image processor that squashes the whole image to the input size.
+
+    No centre crop: the full canvas must stay visible, and a grid cell then maps to pixels by a
+    plain per-axis scale.
+    """
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    ip = CLIPImageProcessorPil(
+        size={"height": cfg.image_size, "width": cfg.image_size}, do_center_crop=False,
+        crop_size={"height": cfg.image_size, "width": cfg.image_size}, do_resize=True, resample=3,
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=ip, tokenizer=build_tokenizer(), patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+    )
+
+
+def build_model(cfg: ReferenceConfig, tokenizer, seed: int = 0):
+    """A randomly initialised LlavaForConditionalGeneration of the reference size."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 4,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_hidden * 3,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_heads, max_position_embeddings=cfg.max_positions,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
