@@ -1,1 +1,16 @@
-"""egg: Entropy-Gradient Grounding for vision-language models."""
+"""egg: Entropy-Gradient Grounding for vision-language models.
+
+>>> import egg
+>>> vlm = egg.load_model()                      # the embedded reference VLM (data/reference)
+>>> item = egg.bench.load("text", n=1)[0]
+>>> g = egg.ground(vlm, item.image, item.question)
+>>> g.answer, g.boxes
+"""
+from . import bench, metrics
+from .api import REFERENCE_DIR, VLM, answer, load_image, load_model
+from .baselines import oracle, random_box, vicrop
+from .zoom import Grounding, Iteration, ground
+
+__all__ = ["bench", "metrics", "load_model", "answer", "ground", "vicrop", "oracle", "random_box",
+           "Grounding", "Iteration", "VLM", "REFERENCE_DIR", "load_image"]
+__version__ = "0.1.0"

@@ -30,7 +30,7 @@ def families() -> list[str]:
 def _module(family: str):
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {families()}")
-    return import_module(f".families.{family}", __name__)
+    return import_module(f".generators.{family}", __name__)
 
 
 def item(family: str, split: str = "test", index: int = 0, seed: int = 0) -> Item:

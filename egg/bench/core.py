@@ -45,6 +45,9 @@ class Item:
     family: str
     options: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # Every other answerable fact about the same image, as (question, answer, box): used by
+    # training to ask several questions per rendered image, never by evaluation.
+    facts: list[tuple[str, str, Box]] = field(default_factory=list, repr=False)
 
     @property
     def multi_evidence(self) -> bool:
@@ -198,4 +201,4 @@ def mc_options(rng: np.random.Generator, correct: str, pool: list[str], n: int =
 
 def mc_question(stem: str, options: list[str]) -> str:
     opts = " ".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
-    return f"{stem} {opts} answer with the letter ."
+    return f"{stem} {opts}"

@@ -36,9 +36,9 @@ class ReferenceConfig:
     vision_hidden: int = 128
     vision_layers: int = 4
     vision_heads: int = 4
-    text_hidden: int = 192
+    text_hidden: int = 128
     text_layers: int = 4
-    text_heads: int = 6
+    text_heads: int = 4
     max_positions: int = 512
 
     def to_dict(self) -> dict:
@@ -85,9 +85,14 @@ def build_processor(cfg: ReferenceConfig):
     No centre crop: the full canvas must stay visible, and a grid cell then maps to pixels by a
     plain per-axis scale.
     """
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    ip = CLIPImageProcessorPil(
+    try:  # transformers >= 5.2x: the PIL backend, which needs no torchvision
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    ip = ImageProcessor(
         size={"height": cfg.image_size, "width": cfg.image_size}, do_center_crop=False,
         crop_size={"height": cfg.image_size, "width": cfg.image_size}, do_resize=True, resample=3,
         do_convert_rgb=True,

@@ -24,6 +24,7 @@ def generate(rng) -> Item:
         box = place(rng, w, h, s, s, taken, margin=10)
         draw_shape(d, t, box, COLOURS[c])
         objs.append((c, t, box))
+    facts = [(f"where is the {c} {t} ?", None, b) for c, t, b in objs]
     (c1, t1, b1), (c2, t2, b2) = objs[0], objs[1]
     dx = (b1[0] + b1[2] - b2[0] - b2[2]) / 2
     dy = (b1[1] + b1[3] - b2[1] - b2[3]) / 2
@@ -32,4 +33,4 @@ def generate(rng) -> Item:
     else:
         rel, q = ("above" if dy < 0 else "below"), "above or below"
     return Item(img, f"is the {c1} {t1} {q} the {c2} {t2} ?", [rel], [b1, b2], "gqa",
-                meta={"key": [c1, c2]})
+                meta={"key": [c1, c2], "target": f"{c1} {t1}"}, facts=facts)

@@ -34,4 +34,5 @@ def generate(rng) -> Item:
     d.ellipse([cx - s, cy - s, cx + s, cy + s], fill=COLOURS[other])
     opts, letter = mc_options(rng, side, POSITIONS)
     q = mc_question(f"where is the large {c} region ?", opts)
-    return Item(img, q, [letter], [box], "rwqa", options=opts, meta={"key": c, "truth": side})
+    return Item(img, q, [letter], [box], "rwqa", options=opts, meta={"key": c, "truth": side, "target": f"large {c} region"},
+                facts=[(f"where is the large {c} region ?", None, box)])

@@ -50,12 +50,14 @@ def generate(rng) -> Item:
         ev = (min(label[0], int(x0)), label[1], max(label[2], int(x0 + bw)), int(y0) + max(4, label_h // 2))
         bars.append((c, v, ev))
     by_colour = {c: (v, b) for c, v, b in bars}
+    facts = [(f"what is the value of the {c} bar ?", str(v), b) for c, v, b in bars]
+    facts += [(f"where is the {c} bar ?", None, b) for c, _, b in bars]
     if multi:
         c1, c2 = colours[0], colours[1]
         (v1, b1), (v2, b2) = by_colour[c1], by_colour[c2]
         ans = c1 if v1 > v2 else c2
         return Item(img, f"which is larger , the {c1} or the {c2} bar ?", [ans], [b1, b2], "info",
-                    meta={"key": [c1, c2], "values": [v1, v2]})
+                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} bar"}, facts=facts)
     c = colours[0]
     v, b = by_colour[c]
-    return Item(img, f"what is the value of the {c} bar ?", [str(v)], [b], "info", meta={"key": c})
+    return Item(img, f"what is the value of the {c} bar ?", [str(v)], [b], "info", meta={"key": c, "target": f"{c} bar"}, facts=facts)

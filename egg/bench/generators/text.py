@@ -22,6 +22,8 @@ def generate(rng) -> Item:
         d.rectangle(box, fill=COLOURS[c])
         text_fit(d, box, word.upper(), fill=(255, 255, 255) if c not in ("yellow", "orange") else (0, 0, 0))
         signs.append((c, word, box))
+    facts = [(f"what word is on the {c} sign ?", word, box) for c, word, box in signs]
+    facts += [(f"where is the {c} sign ?", None, box) for c, _, box in signs]
     c, word, box = signs[0]
     return Item(img, f"what word is on the {c} sign ?", [word] * 10, [box], "text",
-                meta={"key": c})
+                meta={"key": c, "target": f"{c} sign"}, facts=facts)

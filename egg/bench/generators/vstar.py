@@ -36,14 +36,17 @@ def generate(rng) -> Item:
         glyph = rings[0][1] if (multi and same and i == 1) else pick(rng, SHAPES)
         draw_ring(d, box, c, glyph)
         rings.append((c, glyph, box))
+    facts = [(f"what shape is in the {c} ring ?", g, b) for c, g, b in rings]
+    facts += [(f"where is the {c} ring ?", None, b) for c, _, b in rings]
     if multi:
         (c1, g1, b1), (c2, g2, b2) = rings[0], rings[1]
         truth = "yes" if g1 == g2 else "no"
         opts = ["yes", "no"]
         q = mc_question(f"are the shapes in the {c1} and {c2} rings the same ?", opts)
         return Item(img, q, ["A" if truth == "yes" else "B"], [b1, b2], "vstar", options=opts,
-                    meta={"key": [c1, c2], "truth": truth})
+                    meta={"key": [c1, c2], "truth": truth, "target": f"{c1} ring"}, facts=facts)
     c, g, b = rings[0]
     opts, letter = mc_options(rng, g, SHAPES)
     q = mc_question(f"what shape is in the {c} ring ?", opts)
-    return Item(img, q, [letter], [b], "vstar", options=opts, meta={"key": c, "truth": g})
+    return Item(img, q, [letter], [b], "vstar", options=opts, meta={"key": c, "truth": g, "target": f"{c} ring"},
+                facts=facts)

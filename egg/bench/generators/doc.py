@@ -30,13 +30,15 @@ def generate(rng) -> Item:
         d.rectangle(tag, fill=COLOURS[c])
         text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=0.85)
         fields.append((c, v, union(tag, val)))
+    facts = [(f"what is the value of the {c} field ?", str(v), b) for c, v, b in fields]
+    facts += [(f"where is the {c} field ?", None, b) for c, _, b in fields]
     if rng.random() < MULTI_P:
         (c1, v1, b1), (c2, v2, b2) = fields[0], fields[1]
         ans = c1 if v1 > v2 else c2
         return Item(img, f"which is larger , the {c1} or the {c2} field ?", [ans], [b1, b2], "doc",
-                    meta={"key": [c1, c2], "values": [v1, v2]})
+                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} field"}, facts=facts)
     c, v, b = fields[0]
-    return Item(img, f"what is the value of the {c} field ?", [str(v)], [b], "doc", meta={"key": c})
+    return Item(img, f"what is the value of the {c} field ?", [str(v)], [b], "doc", meta={"key": c, "target": f"{c} field"}, facts=facts)
 
 
 def _page(rng, w: int, h: int):

@@ -31,11 +31,13 @@ def generate(rng) -> Item:
         draw_shape(d, t, box, COLOURS[c])
         objs.append((c, t, box))
     present = {(c, t) for c, t, _ in objs}
+    facts = [(f"is there a {c} {t} in the image ?", "yes", b) for c, t, b in objs]
+    facts += [(f"where is the {c} {t} ?", None, b) for c, t, b in objs]
     absent = [(c, t) for c in COLOURS for t in SHAPES if (c, t) not in present]
     if rng.random() < 0.5 or not absent:
         c, t, box = objs[int(rng.integers(0, len(objs)))]
         return Item(img, f"is there a {c} {t} in the image ?", ["yes"], [box], "pope",
-                    meta={"label": "yes", "negative": None, "key": c})
+                    meta={"label": "yes", "negative": None, "key": c, "target": f"{c} {t}"}, facts=facts)
     kind = NEGATIVES[int(rng.integers(0, 3))]
     colours_here = Counter(c for c, _, _ in objs)
     shapes_here = {t for _, t, _ in objs}
@@ -48,4 +50,4 @@ def generate(rng) -> Item:
     c, t = pool[int(rng.integers(0, len(pool)))]
     confusable = [b for oc, _, b in objs if oc == c] or [b for _, ot, b in objs if ot == t] or [objs[0][2]]
     return Item(img, f"is there a {c} {t} in the image ?", ["no"], [confusable[0]], "pope",
-                meta={"label": "no", "negative": kind, "key": c})
+                meta={"label": "no", "negative": kind, "key": c}, facts=facts)

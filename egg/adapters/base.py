@@ -1,0 +1,583 @@
+"""The adapter interface: the one place where a vision-language model's specifics live.
+
+The method code (``relevance``, ``zoom``, ``baselines``) only talks to a ``VLMAdapter``;
+it never looks at a model's class or name. An adapter knows how to
+
+* build the model input for an image list and a question with the processor's own chat
+  template (``prepare``): the original image first, then appended crops, then the
+  question; and where each image's visual tokens sit in the sequence and how they lay out
+  as 2-D grids (``TokenGrid``), including which pixels of the image each grid covers;
+* encode images into the visual token embeddings the language decoder receives (after the
+  vision tower and projector), one image at a time, so a cache can skip images it has
+  already seen (``visual_embeddings`` with an ``EmbeddingCache``);
+* run the language decoder from those embeddings (``forward``), optionally truncated to
+  its first L layers (then the final norm and the LM head), optionally capturing the
+  attention weights of one layer;
+* generate an answer (``generate``); map a box in grid cells back to pixels
+  (``grid_box_to_pixels``).
+
+Conventions: one prompt at a time (batch size 1); boxes are ``(x0, y0, x1, y1)`` in
+pixels of the image named by ``TokenGrid.image_index``, x1/y1 exclusive; grid shapes are
+``(rows, cols)``; image sizes are PIL ``(width, height)``.
+
+Subclasses implement the model hooks (``image_token_id``, ``decoder_layers``,
+``final_norm``, ``lm_head``, ``language_model``, ``encode``, ``layout``); the rest is
+shared. Constructing an adapter freezes the model's parameters (``requires_grad_(False)``):
+no method in this package ever needs a parameter gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+Box = tuple[float, float, float, float]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Where one 2-D grid of visual tokens sits in the sequence, and what it covers.
+
+    image_index: which image of the prompt (0 = the original, 1.. = appended crops).
+    start: sequence position of the grid's first (top-left) token.
+    shape: (rows, cols) of the grid.
+    footprint: (x0, y0, x1, y1), the pixel box of image ``image_index`` that the grid's
+        tokens cover (float; may reach outside the image when the processor pads, and
+        covers only the kept part when it centre-crops).
+    image_size: (width, height) of that image.
+    row_stride: sequence distance between the first tokens of consecutive rows (``cols``
+        for LLaVA; ``cols + 1`` for models that put a newline token after each row).
+    """
+
+    image_index: int
+    start: int
+    shape: tuple[int, int]
+    footprint: Box
+    image_size: tuple[int, int]
+    row_stride: int | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+    def positions(self) -> np.ndarray:
+        """Sequence positions of the grid's tokens, shape (rows, cols)."""
+        rows, cols = self.shape
+        stride = cols if self.row_stride is None else self.row_stride
+        return self.start + np.arange(rows)[:, None] * stride + np.arange(cols)[None, :]
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """(width, height) in pixels of the image covered by one grid cell."""
+        x0, y0, x1, y1 = self.footprint
+        return ((x1 - x0) / self.shape[1], (y1 - y0) / self.shape[0])
+
+
+@dataclass
+class Prepared:
+    """A model input for one prompt: images + question, tokenised, with its token layout.
+
+    images: the PIL images in prompt order (original first, then crops).
+    question: the question text.
+    inputs: the processor's output tensors (input_ids, attention_mask, pixel_values, ...).
+    grids: the visual token grids, in sequence order (one per image for LLaVA).
+    visual_positions: sorted sequence positions of every visual placeholder token; row j
+        of the visual-embeddings tensor goes to position ``visual_positions[j]``.
+    image_token_counts: number of visual placeholder tokens of each image.
+    suffix: token ids appended after the prompt (greedily decoded answer tokens, used to
+        differentiate a later answer token: ``relevance(token_index=n)``).
+    """
+
+    images: list
+    question: str
+    inputs: dict
+    grids: list[TokenGrid]
+    visual_positions: torch.Tensor
+    image_token_counts: list[int]
+    suffix: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt ids followed by the suffix, shape (1, seq_len)."""
+        ids = self.inputs["input_ids"]
+        if not self.suffix:
+            return ids
+        extra = torch.tensor([self.suffix], dtype=ids.dtype, device=ids.device)
+        return torch.cat([ids, extra], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        mask = self.inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(self.inputs["input_ids"])
+        if not self.suffix:
+            return mask
+        return torch.cat([mask, torch.ones((1, len(self.suffix)), dtype=mask.dtype, device=mask.device)], dim=1)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.inputs["input_ids"].shape[1]) + len(self.suffix)
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.visual_positions.numel())
+
+    def with_suffix(self, token_ids: Sequence[int]) -> "Prepared":
+        """A copy with ``token_ids`` appended after the prompt (replacing any suffix)."""
+        return replace(self, suffix=[int(t) for t in token_ids])
+
+    def visual_rows(self, grid: TokenGrid) -> np.ndarray:
+        """Rows of the visual-embeddings tensor holding ``grid``'s tokens, shape (rows, cols)."""
+        pos = self.visual_positions.cpu().numpy()
+        want = grid.positions()
+        rows = np.searchsorted(pos, want)
+        if np.any(rows >= pos.size) or np.any(pos[np.minimum(rows, pos.size - 1)] != want):
+            raise ValueError(f"grid {grid} does not sit on visual placeholder tokens")
+        return rows
+
+
+@dataclass
+class Cost:
+    """Work counters. ``forward``: full-sequence decoder passes (incl. a generate's
+    prefill); ``backward``: backward passes; ``images_encoded``: images run through the
+    vision tower; ``generated_tokens``: tokens decoded by ``generate``; ``wall_time``: s."""
+
+    forward: int = 0
+    backward: int = 0
+    images_encoded: int = 0
+    generated_tokens: int = 0
+    wall_time: float = 0.0
+
+    def __sub__(self, other: "Cost") -> "Cost":
+        return Cost(**{k: getattr(self, k) - getattr(other, k) for k in asdict(self)})
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
+
+    def copy(self) -> "Cost":
+        return Cost(**asdict(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cost":
+        return cls(**{k: d[k] for k in asdict(cls()) if k in d})
+
+
+@dataclass
+class ForwardOutput:
+    """Next-token logits at the last position, shape (vocab,); and, when asked for, the
+    attention weights of one decoder layer, shape (1, heads, seq, seq) (in the graph)."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+
+
+class EmbeddingCache:
+    """Visual embeddings per image, keyed by the processed pixels (LRU, ``maxsize`` images).
+
+    The authors' release recomputes every image's embeddings at every zoom iteration; with
+    a cache shared across iterations only the newly appended crops are encoded. Entries
+    are detached tensors; keys are a hash of the pixel tensor's bytes, so two different
+    PIL objects with equal pixels share an entry.
+    """
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(pixels: torch.Tensor) -> str:
+        arr = pixels.detach().to("cpu").contiguous()
+        if arr.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw bits
+            arr = arr.view(torch.int16)
+        h = hashlib.sha1(arr.numpy().tobytes())
+        return f"{tuple(pixels.shape)}:{pixels.dtype}:{h.hexdigest()}"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        out = self._data.get(key)
+        if out is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return out
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self._data[key] = value.detach()
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class _EarlyExit(Exception):
+    """Raised by a forward hook to stop the decoder after layer L (layer truncation)."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class VLMAdapter:
+    """Model-agnostic operations on a transformers VLM and its processor.
+
+    Subclasses register themselves with ``egg.adapters.register`` for the config classes /
+    ``model_type`` values they handle; ``egg.adapters.adapter_for(model, processor)``
+    picks one.
+    """
+
+    #: model_type values (``model.config.model_type``) this adapter handles.
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.model.requires_grad_(False)
+        self.counter = Cost()
+
+    # ---- model hooks (subclasses) ---------------------------------------------------
+
+    @property
+    def image_token_id(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The decoder stack (embeddings -> layers -> final norm), without the LM head."""
+        raise NotImplementedError
+
+    @property
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
+        """Visual token embeddings of ONE image, shape (n_tokens, hidden); differentiable
+        w.r.t. ``pixel_values`` (no ``no_grad`` here: callers choose)."""
+        raise NotImplementedError
+
+    def layout(self, inputs: dict, images: list) -> list[TokenGrid]:
+        """The token grids of a processed prompt, in sequence order."""
+        raise NotImplementedError
+
+    def image_inputs(self, inputs: dict, index: int) -> tuple[torch.Tensor, dict]:
+        """(pixel_values, extra kwargs for ``encode``) of image ``index`` of a prompt."""
+        return inputs["pixel_values"][index : index + 1], {}
+
+    def decoder_inputs(self, prepared: Prepared) -> dict:
+        """Keyword arguments for the decoder besides ``inputs_embeds`` (models with
+        multimodal rotary positions add their ``position_ids`` here)."""
+        return {"attention_mask": prepared.attention_mask}
+
+    def attention_module(self, layer: int) -> torch.nn.Module:
+        """The self-attention module of decoder layer ``layer`` (its forward returns
+        ``(output, weights)`` under eager attention)."""
+        return self.decoder_layers[layer].self_attn
+
+    @property
+    def patch_size(self) -> int:
+        """Side in processed pixels of one visual token."""
+        raise NotImplementedError
+
+    @property
+    def input_resolution(self) -> tuple[int, int]:
+        """(width, height) of the processed image the vision tower sees."""
+        raise NotImplementedError
+
+    # ---- shared: devices, sizes ----------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    # ---- input building ---------------------------------------------------------------
+
+    def messages(self, n_images: int, question: str) -> list[dict]:
+        """Chat messages: all images first (original, then crops), then the question."""
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        return [{"role": "user", "content": content}]
+
+    def prompt(self, n_images: int, question: str) -> str:
+        return self.processor.apply_chat_template(self.messages(n_images, question), add_generation_prompt=True)
+
+    def prepare(self, images: Sequence, question: str) -> Prepared:
+        """Tokenise ``question`` with ``images`` (original first, then crops) for the model."""
+        images = list(images)
+        if not images:
+            raise ValueError("prepare needs at least one image")
+        inputs = self.processor(images=images, text=self.prompt(len(images), question), return_tensors="pt")
+        inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in dict(inputs).items()}
+        if "pixel_values" in inputs and torch.is_floating_point(inputs["pixel_values"]):
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        ids = inputs["input_ids"]
+        if ids.shape[0] != 1:
+            raise ValueError(f"expected a single prompt, got batch of {ids.shape[0]}")
+        visual = (ids[0] == self.image_token_id).nonzero().flatten()
+        grids = self.layout(inputs, images)
+        counts = self._image_token_counts(grids, len(images), visual)
+        prep = Prepared(images=images, question=question, inputs=inputs, grids=grids,
+                        visual_positions=visual, image_token_counts=counts)
+        for g in grids:  # validates that every grid sits on placeholder tokens
+            prep.visual_rows(g)
+        return prep
+
+    def _image_token_counts(self, grids, n_images, visual) -> list[int]:
+        counts = [0] * n_images
+        for g in grids:
+            counts[g.image_index] += g.n_tokens
+        if sum(counts) != int(visual.numel()):
+            # Models with extra per-image tokens (separators) override this.
+            raise ValueError(
+                f"token layout covers {sum(counts)} visual tokens but the prompt has {int(visual.numel())}"
+            )
+        return counts
+
+    # ---- visual embeddings -------------------------------------------------------------
+
+    def visual_embeddings(self, prepared: Prepared, cache: EmbeddingCache | None = None) -> torch.Tensor:
+        """All images' visual token embeddings in sequence order, shape (n_visual, hidden).
+
+        Computed without grad, one image at a time; with a ``cache``, images whose
+        processed pixels were seen before are not re-encoded.
+        """
+        parts = []
+        for i in range(len(prepared.images)):
+            pix, extra = self.image_inputs(prepared.inputs, i)
+            key = EmbeddingCache.key(pix) if cache is not None else None
+            emb = cache.get(key) if cache is not None else None
+            if emb is None:
+                with torch.no_grad():
+                    emb = self.encode(pix, **extra)
+                self.counter.images_encoded += 1
+                if cache is not None:
+                    cache.put(key, emb)
+            parts.append(emb)
+        out = torch.cat(parts, dim=0)
+        if out.shape[0] != prepared.n_visual:
+            raise ValueError(f"encoded {out.shape[0]} visual tokens, prompt has {prepared.n_visual}")
+        return out
+
+    def inputs_embeds(self, prepared: Prepared, visual_embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of the whole sequence with the visual rows spliced in."""
+        ids = prepared.input_ids
+        emb = self.model.get_input_embeddings()(ids)
+        mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        mask[0, prepared.visual_positions] = True
+        return emb.masked_scatter(mask.unsqueeze(-1), visual_embeds.to(emb.dtype))
+
+    # ---- decoder ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Temporarily switch the language decoder to eager attention (which returns the
+        attention weights), restoring the previous implementation afterwards."""
+        cfg = self.language_model.config
+        old = getattr(cfg, "_attn_implementation", None)
+        if old == "eager":
+            yield
+            return
+        self._set_text_attn("eager")
+        try:
+            yield
+        finally:
+            self._set_text_attn(old)
+
+    def _set_text_attn(self, impl) -> None:
+        self.language_model.set_attn_implementation(impl)
+
+    def forward(
+        self,
+        prepared: Prepared,
+        visual_embeds: torch.Tensor,
+        num_layers: int | None = None,
+        attention_layer: int | None = None,
+    ) -> ForwardOutput:
+        """Decoder pass from visual embeddings; logits at the last position.
+
+        num_layers: run only the first L decoder layers, then the final norm and the LM
+            head (None or the full depth = the unmodified model).
+        attention_layer: also return that layer's attention weights (eager attention is
+            switched on for the call).
+        Gradients flow to ``visual_embeds`` when it requires grad (the caller decides).
+        """
+        n = self.num_layers
+        if num_layers is not None and not (1 <= int(num_layers) <= n):
+            raise ValueError(f"num_layers must be in [1, {n}], got {num_layers}")
+        if attention_layer is not None and not (0 <= int(attention_layer) < n):
+            raise ValueError(f"attention_layer must be in [0, {n - 1}], got {attention_layer}")
+        embeds = self.inputs_embeds(prepared, visual_embeds)
+        captured: dict = {}
+        hooks = []
+
+        def grab_attention(module, args, output):
+            captured["attention"] = output[1] if isinstance(output, tuple) else None
+
+        def stop_here(module, args, output):
+            raise _EarlyExit(output[0] if isinstance(output, tuple) else output)
+
+        stop_after = None
+        if num_layers is not None and int(num_layers) < n:
+            stop_after = int(num_layers) - 1
+        if attention_layer is not None:
+            hooks.append(self.attention_module(attention_layer).register_forward_hook(grab_attention))
+        if stop_after is not None:
+            hooks.append(self.decoder_layers[stop_after].register_forward_hook(stop_here))
+        ctx = self.eager_attention() if attention_layer is not None else contextlib.nullcontext()
+        self.counter.forward += 1
+        try:
+            with ctx:
+                try:
+                    out = self.language_model(inputs_embeds=embeds, use_cache=False, **self.decoder_inputs(prepared))
+                    hidden = out.last_hidden_state[:, -1]
+                except _EarlyExit as stop:
+                    hidden = self.final_norm(stop.hidden[:, -1])
+        finally:
+            for h in hooks:
+                h.remove()
+        logits = self.lm_head(hidden)[0]
+        att = captured.get("attention") if attention_layer is not None else None
+        if attention_layer is not None and att is None:
+            raise RuntimeError(f"layer {attention_layer} returned no attention weights")
+        return ForwardOutput(logits=logits, attention=att)
+
+    def forward_from_embeddings(self, prepared: Prepared, visual_embeds: torch.Tensor,
+                                num_layers: int | None = None) -> torch.Tensor:
+        """Next-token logits at the last position, shape (vocab,)."""
+        return self.forward(prepared, visual_embeds, num_layers=num_layers).logits
+
+    def greedy_suffix(self, prepared: Prepared, n: int, visual_embeds: torch.Tensor) -> list[int]:
+        """``n`` greedily decoded answer tokens (argmax, no stopping at EOS), without grad."""
+        toks: list[int] = []
+        with torch.no_grad():
+            for _ in range(int(n)):
+                logits = self.forward(prepared.with_suffix(toks), visual_embeds).logits
+                toks.append(int(torch.argmax(logits)))
+        return toks
+
+    # ---- generation ---------------------------------------------------------------------
+
+    def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8,
+                     visual_embeds: torch.Tensor | None = None,
+                     cache: EmbeddingCache | None = None) -> list[int]:
+        """Greedy answer token ids (stops at EOS), from cached visual embeddings."""
+        if visual_embeds is None:
+            visual_embeds = self.visual_embeddings(prepared, cache)
+        ids = prepared.input_ids
+        with torch.no_grad():
+            embeds = self.inputs_embeds(prepared, visual_embeds)
+            out = self.model.generate(
+                input_ids=ids, inputs_embeds=embeds, attention_mask=prepared.attention_mask,
+                max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
+                pad_token_id=self._pad_id(),
+            )
+        seq = out[0]
+        if seq.shape[0] >= ids.shape[1] and torch.equal(seq[: ids.shape[1]], ids[0]):
+            seq = seq[ids.shape[1]:]
+        new = [int(t) for t in seq.tolist()]
+        self.counter.forward += 1
+        self.counter.generated_tokens += len(new)
+        return new
+
+    def _pad_id(self):
+        tok = self.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        return pad if pad is not None else getattr(tok, "eos_token_id", None)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def generate(self, prepared: Prepared, max_new_tokens: int = 8,
+                 visual_embeds: torch.Tensor | None = None,
+                 cache: EmbeddingCache | None = None) -> str:
+        """Greedy answer text for a prepared prompt."""
+        return self.decode(self.generate_ids(prepared, max_new_tokens, visual_embeds, cache))
+
+    # ---- geometry ----------------------------------------------------------------------
+
+    def footprint(self, image_size: tuple[int, int]) -> Box:
+        """Pixel box of an image of ``image_size`` covered by its (single) token grid."""
+        raise NotImplementedError
+
+    def grid_box_to_pixels(self, grid: TokenGrid, box: Box) -> Box:
+        """A box in grid cells (c0, r0, c1, r1) -> pixels of the grid's image, clipped to it
+        (see ``grid_to_image_box``). Adapters whose grids are not a linear map of a pixel
+        box (none yet) override this."""
+        return grid_to_image_box(grid, box)
+
+    @property
+    def min_crop_side(self) -> int:
+        """Smallest crop side (pixels) worth encoding: one patch of the processed input."""
+        return int(self.patch_size)
+
+    def describe(self) -> dict:
+        """A JSON-able summary of the model the adapter wraps."""
+        cfg = self.model.config
+        return {
+            "adapter": type(self).__name__,
+            "model_type": getattr(cfg, "model_type", None),
+            "name_or_path": getattr(cfg, "_name_or_path", None) or getattr(self.model, "name_or_path", None),
+            "num_layers": self.num_layers,
+            "patch_size": self.patch_size,
+            "input_resolution": list(self.input_resolution),
+        }
+
+
+def grid_to_image_box(grid: TokenGrid, box: Box) -> Box:
+    """A box in grid cells (c0, r0, c1, r1) -> pixels of the grid's image, clipped to it.
+
+    Linear map onto ``grid.footprint`` (per-axis scale), then clipped to the image: cells
+    on padding (outside the image) map to the image edge, so a box entirely on padding
+    collapses to zero width/height at the edge.
+    """
+    from ..regions import grid_box_to_pixels
+
+    x0, y0, x1, y1 = grid_box_to_pixels(box, grid.shape, grid.footprint)
+    W, H = grid.image_size
+
+    def clip(v: float, hi: float) -> float:
+        return float(min(max(v, 0.0), hi))
+
+    return (clip(x0, W), clip(y0, H), clip(x1, W), clip(y1, H))

@@ -1,0 +1,159 @@
+"""The public functions: load a model, answer, ground (EGG), and the baselines.
+
+>>> import egg
+>>> vlm = egg.load_model()                                # the embedded reference VLM
+>>> egg.answer(vlm, "photo.png", "what word is on the sign?")
+>>> g = egg.ground(vlm, "photo.png", "what word is on the sign?")
+>>> g.answer, g.boxes, g.plot()
+>>> egg.vicrop(vlm, "photo.png", "what word is on the sign?", variant="rel-att")
+
+``load_model("llava-hf/llava-1.5-7b-hf")`` loads a Hub model (from the local Hugging Face
+cache when offline); any transformers VLM with a registered adapter works
+(``egg.adapters.registered()``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .adapters import VLM, adapter_class, as_adapter
+from .baselines import oracle, random_box, vicrop
+from .images import check_question, load_image
+from .zoom import Grounding, Iteration, ground
+
+#: Where ``load_model()`` looks for the embedded reference model (save_pretrained of the
+#: model and its processor), relative to the package: <repo>/data/reference.
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _resolve_dtype(dtype, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                    "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                    "float64": torch.float64}[dtype]
+        except KeyError:
+            raise ValueError(f"unknown dtype {dtype!r}") from None
+    return dtype
+
+
+def _load_local(path: Path, device: str, dtype) -> VLM:
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a model checkpoint: it has no config.json. Point load_model(path_or_id=...) "
+            "at a directory written by save_pretrained (model + processor)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise ValueError(f"cannot read the model config in {str(path)!r} (corrupt checkpoint?): {e}") from e
+
+    class _Probe:  # adapter_class only needs .config
+        pass
+
+    probe = _Probe()
+    probe.config = config
+    adapter_class(probe)  # raises a clear NotImplementedError for unsupported families early
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            f"cannot load the checkpoint in {str(path)!r} (missing or corrupt files?): {type(e).__name__}: {e}"
+        ) from e
+    model.to(device)
+    model.eval()
+    return VLM.from_model(model, processor, source=str(path))
+
+
+def load_model(path_or_id: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> VLM:
+    """Load a VLM (model + processor + adapter), in eval mode with frozen parameters.
+
+    path_or_id: None = the embedded reference model at ``REFERENCE_DIR``
+        (<repo>/data/reference); a local directory written by ``save_pretrained``; or a
+        Hugging Face Hub id (e.g. "llava-hf/llava-1.5-7b-hf"), taken from the local
+        cache, downloaded only when the Hub is reachable and not disabled (HF_HUB_OFFLINE).
+    device: "cpu", "cuda", ... (None: cuda if available, else cpu).
+    dtype: torch dtype or name (None: float32 on cpu, bfloat16 on a GPU).
+
+    Errors name what is missing: FileNotFoundError for a missing local checkpoint, and for
+    a Hub id that is not cached while offline (with the command to fetch it and the
+    parameter to point at a local copy); ValueError for a corrupt checkpoint.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    dtype = _resolve_dtype(dtype, device)
+    if path_or_id is None:
+        if not REFERENCE_DIR.is_dir():
+            raise FileNotFoundError(
+                f"the reference model is not at {str(REFERENCE_DIR)!r}. Train it with "
+                "`python -m egg.reference.train` (it saves there), or pass load_model(path_or_id=...) "
+                "a local checkpoint directory or a Hugging Face model id."
+            )
+        return _load_local(REFERENCE_DIR, device, dtype)
+    path = Path(os.path.expanduser(str(path_or_id)))
+    if path.is_dir():
+        return _load_local(path, device, dtype)
+    text = str(path_or_id)
+    # Hub ids are "name" or "owner/name"; anything else that is not a directory is a bad path.
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_local or path.exists():
+        raise FileNotFoundError(f"model checkpoint directory not found: {text!r}")
+    return _load_hub(text, device, dtype)
+
+
+def _load_hub(repo_id: str, device: str, dtype) -> VLM:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    hint = (
+        f"Download it on a machine with network access, e.g. `huggingface-cli download {repo_id} "
+        f"--local-dir <dir>`, then pass load_model(path_or_id='<dir>')."
+    )
+    cached = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id, an old hub library
+        cached = None
+    in_cache = isinstance(cached, str)
+    if not in_cache and _offline():
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local directory nor in the Hugging Face cache, and the Hub is "
+            f"disabled (HF_HUB_OFFLINE). {hint}"
+        )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(repo_id, dtype=dtype, local_files_only=in_cache)
+        processor = AutoProcessor.from_pretrained(repo_id, local_files_only=in_cache)
+    except Exception as e:  # noqa: BLE001
+        where = "the Hugging Face cache" if in_cache else "the Hugging Face Hub"
+        raise FileNotFoundError(f"cannot load {repo_id!r} from {where}: {type(e).__name__}: {e}. {hint}") from e
+    model.to(device)
+    model.eval()
+    return VLM.from_model(model, processor, source=repo_id)
+
+
+def answer(vlm, image, question: str, max_new_tokens: int = 8) -> str:
+    """The model's own answer from the original image alone (no grounding), greedy."""
+    adapter = as_adapter(vlm)
+    img = load_image(image)
+    q = check_question(question)
+    return adapter.generate(adapter.prepare([img], q), max_new_tokens=max_new_tokens)
+
+
+__all__ = ["load_model", "answer", "ground", "vicrop", "oracle", "random_box", "Grounding", "Iteration",
+           "VLM", "REFERENCE_DIR", "load_image"]

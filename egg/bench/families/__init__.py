@@ -1,1 +1,0 @@
-"""One module per benchmark family; each exposes `generate(rng) -> Item` and METRIC."""

@@ -1,0 +1,1 @@
+"""One generator module per benchmark family; each exposes `generate(rng) -> Item` and METRIC."""

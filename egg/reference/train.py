@@ -1,0 +1,507 @@
+"""Train the reference VLM on the procedural benchmark's train split.
+
+The mixture matters more than the model (see shared/TESTBED.md): a model that only ever
+reads answers off evidence crops learns to ignore the full image, and then its entropy
+gradient over the full image is noise. So every item yields several examples:
+
+- full image alone -> answer (readable when the evidence is large, uncertain otherwise);
+- full image + a jittered, rescaled crop around the evidence -> answer;
+- full image + a random crop that may miss the evidence -> answer;
+- full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
+- full image alone, "where is the {target} ?" -> a coarse position: the locating signal that
+  makes the gradient of an unreadable detail concentrate on the detail.
+
+Run with `python -m egg.reference.train` (or `make train-reference`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import bench
+from ..bench.core import Item, rng_for
+from ..bench.core import COLOURS
+from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
+
+KINDS = {"full": 0.22, "evidence": 0.3, "random": 0.13, "two": 0.17, "locate": 0.18}
+ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
+
+
+@dataclass
+class Example:
+    images: np.ndarray  # (n, S, S, 3) uint8, already resized to the model input
+    turns: list[tuple[str, str]]  # (question, answer), asked in one conversation about the images
+    family: str
+    kind: str
+
+
+@dataclass
+class TrainConfig:
+    out: str = "data/reference"
+    seed: int = 0
+    items_per_family: int = 1000
+    examples_per_item: int = 4
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 150
+    eval_every: int = 600
+    eval_items: int = 30
+    threads: int = 2
+    workers: int = 2
+    max_minutes: float = 42.0
+    device: str = "cpu"
+    aux: int = 1
+    vision_steps: int = 400
+    curriculum: float = 0.3
+    model: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- crops and examples
+def crop_around(box, image_size, rng, scale=(1.15, 4.0)) -> tuple[int, int, int, int]:
+    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect."""
+    W, H = image_size
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    side = max(bw, bh) * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
+    cw, ch = max(bw + 2, side * math.sqrt(aspect)), max(bh + 2, side / math.sqrt(aspect))
+    cw, ch = min(cw, W), min(ch, H)
+    x0 = rng.uniform(max(0, box[2] - cw), min(box[0], W - cw) + 1e-6)
+    y0 = rng.uniform(max(0, box[3] - ch), min(box[1], H - ch) + 1e-6)
+    return int(x0), int(y0), int(min(W, x0 + cw)), int(min(H, y0 + ch))
+
+
+def random_crop(image_size, rng) -> tuple[int, int, int, int]:
+    W, H = image_size
+    side = min(W, H) * float(np.exp(rng.uniform(np.log(0.05), np.log(0.5))))
+    x0, y0 = rng.uniform(0, W - side), rng.uniform(0, H - side)
+    return int(x0), int(y0), int(x0 + side), int(y0 + side)
+
+
+def oracle_crop(box, image_size, context: float = 2.0) -> tuple[int, int, int, int]:
+    """The ground-truth crop used as the upper bound: the box with `context` x its side, centred."""
+    W, H = image_size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1]) * context
+    x0, y0 = max(0, cx - side / 2), max(0, cy - side / 2)
+    return int(x0), int(y0), int(min(W, x0 + side)), int(min(H, y0 + side))
+
+
+def position_words(box, image_size) -> str:
+    W, H = image_size
+    cx, cy = (box[0] + box[2]) / 2 / W, (box[1] + box[3]) / 2 / H
+    return f"{ROWS[min(2, int(cy * 3))]} {COLS[min(2, int(cx * 3))]}"
+
+
+def _resize(img: Image.Image, box, size: int) -> np.ndarray:
+    return np.asarray(img.crop(box).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def target_answer(item: Item) -> str:
+    """What the reference model is taught to say: option text for multiple choice, else the answer."""
+    return item.meta.get("truth") or item.answers[0] if item.options else item.answers[0]
+
+
+def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4) -> list[Example]:
+    """`n` training conversations of random kinds from one rendered item.
+
+    The first turn is the item's own question or another fact about the same image (the crop,
+    if any, is taken around that fact's evidence); up to `max_turns - 1` further facts follow.
+    Asking several questions whose answers differ only by which object is named is what forces
+    the model to look at the image instead of answering from priors.
+    """
+    img, W, H = item.image, *item.image.size
+    full = _resize(img, (0, 0, W, H), size)
+    facts = [(q, a if a is not None else position_words(b, (W, H)), b) for q, a, b in item.facts]
+    reads = [f for f, (q, a, b) in zip(facts, item.facts) if a is not None]
+    kinds, probs = list(KINDS), np.array(list(KINDS.values()))
+    out = []
+    for kind in rng.choice(kinds, size=n, p=probs / probs.sum()):
+        if kind == "locate" or not reads and kind != "full":
+            pool = [f for f in facts if f not in reads] or facts
+            first = pool[int(rng.integers(0, len(pool)))]
+            boxes = [first[2]]
+        elif rng.random() < 0.5 or not reads:
+            first, boxes = (item.question, target_answer(item), None), item.boxes
+        else:
+            first = reads[int(rng.integers(0, len(reads)))]
+            boxes = [first[2]]
+        crops = []
+        if kind == "evidence":
+            crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng)]
+        elif kind == "random":
+            crops = [random_crop((W, H), rng)]
+        elif kind == "two":
+            crops = [crop_around(b, (W, H), rng) for b in boxes[:2]]
+            if len(crops) < 2:
+                crops.append(random_crop((W, H), rng))
+            crops = [crops[i] for i in rng.permutation(2)]
+        others = [facts[i] for i in rng.permutation(len(facts)) if facts[i][0] != first[0]][: max_turns - 1]
+        turns = [(first[0], first[1])] + [(q, a) for q, a, _ in others]
+        ims = np.stack([full] + [_resize(img, c, size) for c in crops])
+        out.append(Example(ims, turns, item.family, str(kind)))
+    return out
+
+
+def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int) -> list[Example]:
+    """Tight crops around evidence with what they read: the vision tower's warm-up task."""
+    img, W, H = item.image, *item.image.size
+    reads = [(q, a, b) for q, a, b in item.facts if a is not None and a not in ("yes", "no")]
+    out = []
+    for k in rng.permutation(len(reads))[:n]:
+        q, a, b = reads[k]
+        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.1, 3.0)), size)[None]
+        out.append(Example(ims, [(q, a)], item.family, "read"))
+    return out
+
+
+def _render_chunk(args) -> tuple[list[Example], list[Example]]:
+    family, split, start, n, seed, per_item, size = args
+    out, reads = [], []
+    for i in range(start, start + n):
+        item = bench.item(family, split, i, seed)
+        rng = rng_for(family + "/train-mix", split, i, seed)
+        out.extend(examples_for(item, rng, per_item, size))
+        reads.extend(reading_crops(item, rng, 2, size))
+    return out, reads
+
+
+def render_dataset(cfg: TrainConfig, size: int, log) -> tuple[list[Example], list[Example]]:
+    """Render all training items (parallel over `workers` processes); deterministic order."""
+    chunk = 100
+    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, size)
+            for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
+    data: list[Example] = []
+    reads: list[Example] = []
+    t0 = time.time()
+    with get_context("fork").Pool(cfg.workers) as pool:
+        for k, (part, rd) in enumerate(pool.imap(_render_chunk, jobs)):
+            data.extend(part)
+            reads.extend(rd)
+            if (k + 1) % 14 == 0 or k + 1 == len(jobs):
+                log(f"rendered {k + 1}/{len(jobs)} chunks, {len(data)} examples, {time.time() - t0:.0f}s")
+    return data, reads
+
+
+# ---------------------------------------------------------------- batching
+def batches(data: list[Example], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of examples with the same number of images: no padding to 3 images."""
+    groups: dict[int, list[int]] = {}
+    for i, ex in enumerate(data):
+        groups.setdefault(len(ex.images), []).append(i)
+    out = []
+    for n in sorted(groups):
+        idx = rng.permutation(groups[n])
+        out.extend(idx[k:k + size] for k in range(0, len(idx) - size + 1, size))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+class Collator:
+    """Turns conversations into LLaVA inputs, exactly as LlavaProcessor would (same prompt, same pixels).
+
+    Prompt text comes from the processor's own chat template, rendered turn by turn so that only
+    the assistant's answers (and their end-of-sequence tokens) carry a loss.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        ip = processor.image_processor
+        self.mean = np.array(ip.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.array(ip.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.patch = processor.patch_size
+        self.tokens_per_image = (ip.size["height"] // self.patch) * (ip.size["width"] // self.patch)
+
+    def _ids(self, text: str) -> list[int]:
+        text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, n_images: int, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation; an empty last answer leaves a generation prompt."""
+        msgs, done, ids, labels = [], "", [], []
+        render = self.processor.apply_chat_template
+        for i, (q, a) in enumerate(turns):
+            content = ([{"type": "image"}] * n_images if i == 0 else []) + [{"type": "text", "text": q}]
+            msgs.append({"role": "user", "content": content})
+            prompt = render(msgs, add_generation_prompt=True)
+            part = self._ids(prompt[len(done):])
+            ids += part
+            labels += [-100] * len(part)
+            if not a:
+                break
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+            done = render(msgs)
+            part = self._ids(done[len(prompt):])
+            ids += part
+            labels += part
+        return ids, labels
+
+    def __call__(self, batch: list[Example]):
+        import torch
+
+        enc = [self.encode(len(ex.images), ex.turns) for ex in batch]
+        L = max(len(x) for x, _ in enc)
+        pad = self.tok.pad_token_id
+        input_ids = torch.full((len(batch), L), pad, dtype=torch.long)
+        lab = torch.full((len(batch), L), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        for i, (x, y) in enumerate(enc):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            lab[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+        raw = np.concatenate([ex.images for ex in batch])
+        pix = raw.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        pix = (pix - self.mean) / self.std
+        # auxiliary targets for the vision tower (training only; the saved model is plain LLaVA):
+        # which key colours each patch shows, and what the evidence crop reads (first turn's answer).
+        read = np.full((len(raw), 2), -100, dtype=np.int64)
+        k = 0
+        for ex in batch:
+            if ex.kind in ("evidence", "read"):
+                toks = self._ids(" " + ex.turns[0][1])[:2]
+                read[k + (ex.kind == "evidence"), : len(toks)] = toks
+            k += len(ex.images)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": lab,
+                "pixel_values": torch.from_numpy(pix),
+                "colour_targets": torch.from_numpy(patch_colours(raw, self.patch)),
+                "read_targets": torch.from_numpy(read)}
+
+
+KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
+
+
+def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
+    d = np.abs(images[..., None, :].astype(np.int16) - KEY_RGB).max(-1) < tol  # (n, H, W, C)
+    n, H, W, C = d.shape
+    d = d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4))
+    return (d >= min_pixels).reshape(n, -1, C).astype(np.float32)
+
+
+class AuxHeads:
+    """Linear probes on the visual tokens that give the vision tower a direct training signal.
+
+    A tiny LLaVA trained from scratch on answers alone never learns to look (the loss sits at
+    the answer prior); supervising "which key colour is in this patch" and "what does this
+    crop read" makes the visual tokens informative, after which the decoder learns to use them.
+    """
+
+    def __init__(self, dim: int, vocab: int, device):
+        import torch
+
+        self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)
+        self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
+        self.vocab = vocab
+
+    def parameters(self):
+        return [*self.colour.parameters(), *self.read.parameters()]
+
+    def loss(self, feats, colour_targets, read_targets):
+        import torch.nn.functional as F
+
+        lc = F.binary_cross_entropy_with_logits(self.colour(feats), colour_targets)
+        logits = self.read(feats.mean(1)).view(-1, 2, self.vocab)
+        if (read_targets != -100).any():
+            lr = F.cross_entropy(logits.reshape(-1, self.vocab), read_targets.reshape(-1), ignore_index=-100)
+        else:
+            lr = logits.sum() * 0
+        return lc, lr
+
+
+def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -> list[dict]:
+    """Warm up the vision tower and projector on tight reading crops, through the auxiliary heads only."""
+    import torch
+
+    params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    opt = torch.optim.AdamW(params + aux.parameters(), lr=cfg.lr * 2, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed + 1)
+    curve, smooth = [], None
+    bs = cfg.batch_size * 2
+    for step in range(1, cfg.vision_steps + 1):
+        idx = rng.choice(len(reads), size=bs, replace=False)
+        batch = {k: v.to(cfg.device) for k, v in col([reads[i] for i in idx]).items()}
+        feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
+        feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+        lc, lr = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
+        opt.zero_grad(set_to_none=True)
+        (lc + lr).backward()
+        opt.step()
+        smooth = lr.item() if smooth is None else 0.95 * smooth + 0.05 * lr.item()
+        if step % 20 == 0:
+            curve.append({"step": step, "read": smooth, "colour": lc.item()})
+        if step % 100 == 0:
+            log(f"vision warm-up step {step}/{cfg.vision_steps} read {smooth:.3f} colour {lc.item():.3f}")
+    return curve
+
+
+def lm_step(model, batch, aux: AuxHeads | None):
+    """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads."""
+    import torch
+
+    ids = batch["input_ids"]
+    feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
+    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    emb = model.get_input_embeddings()(ids)
+    mask = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(emb)
+    emb = emb.masked_scatter(mask, feats.reshape(-1, feats.shape[-1]).to(emb.dtype))
+    loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    parts = {"lm": loss.item()}
+    if aux is not None:
+        lc, lr = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
+        parts.update(colour=lc.item(), read=lr.item())
+        loss = loss + lc + 0.5 * lr
+    return loss, parts
+
+
+# ---------------------------------------------------------------- evaluation during training
+def quick_eval(model, processor, n: int, seed: int, size: int) -> dict:
+    """Val accuracy per family: full image alone, and with the oracle crop(s) appended."""
+    import torch
+
+    from ..bench import score
+
+    col = Collator(processor)
+    res = {}
+    model.eval()
+    for fam in bench.families():
+        base, orc = [], []
+        for it in bench.load(fam, "val", n, seed):
+            W, H = it.image.size
+            full = _resize(it.image, (0, 0, W, H), size)
+            for crops, acc in (([], base), ([oracle_crop(b, (W, H)) for b in it.boxes], orc)):
+                ims = np.stack([full] + [_resize(it.image, c, size) for c in crops])
+                batch = col([Example(ims, [(it.question, "")], fam, "eval")])
+                ids = batch["input_ids"].to(model.device)
+                with torch.no_grad():
+                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                         pixel_values=batch["pixel_values"].to(model.device), do_sample=False)
+                pred = processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+                acc.append(score(fam, pred, it))
+        res[fam] = {"base": float(np.mean(base)), "oracle": float(np.mean(orc))}
+    model.train()
+    return res
+
+
+# ---------------------------------------------------------------- training loop
+def train(cfg: TrainConfig) -> Path:
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    work = Path("data/train_cache")
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "train.log", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    mcfg = ReferenceConfig(**cfg.model)
+    processor = build_processor(mcfg)
+    model = build_model(mcfg, processor.tokenizer, seed=cfg.seed).to(cfg.device)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, config {mcfg.to_dict()}")
+    t_start = time.time()
+    data, reads = render_dataset(cfg, mcfg.image_size, log)
+    col = Collator(processor)
+    aux = AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device) if cfg.aux else None
+    params = list(model.parameters()) + (aux.parameters() if aux else [])
+    record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
+    if aux is not None and cfg.vision_steps:
+        record["vision_warmup"] = pretrain_vision(model, aux, reads, col, cfg, log)
+    rng = np.random.default_rng(cfg.seed)
+    # Curriculum: first single-question conversations whose answer is in an appended crop
+    # (learn to read), then the full mixture.
+    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data if ex.kind in ("evidence", "two")]
+    plan = [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
+    for _ in range(cfg.epochs):
+        plan += [(data, idx) for idx in batches(data, cfg.batch_size, rng)]
+    total = len(plan)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    budget = max(60.0, cfg.max_minutes * 60 - (time.time() - t_start))
+    t_train = time.time()
+
+    def progress(s: int) -> float:
+        """Fraction of training done, by steps or by the time budget, whichever is further."""
+        return min(1.0, max(s / total, (time.time() - t_train) / budget))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(s))))
+    log(f"{total} steps planned, {budget / 60:.1f} min left for them")
+    smooth = None
+    model.train()
+    step = 0
+    for step, (pool, idx) in enumerate(plan, start=1):
+        batch = col([pool[i] for i in idx])
+        batch = {k: v.to(cfg.device) for k, v in batch.items()}
+        loss, parts = lm_step(model, batch, aux)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        smooth = dict(parts) if smooth is None else {k: 0.95 * smooth[k] + 0.05 * v for k, v in parts.items()}
+        if step % 20 == 0:
+            record["loss"].append({"step": step, **{k: float(v) for k, v in smooth.items()},
+                                   "lr": sched.get_last_lr()[0], "phase": "read" if pool is first else "mix"})
+        if step % 100 == 0:
+            log(f"step {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in smooth.items())
+                + f" {(time.time() - t_train) / step:.2f}s/step lr {sched.get_last_lr()[0]:.2e}")
+        if step % cfg.eval_every == 0:
+            ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size)
+            record["eval"].append({"step": step, **ev})
+            log("eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
+            save(model, processor, out, record)
+        if progress(step) >= 1.0 and step < total:
+            log(f"time budget of {cfg.max_minutes} min reached at step {step}/{total}; stopping")
+            break
+    ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size)
+    record["eval"].append({"step": step, **ev})
+    log("final eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
+    record["steps"] = step
+    record["minutes"] = (time.time() - t_start) / 60
+    save(model, processor, out, record)
+    log(f"saved to {out} after {record['minutes']:.1f} min")
+    return out
+
+
+def save(model, processor, out: Path, record: dict) -> None:
+    """Write atomically-ish: a finished directory is never left half-written."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / "training_log.json").write_text(json.dumps(record, indent=1))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig()
+    for k, v in d.__dict__.items():
+        if isinstance(v, (int, float, str)):
+            ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+    ap.add_argument("--model-json", default="{}", help="ReferenceConfig overrides as JSON")
+    a = ap.parse_args(argv)
+    kw = {k: getattr(a, k) for k in d.__dict__ if k != "model"}
+    train(TrainConfig(**kw, model=json.loads(a.model_json)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,478 @@
+"""The EGG loop: map -> regions -> crops -> map over original + crops -> ... (METHOD.md 2-4).
+
+>>> g = ground(vlm, image, "what word is on the red sign?")
+>>> g.answer, g.boxes[0]        # answer from original + the chosen crops; best box first
+>>> g.trace[0].maps[0]          # the entropy-gradient map over the original image
+>>> g.plot()
+
+State i of the loop is the prompt "original + the crops of iteration i" (state 0: the
+original alone). At each state the entropy-gradient map is computed over the whole
+prompt; regions are extracted in the grids of the *newest* images only (state 0: the
+original; state i >= 1: the crops), ranked together by raw relevance mass (one backward
+pass, one scale), and the top k become the next state's crops -- replacing the previous
+ones; a region found in a crop is a further zoom (its box is composed back to original
+pixels, and the crop is always cut from the original image at full resolution). The
+stopping rule (``egg.stopping``) sees one ``IterationStats`` per state and picks the state
+whose crops the answer uses (``best_index``; 0 = the original alone).
+
+Cost: each state costs one vision encoding per *new* image (visual embeddings are cached
+across iterations unless ``cache_visual=False``, which recomputes every image at every
+state as the authors' release does), one forward and one backward pass (plus
+``token_index - 1`` forward passes for the greedy prefix) -- except a final state whose
+map the stopping rule cannot use, which is not mapped (see ``Iteration.maps``). The answer is generated once,
+for the chosen state, unless ``answer_every=True`` (one generation per state, for
+analysis).
+
+Documented fallbacks
+--------------------
+* Degenerate map (gradient zero or non-finite on every searched token, e.g. an objective
+  that ignores the image): the loop stops at that state and never chooses it; its
+  ``Iteration.degenerate`` is True and its proposal is the whole searched image
+  (``extract_regions``' flat-map fallback). At state 0 this answers from the original
+  alone, with the whole image as the box.
+* Converged: when a state (>= 1) proposes exactly its own crops again, the next state
+  would repeat it bit for bit; the loop stops there (every rule would choose the same
+  crops). ``params["converged"]`` records it.
+* Crops smaller than one patch of the vision tower's input (``adapter.min_crop_side``
+  pixels of the original) are grown about their centre to that side (clipped to the
+  image); ``clamp_aspect`` also rounds boxes outwards to whole pixels.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from .adapters import Cost, EmbeddingCache, VLMAdapter, as_adapter
+from .adapters.base import Box
+from .images import check_question, load_image
+from .objectives import Objective, objective_name
+from .regions import clamp_aspect, compose, extract_regions, smooth
+from .relevance import relevance
+from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _box(b) -> Box:
+    return tuple(float(v) for v in b)  # type: ignore[return-value]
+
+
+@dataclass
+class Iteration:
+    """One state of the loop (or the single map of a baseline).
+
+    index: state number (0 = original image alone).
+    crops: crop boxes present in this state's prompt, original-image pixels.
+    maps: relevance maps, one per token grid of the prompt (grid 0 = the original);
+        empty for a final state whose map the stopping rule cannot use (a fixed rule's
+        last state; a resolution rule's state below the floor or at the cap): that map
+        is not computed, and the state's map statistics are NaN.
+    map_boxes: for each map, the box of the original image its grid covers (pixels).
+    boxes: regions proposed from this state's map, original pixels, best first (they
+        become the next state's crops).
+    masses: raw relevance mass of each proposed region.
+    spatial_entropy: of the searched maps (mass-weighted mean over the crops' maps).
+    entropy, max_prob, token: the differentiated next-token distribution.
+    min_crop_area: area (px) of the smallest crop in this state; inf for state 0.
+    answer: the answer at this state, when generated (``answer_every`` or chosen state).
+    degenerate: the searched maps were all zero (see module docstring).
+    cost: work done for this state.
+    """
+
+    index: int
+    crops: list[Box] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    map_boxes: list[Box] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    masses: list[float] = field(default_factory=list)
+    spatial_entropy: float = float("nan")
+    entropy: float = float("nan")
+    max_prob: float = float("nan")
+    token: str = ""
+    min_crop_area: float = float("inf")
+    answer: str | None = None
+    degenerate: bool = False
+    cost: Cost = field(default_factory=Cost)
+
+    def stats(self) -> IterationStats:
+        return IterationStats(spatial_entropy=self.spatial_entropy, max_prob=self.max_prob,
+                              entropy=self.entropy, min_crop_area=self.min_crop_area)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["maps"] = [np.asarray(m, dtype=np.float64).tolist() for m in self.maps]
+        d["crops"] = [list(b) for b in self.crops]
+        d["map_boxes"] = [list(b) for b in self.map_boxes]
+        d["boxes"] = [list(b) for b in self.boxes]
+        d["cost"] = self.cost.to_dict()
+        return {k: _jsonable(v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Iteration":
+        d = dict(d)
+        d["maps"] = [np.asarray(m, dtype=np.float64) for m in d.get("maps", [])]
+        for k in ("crops", "map_boxes", "boxes"):
+            d[k] = [_box(b) for b in d.get(k, [])]
+        d["cost"] = Cost.from_dict(d.get("cost", {}))
+        for k in ("spatial_entropy", "entropy", "max_prob", "min_crop_area"):
+            if k in d:
+                d[k] = _unjson_float(d[k])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Grounding:
+    """The result of ``ground`` / ``vicrop`` / ``oracle`` / ``random_box``.
+
+    answer: the answer generated from the original + the chosen crops.
+    boxes: evidence boxes, original-image pixels (x0, y0, x1, y1), best first: the crops
+        the answer used; when it used none (chosen state 0), the regions the original's
+        map proposes.
+    trace: one ``Iteration`` per state computed.
+    cost: total work (forward/backward passes, images encoded, tokens, wall time).
+    best_index: the chosen state (index into ``trace``).
+    method: "egg", "vicrop:rel-att", "oracle", "random", ...
+    question, image_size: the input (the image itself is kept in ``image`` for ``plot``
+        but not serialised).
+    params: the settings used.
+    """
+
+    answer: str
+    boxes: list[Box]
+    trace: list[Iteration]
+    cost: Cost
+    best_index: int = 0
+    method: str = "egg"
+    question: str = ""
+    image_size: tuple[int, int] = (0, 0)
+    params: dict = field(default_factory=dict)
+    image: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def box(self) -> Box | None:
+        """The best box (``boxes[0]``), or None."""
+        return self.boxes[0] if self.boxes else None
+
+    @property
+    def crops(self) -> list[Box]:
+        """The crops the answer used (empty when it used the original alone)."""
+        return list(self.trace[self.best_index].crops) if self.trace else []
+
+    # ---- serialisation ---------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "answer": self.answer,
+            "boxes": [list(b) for b in self.boxes],
+            "trace": [it.to_dict() for it in self.trace],
+            "cost": self.cost.to_dict(),
+            "best_index": self.best_index,
+            "method": self.method,
+            "question": self.question,
+            "image_size": list(self.image_size),
+            "params": _jsonable(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grounding":
+        return cls(
+            answer=d["answer"],
+            boxes=[_box(b) for b in d.get("boxes", [])],
+            trace=[Iteration.from_dict(t) for t in d.get("trace", [])],
+            cost=Cost.from_dict(d.get("cost", {})),
+            best_index=int(d.get("best_index", 0)),
+            method=d.get("method", "egg"),
+            question=d.get("question", ""),
+            image_size=tuple(d.get("image_size", (0, 0))),  # type: ignore[arg-type]
+            params=d.get("params", {}),
+        )
+
+    def to_json(self) -> str:
+        """One line of JSON (for JSON-lines files)."""
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Grounding":
+        return cls.from_dict(json.loads(line))
+
+    # ---- plotting -------------------------------------------------------------------------
+
+    def plot(self, ax=None, image=None, iteration: int | None = None, alpha: float = 0.5, cmap: str = "inferno"):
+        """Image, the relevance map(s) of one state overlaid, and the boxes (best = solid).
+
+        image: needed when the Grounding was loaded from JSON (``image`` is not saved).
+        iteration: which state's maps to overlay (default: state 0, the original's map,
+            plus its crops' maps if any). Returns the matplotlib Axes.
+        """
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        img = image if image is not None else self.image
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 6))
+        if img is not None:
+            img = load_image(img)
+            ax.imshow(img)
+            W, H = img.size
+        else:
+            W, H = self.image_size
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+        if self.trace:
+            it = self.trace[0 if iteration is None else iteration]
+            for m, mb in zip(it.maps, it.map_boxes):
+                m = np.asarray(m, dtype=np.float64)
+                if m.size == 0 or not np.isfinite(m).all() or m.max() <= 0:
+                    continue
+                x0, y0, x1, y1 = mb
+                ax.imshow(m / m.max(), extent=(x0, x1, y1, y0), alpha=alpha, cmap=cmap, interpolation="bilinear")
+        colours = ["#00e5ff", "#76ff03", "#ffea00", "#ff4081"]
+        for i, b in enumerate(self.boxes):
+            x0, y0, x1, y1 = b
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.5 if i == 0 else 1.5,
+                                   ls="-" if i == 0 else "--", ec=colours[i % len(colours)]))
+        ax.set_xlim(0, W)
+        ax.set_ylim(H, 0)
+        ax.set_title(f"{self.question}\n-> {self.answer!r}  ({self.method}, state {self.best_index})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+
+
+def _jsonable(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+    if isinstance(v, (np.floating, np.integer)):
+        return _jsonable(v.item())
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    return v
+
+
+def _unjson_float(v) -> float:
+    return float(v) if v is not None else float("nan")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_stopping(stopping: Union[str, StoppingRule] = "spatial-entropy", max_iterations: int = 4,
+                  fixed_n: int | None = None, min_crop_area: float | None = None) -> StoppingRule:
+    """A stopping rule from ``ground``'s arguments (a rule instance passes through)."""
+    if isinstance(stopping, StoppingRule):
+        return stopping
+    if stopping == "fixed":
+        return FixedRule(n=1 if fixed_n is None else fixed_n)
+    if stopping == "resolution":
+        kw = {} if min_crop_area is None else {"min_area": float(min_crop_area)}
+        return ResolutionRule(cap=max_iterations, **kw)
+    return make_rule(stopping, cap=max_iterations)
+
+
+def _map_unused(rule: StoppingRule, state: int, min_crop_area: float) -> bool:
+    """True when the rule will stop at ``state`` whatever its map says, so the map (one
+    forward + backward pass) can be skipped: a fixed rule's last state, and a resolution
+    rule's state whose crops are below the floor or that reaches the cap. (Spatial-entropy
+    and confidence rules need the last state's map to decide and to choose.)"""
+    if state == 0:
+        return False
+    if isinstance(rule, FixedRule):
+        return state >= rule.n
+    if isinstance(rule, ResolutionRule):
+        return state >= rule.cap or not min_crop_area >= rule.min_area
+    return False
+
+
+def _state_spatial_entropy(maps: Sequence[np.ndarray], sigma: float, threshold) -> float:
+    """Spatial entropy of the searched maps: one map -> its value; several (one per crop)
+    -> their mean weighted by each map's total raw relevance (plain mean if all zero)."""
+    values = [spatial_entropy(smooth(m, sigma), threshold=threshold, smoothed=True) for m in maps]
+    weights = np.array([float(np.nansum(np.abs(m))) for m in maps])
+    if len(values) == 1:
+        return float(values[0])
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return float(np.mean(values))
+    return float(np.dot(weights / weights.sum(), values))
+
+
+def propose_regions(
+    adapter: VLMAdapter,
+    prepared,
+    maps: Sequence[np.ndarray],
+    crops: Sequence[Box],
+    image_size: tuple[int, int],
+    search: Sequence[int],
+    *,
+    sigma: float = 1.5,
+    threshold="elbow",
+    k: int = 2,
+    max_ratio: float = 3.0,
+) -> tuple[list[Box], list[float]]:
+    """Top-k regions over the grids ``search`` (indices into ``prepared.grids``), as
+    croppable boxes in ORIGINAL pixels, ranked by raw mass. Grids with an all-zero map
+    propose nothing; if every searched map is zero the flat-map fallback (whole grid) of
+    the first searched grid is used."""
+    cands: list[tuple[float, int, Box]] = []
+    live = [gi for gi in search if np.any(np.asarray(maps[gi]) > 0)]
+    for gi in live or list(search)[:1]:
+        grid = prepared.grids[gi]
+        for r in extract_regions(maps[gi], sigma=sigma, threshold=threshold, k=k):
+            box = adapter.grid_box_to_pixels(grid, r.box)
+            if grid.image_index > 0:
+                box = compose(box, crops[grid.image_index - 1])
+            box = clamp_aspect(box, image_size, max_ratio=max_ratio, min_side=adapter.min_crop_side)
+            cands.append((float(r.mass), len(cands), box))
+    cands.sort(key=lambda c: (-c[0], c[1]))
+    kept = cands[:k]
+    return [c[2] for c in kept], [c[0] for c in kept]
+
+
+def map_boxes(prepared, crops: Sequence[Box]) -> list[Box]:
+    """For each grid, the original-image box its footprint covers."""
+    out = []
+    for g in prepared.grids:
+        fp = g.footprint
+        out.append(_box(compose(fp, crops[g.image_index - 1]) if g.image_index > 0 else fp))
+    return out
+
+
+def cut(image, boxes: Sequence[Box]) -> list:
+    """Crops of ``image`` at integer-pixel ``boxes``."""
+    return [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+
+
+def answer_with_crops(adapter: VLMAdapter, image, question: str, crops: Sequence[Box],
+                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None) -> str:
+    """Generate the answer from the original + crops (boxes in original pixels)."""
+    prep = adapter.prepare([image] + cut(image, crops), question)
+    return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def ground(
+    vlm,
+    image,
+    question: str,
+    *,
+    objective: Union[str, Objective] = "entropy",
+    token_index: int = 1,
+    num_layers: int | None = None,
+    sigma: float = 1.5,
+    threshold="elbow",
+    k: int = 2,
+    max_ratio: float = 3.0,
+    stopping: Union[str, StoppingRule] = "spatial-entropy",
+    max_iterations: int = 4,
+    fixed_n: int | None = None,
+    min_crop_area: float | None = None,
+    max_new_tokens: int = 8,
+    answer_every: bool = False,
+    cache_visual: bool = True,
+) -> Grounding:
+    """Entropy-Gradient Grounding: find the evidence for ``question`` and answer with it.
+
+    vlm: a VLM (``egg.load_model``) or a VLMAdapter.
+    image: PIL image, numpy array or path (converted to RGB, see ``egg.images``).
+    objective, token_index, num_layers: the map (see ``egg.relevance.relevance``).
+    sigma, threshold, k, max_ratio: regions (see ``egg.regions``); k crops per state.
+    stopping: "spatial-entropy" (paper), "confidence", "fixed" (``fixed_n`` iterations,
+        default 1), "resolution" (stop when a crop is below ``min_crop_area`` px; default
+        the rule's), or a ``StoppingRule``; ``max_iterations`` caps the zoom iterations.
+    max_new_tokens: answer length.
+    answer_every: also generate the answer at every state (stored in the trace).
+    cache_visual: reuse visual embeddings across states (False = re-encode every image
+        every state, as the authors' release does; same result, more cost).
+    Deterministic: the same call gives the same answer and boxes.
+    """
+    adapter = as_adapter(vlm)
+    img = load_image(image)
+    q = check_question(question)
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
+    counter = adapter.counter
+    total0 = counter.copy()
+    t_start = time.perf_counter()
+    cache = EmbeddingCache() if cache_visual else None
+
+    trace: list[Iteration] = []
+    history: list[IterationStats] = []
+    crops: list[Box] = []
+    degenerate_stop = converged = False
+    while True:
+        c0, t0 = counter.copy(), time.perf_counter()
+        state = len(trace)
+        area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
+        if _map_unused(rule, state, area):
+            it = Iteration(index=state, crops=list(crops), min_crop_area=area)
+            if answer_every:
+                it.answer = answer_with_crops(adapter, img, q, crops, max_new_tokens, cache)
+            it.cost = counter.copy() - c0
+            it.cost.wall_time = time.perf_counter() - t0
+            trace.append(it)
+            history.append(it.stats())
+            break
+        prep = adapter.prepare([img] + cut(img, crops), q)
+        rel = relevance(adapter, prep, objective, token_index, num_layers, cache=cache)
+        search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
+        boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search,
+                                        sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio)
+        degenerate = not any(np.any(rel.maps[gi] > 0) for gi in search)
+        it = Iteration(
+            index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops),
+            boxes=boxes, masses=masses,
+            spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], sigma, threshold),
+            entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
+            min_crop_area=area, degenerate=degenerate,
+        )
+        if answer_every:
+            it.answer = adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
+        it.cost = counter.copy() - c0
+        it.cost.wall_time = time.perf_counter() - t0
+        trace.append(it)
+        if degenerate:
+            degenerate_stop = True
+            break
+        history.append(it.stats())
+        if rule.should_stop(history):
+            break
+        if state > 0 and boxes == crops:
+            converged = True  # the next state would repeat this one exactly
+            break
+        crops = boxes
+
+    best = rule.best_index(history) if history else 0
+    chosen = trace[best]
+    if chosen.answer is None:
+        c0, t0 = counter.copy(), time.perf_counter()
+        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, max_new_tokens, cache)
+        extra = counter.copy() - c0
+        extra.wall_time = time.perf_counter() - t0
+        chosen.cost = chosen.cost + extra
+    evidence = list(chosen.crops) if best > 0 else list(trace[0].boxes)
+    cost = counter.copy() - total0
+    cost.wall_time = time.perf_counter() - t_start
+    params = dict(
+        objective=objective_name(objective), token_index=token_index, num_layers=num_layers, sigma=sigma,
+        threshold=threshold if isinstance(threshold, str) else getattr(threshold, "__name__", "custom"),
+        k=k, max_ratio=max_ratio, stopping=getattr(rule, "name", str(stopping)), rule=repr(rule),
+        max_iterations=max_iterations, max_new_tokens=max_new_tokens, cache_visual=cache_visual,
+        degenerate_stop=degenerate_stop, converged=converged, model=adapter.describe(),
+    )
+    return Grounding(answer=chosen.answer, boxes=evidence, trace=trace, cost=cost, best_index=best,
+                     method="egg", question=q, image_size=tuple(img.size), params=params, image=img)
+
+
+__all__ = ["ground", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]

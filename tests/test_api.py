@@ -1,0 +1,142 @@
+"""Public API: loading (and its errors), answering, odd inputs, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from egg.api import REFERENCE_DIR, answer, ground, load_model, vicrop
+from egg.images import check_question, load_image
+
+
+def _inside(box, size):
+    W, H = size
+    return 0 <= box[0] < box[2] <= W and 0 <= box[1] < box[3] <= H
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory, ref_model, ref_processor):
+    d = tmp_path_factory.mktemp("reference")
+    ref_model.save_pretrained(d)
+    ref_processor.save_pretrained(d)
+    return d
+
+
+def test_load_model_from_local_dir_matches_in_memory(saved_dir, vlm, scene, question):
+    loaded = load_model(saved_dir, device="cpu")
+    assert type(loaded.adapter) is type(vlm.adapter) and loaded.source == str(saved_dir)
+    assert not loaded.model.training
+    assert answer(loaded, scene, question) == answer(vlm, scene, question)
+    a = ground(loaded, scene, question, stopping="fixed", fixed_n=1)
+    b = ground(vlm, scene, question, stopping="fixed", fixed_n=1)
+    assert a.boxes == b.boxes and a.answer == b.answer
+
+
+def test_load_model_errors_name_the_problem(tmp_path, saved_dir, monkeypatch):
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_model(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(empty)
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "config.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(bad)
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((saved_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="no_weights"):
+        load_model(no_weights)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"egg-tests/not-a-cached-model.*path_or_id"):
+        load_model("egg-tests/not-a-cached-model")
+
+
+def test_load_model_default_reference():
+    if REFERENCE_DIR.is_dir():
+        v = load_model()
+        assert v.adapter.num_layers >= 1
+    else:
+        with pytest.raises(FileNotFoundError, match="reference"):
+            load_model()
+
+
+# --------------------------------------------------------------------------- odd inputs
+
+
+def _odd_images():
+    rgba = Image.new("RGBA", (120, 80), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (30, 20, 60, 50))
+    pal = Image.new("RGB", (90, 70), (10, 200, 10)).convert("P")
+    return {
+        "RGBA": rgba,
+        "CMYK": Image.new("CMYK", (100, 60), (0, 200, 200, 0)),
+        "L": Image.new("L", (64, 96), 128),
+        "P": pal,
+        "LA": Image.new("LA", (50, 40), (100, 128)),
+        "I;16": Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50),
+        "1x1": Image.new("RGB", (1, 1), (255, 255, 255)),
+        "20x3000": Image.new("RGB", (20, 3000), (200, 100, 0)),
+        "blank": Image.new("RGB", (128, 128), (0, 0, 0)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_odd_images()))
+def test_odd_images_answer_and_ground(vlm, question, name):
+    img = _odd_images()[name]
+    rgb = load_image(img)
+    assert rgb.mode == "RGB" and rgb.size == img.size
+    assert isinstance(answer(vlm, img, question), str)
+    g = ground(vlm, img, question, stopping="fixed", fixed_n=1)
+    assert g.boxes and all(_inside(b, img.size) for b in g.boxes)
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image(rgba).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_numpy_and_path_inputs(tmp_path, vlm, scene, question):
+    p = tmp_path / "scene.png"
+    scene.save(p)
+    assert answer(vlm, str(p), question) == answer(vlm, scene, question) == answer(vlm, np.asarray(scene), question)
+    assert load_image(np.zeros((5, 6), dtype=np.float32)).size == (6, 5)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, vlm, scene):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        answer(vlm, tmp_path / "missing.png", "what ?")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="junk.jpg"):
+        ground(vlm, junk, "what ?")
+    with pytest.raises(ValueError, match="directory"):
+        load_image(tmp_path)
+    for q in ["", "   \n"]:
+        with pytest.raises(ValueError, match="question is empty"):
+            answer(vlm, scene, q)
+        with pytest.raises(ValueError, match="question is empty"):
+            ground(vlm, scene, q)
+        with pytest.raises(ValueError, match="question is empty"):
+            vicrop(vlm, scene, q)
+    with pytest.raises(TypeError):
+        check_question(None)
+    with pytest.raises(TypeError):
+        load_image(12)
+    with pytest.raises(ValueError):
+        load_image(np.zeros((4, 4, 2)))
+    with pytest.raises(TypeError, match="VLM"):
+        answer("not a model", scene, "what ?")
+
+
+def test_determinism_end_to_end(vlm, scene, question):
+    a = ground(vlm, scene, question)
+    b = ground(vlm, scene, question)
+    assert (a.answer, a.boxes, a.best_index) == (b.answer, b.boxes, b.best_index)
+    assert answer(vlm, scene, question) == answer(vlm, scene, question)
