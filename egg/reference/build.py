@@ -52,7 +52,7 @@ def vocabulary() -> list[str]:
         "user", "assistant", ":", "?", ",", ".", "(", ")", "what", "word", "is", "on", "the", "sign",
         "shape", "in", "ring", "are", "shapes", "and", "same", "yes", "no", "answer", "with", "letter",
         "which", "larger", "or", "field", "value", "of", "bar", "there", "a", "image", "large", "region",
-        "where", "to", "above", "below", "middle", "centre", "describe",
+        "where", "to", "rings", "write", "general", "description", "above", "below", "middle", "centre", "describe",
     }
     digits = [str(i) for i in range(10)]
     return SPECIALS + sorted(words) + digits + [f"##{d}" for d in digits]

@@ -1,0 +1,52 @@
+# egg: two commands on a fresh clone.
+#   make reproduce   run every notebook on the embedded reference model, regenerate figures/
+#   make test        pytest + nbval on the committed notebooks
+# Each creates .venv (if absent) and installs what it needs first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU build of torch by default; GPU users: make TORCH_SPEC="torch" (or install torch first)
+TORCH_SPEC ?= torch==2.13.0
+N      ?=
+ONLY   ?=
+OUT    ?= out
+
+.PHONY: setup reproduce test test-fast nbval train-reference check-browser clean help
+
+help:
+	@echo "make reproduce [N=300] [ONLY=02,03]  run the notebooks with papermill, write figures/ and tables"
+	@echo "make test                            pytest + nbval on the committed notebooks"
+	@echo "make train-reference                 retrain the reference VLM into data/reference (~40 min on 2 cores)"
+	@echo "make check-browser                   open the explorer notebook in headless Chromium"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+reproduce: setup
+	$(PY) -m egg.reproduce $(if $(N),--n $(N)) $(if $(ONLY),--only $(ONLY)) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest tests
+
+nbval: setup
+	$(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -p no:cacheprovider
+
+train-reference: setup
+	$(PY) -m egg.reference.train --out data/reference
+
+check-browser: setup
+	$(PY) tests/browser_check.py
+
+clean:
+	rm -rf $(OUT) results .pytest_cache data/cache data/train_cache

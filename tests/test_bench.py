@@ -1,0 +1,79 @@
+"""The procedural benchmark: determinism, splits, geometry of evidence, scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from egg import bench
+from egg.bench.core import rng_for
+
+
+@pytest.mark.parametrize("family", bench.families())
+def test_items_are_deterministic_and_well_formed(family):
+    a, b = bench.item(family, "test", 3, seed=0), bench.item(family, "test", 3, seed=0)
+    assert a.question == b.question and a.answers == b.answers and a.boxes == b.boxes
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    W, H = a.image.size
+    assert 256 <= min(W, H) and max(W, H) <= 1536 and a.image.mode == "RGB"
+    assert a.family == family and a.answers and a.question.strip()
+    assert 1 <= len(a.boxes) <= 2
+    for x0, y0, x1, y1 in a.boxes:
+        assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+    # the stated answer scores 1 with the family's own metric, a wrong one does not
+    gold = a.answers[0]
+    assert bench.score(family, gold, a) == 1.0
+    assert bench.score(family, "zzz", a) == 0.0
+
+
+@pytest.mark.parametrize("family", bench.DETAIL_FAMILIES)
+def test_detail_evidence_is_small(family):
+    fr = [it.evidence_fraction for it in bench.load(family, "val", n=25)]
+    assert 0.0005 < np.median(fr) < 0.03, fr
+
+
+def test_control_evidence_is_large():
+    fr = [it.evidence_fraction for it in bench.load("rwqa", "val", n=10)]
+    assert min(fr) > 0.05
+
+
+def test_splits_and_seeds_differ():
+    t = bench.item("text", "train", 0).image
+    v = bench.item("text", "val", 0).image
+    s = bench.item("text", "test", 0).image
+    s1 = bench.item("text", "test", 0, seed=1).image
+    arrs = [np.asarray(x) for x in (t, v, s, s1)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert arrs[i].shape != arrs[j].shape or not np.array_equal(arrs[i], arrs[j])
+
+
+def test_multi_evidence_in_at_least_three_families():
+    multi = {f for f in bench.families() if any(it.multi_evidence for it in bench.load(f, "val", n=30))}
+    assert len(multi) >= 3, multi
+
+
+def test_pope_has_all_negative_kinds_and_balance():
+    items = bench.load("pope", "val", n=80)
+    labels = [it.answers[0] for it in items]
+    assert 0.3 < labels.count("yes") / len(labels) < 0.7
+    kinds = {it.meta["negative"] for it in items if it.answers[0] == "no"}
+    assert kinds == {"random", "popular", "adversarial"}
+
+
+def test_bad_parameters_name_the_problem():
+    with pytest.raises(ValueError, match="unknown family"):
+        bench.load("nope")
+    with pytest.raises(ValueError, match="unknown split"):
+        bench.item("text", "dev", 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        bench.item("text", "test", -1)
+    with pytest.raises(ValueError, match="n must be"):
+        bench.load("text", n=-3)
+    with pytest.raises(ValueError, match="n must be"):
+        bench.load("text", n=2.5)
+
+
+def test_rng_streams_are_independent_per_split():
+    a = rng_for("text", "train", 0, 0).random(4)
+    b = rng_for("text", "test", 0, 0).random(4)
+    assert not np.allclose(a, b)

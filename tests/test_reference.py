@@ -1,0 +1,69 @@
+"""The reference VLM's pieces: tokenizer, processor, the training data path."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from egg import bench
+from egg.reference import train as T
+
+
+def test_tokenizer_round_trips_numbers_and_words(ref_processor):
+    tok = ref_processor.tokenizer
+    ids = tok("what is the value of the red field ? 47", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(tok(" 47", add_special_tokens=False)["input_ids"]) == "47"
+    assert tok.convert_ids_to_tokens(tok("zebra", add_special_tokens=False)["input_ids"]) == ["<unk>"]
+
+
+def test_benchmark_vocabulary_is_covered(ref_processor):
+    tok = ref_processor.tokenizer
+    for fam in bench.families():
+        for it in bench.load(fam, "val", n=5):
+            texts = [it.question, *it.answers, *it.options, *(q for q, _, _ in it.facts)]
+            for t in texts:
+                ids = tok(t, add_special_tokens=False)["input_ids"]
+                assert tok.unk_token_id not in ids, t
+
+
+def test_training_pixels_equal_processor_pixels(ref_processor):
+    """Training bypasses the processor for speed; it must feed exactly what the processor makes."""
+    it = bench.item("doc", "val", 0)
+    W, H = it.image.size
+    crop = (10, 20, 300, 200)
+    ims = np.stack([T._resize(it.image, (0, 0, W, H), 64), T._resize(it.image, crop, 64)])
+    batch = T.Collator(ref_processor)([T.Example(ims, [(it.question, it.answers[0])], "doc", "evidence")])
+    ref = ref_processor.image_processor([it.image, it.image.crop(crop)], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(batch["pixel_values"], ref, atol=1e-5)
+
+
+def test_collator_prompt_matches_processor_and_masks_answers(ref_processor):
+    col = T.Collator(ref_processor)
+    it = bench.item("text", "val", 1)
+    ims = np.stack([T._resize(it.image, (0, 0, *it.image.size), 64)])
+    batch = col([T.Example(ims, [(it.question, "cat"), ("where is the red sign ?", "top left")], "text", "full")])
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.question}]}]
+    prompt = ref_processor.apply_chat_template(msgs, add_generation_prompt=True)
+    ref_ids = ref_processor(images=[it.image], text=prompt, return_tensors="pt")["input_ids"][0]
+    assert torch.equal(batch["input_ids"][0, : len(ref_ids)], ref_ids)
+    supervised = ref_processor.tokenizer.decode([t for t in batch["labels"][0].tolist() if t != -100])
+    assert supervised.split() == ["cat", "</s>", "top", "left", "</s>"]
+
+
+def test_examples_cover_every_kind_and_crop_contains_evidence():
+    it = bench.item("text", "train", 5)
+    rng = np.random.default_rng(0)
+    exs = T.examples_for(it, rng, 60, 64)
+    assert {e.kind for e in exs} == set(T.KINDS)
+    for _ in range(50):
+        b = it.boxes[0]
+        c = T.crop_around(b, it.image.size, rng)
+        assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
+
+
+def test_patch_colours_finds_a_red_patch():
+    img = np.full((1, 64, 64, 3), 230, dtype=np.uint8)
+    img[0, 8:16, 24:32] = (220, 30, 30)  # patch row 1, col 3
+    lab = T.patch_colours(img, 8).reshape(8, 8, -1)
+    red = list(T.COLOURS).index("red")
+    assert lab[1, 3, red] == 1 and lab[:, :, red].sum() == 1 and lab.sum() == 1
