@@ -146,15 +146,17 @@ class SpatialEntropyRule(StoppingRule):
     iterations have been done. ``best_index`` = the last state of the initial strictly
     decreasing run, i.e. the state before the rise (0 if the first zoom already rose).
 
-    ``min_zooms`` (default 0, the literal rule) forces at least that many zoom
-    iterations before any stop other than the cap; the decreasing run is then counted
-    from state ``min_zooms``. (Use 1 to always answer with at least one set of crops,
-    even when the original image's map is already a single blob.)
+    ``min_zooms`` (default 1) forces at least that many zoom iterations before any stop
+    other than the cap, and the answer then uses at least that state's crops. The default
+    follows the authors' release, which always appends the first map's crops and only then
+    lets spatial entropy decide whether to refine further (inference_llava.py,
+    ``run_refinement_loop``). ``min_zooms=0`` is the literal rule of METHOD.md section 4,
+    under which an original-image map that is already one blob answers without crops.
     """
 
     name = "spatial-entropy"
 
-    def __init__(self, cap: int = 4, min_zooms: int = 0):
+    def __init__(self, cap: int = 4, min_zooms: int = 1):
         self.cap = _check_cap(cap)
         if int(min_zooms) != min_zooms or min_zooms < 0:
             raise ValueError(f"min_zooms must be an integer >= 0, got {min_zooms!r}")
@@ -169,19 +171,17 @@ class SpatialEntropyRule(StoppingRule):
         h = history[-1].spatial_entropy
         if h == 0:
             return True
-        if n > self.min_zooms and not h < history[-2].spatial_entropy:
-            return True
-        return False
+        return n >= 1 and not h < history[-2].spatial_entropy
 
     def best_index(self, history: list[IterationStats]) -> int:
         n = _check_history(history)
-        best = min(self.min_zooms, n)
-        for i in range(best + 1, n + 1):
+        best = 0
+        for i in range(1, n + 1):
             if history[i].spatial_entropy < history[i - 1].spatial_entropy:
                 best = i
             else:
                 break
-        return best
+        return max(best, min(self.min_zooms, n))
 
 
 def _prob(s: IterationStats) -> float:

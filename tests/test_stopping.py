@@ -115,8 +115,10 @@ def test_spatial_entropy_rule_rise_at_step_2():
     assert run_loop(SpatialEntropyRule(cap=4), script) == (2, 1)
 
 
-def test_spatial_entropy_rule_rise_at_step_1_keeps_original():
-    assert run_loop(SpatialEntropyRule(), [S(1.0), S(1.4), S(0.2)]) == (1, 0)
+def test_spatial_entropy_rule_rise_at_step_1():
+    # default (authors' release): the first crops are always used; literal rule keeps the original
+    assert run_loop(SpatialEntropyRule(), [S(1.0), S(1.4), S(0.2)]) == (1, 1)
+    assert run_loop(SpatialEntropyRule(min_zooms=0), [S(1.0), S(1.4), S(0.2)]) == (1, 0)
 
 
 def test_spatial_entropy_rule_tie_is_no_improvement():
@@ -125,7 +127,8 @@ def test_spatial_entropy_rule_tie_is_no_improvement():
 
 def test_spatial_entropy_rule_zero_entropy_stops_and_keeps_it():
     assert run_loop(SpatialEntropyRule(), [S(2.0), S(1.0), S(0.0), S(0.5)]) == (2, 2)
-    assert run_loop(SpatialEntropyRule(), [S(0.0), S(1.0)]) == (0, 0)
+    assert run_loop(SpatialEntropyRule(), [S(0.0), S(1.0)]) == (1, 1)
+    assert run_loop(SpatialEntropyRule(min_zooms=0), [S(0.0), S(1.0)]) == (0, 0)
 
 
 def test_spatial_entropy_rule_cap():
@@ -137,9 +140,10 @@ def test_spatial_entropy_rule_cap():
 
 def test_spatial_entropy_rule_min_zooms():
     script = [S(0.0), S(0.7), S(0.5), S(0.9), S(0.1)]
-    assert run_loop(SpatialEntropyRule(min_zooms=1), script) == (3, 2)
+    assert run_loop(SpatialEntropyRule(min_zooms=1), script) == (1, 1)
     assert run_loop(SpatialEntropyRule(min_zooms=0), script) == (0, 0)
-    assert run_loop(SpatialEntropyRule(min_zooms=1), [S(0.0), S(0.9), S(1.2)]) == (2, 1)
+    assert run_loop(SpatialEntropyRule(min_zooms=2), script) == (3, 2)
+    assert run_loop(SpatialEntropyRule(min_zooms=1), [S(2.0), S(0.9), S(1.2)]) == (2, 1)
 
 
 def test_spatial_entropy_best_index_on_overlong_history():
