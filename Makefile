@@ -15,7 +15,7 @@ OUT    ?= out
 .PHONY: setup reproduce test test-fast nbval train-reference check-browser clean help
 
 help:
-	@echo "make reproduce [N=300] [ONLY=02,03]  run the notebooks with papermill, write figures/ and tables"
+	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/ and tables"
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (~40 min on 2 cores)"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 reproduce: setup
-	$(PY) -m egg.reproduce $(if $(N),--n $(N)) $(if $(ONLY),--only $(ONLY)) --out $(OUT)
+	$(PY) -m egg.reproduce $(if $(N),--n $(N)) $(if $(ONLY),--only $(ONLY)) $(if $(RESUME),--resume) --out $(OUT)
 
 test: setup
 	$(PY) -m pytest tests

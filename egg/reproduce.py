@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="device parameter, e.g. cuda")
     ap.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 02,03")
     ap.add_argument("--out", default="out", help="folder for executed notebooks")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse results/records.jsonl from an interrupted run (default: start afresh, so "
+                         "records computed by older code are never mixed in)")
     a = ap.parse_args(argv)
 
     import papermill as pm
@@ -44,6 +47,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (ROOT / "figures").mkdir(exist_ok=True)
     nbs = notebooks(a.only)
+    records = ROOT / "results" / "records.jsonl"
+    if records.exists() and not a.resume:
+        records.unlink()
     t_all = time.time()
     for i, nb in enumerate(nbs, 1):
         t0 = time.time()
