@@ -9,7 +9,10 @@
 
 ``load_model("llava-hf/llava-1.5-7b-hf")`` loads a Hub model (from the local Hugging Face
 cache when offline); any transformers VLM with a registered adapter works
-(``egg.adapters.registered()``).
+(``egg.adapters.registered()``: LLaVA-1.5, LLaVA-1.6/NeXT, Qwen2.5-VL, Qwen3-VL, InternVL3/3.5),
+the adapter being chosen from the checkpoint's config. On a GPU:
+``load_model(id, dtype="bf16", attn_implementation="sdpa", device_map="auto",
+gradient_checkpointing=True)``.
 """
 from __future__ import annotations
 
@@ -46,7 +49,33 @@ def _resolve_dtype(dtype, device: str):
     return dtype
 
 
-def _load_local(path: Path, device: str, dtype) -> VLM:
+def _model_kwargs(dtype, attn_implementation=None, device_map=None, **extra) -> dict:
+    kw = {"dtype": dtype}
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kw["device_map"] = device_map
+    kw.update(extra)
+    return kw
+
+
+def _finish(model, device: str, device_map, gradient_checkpointing: bool):
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    if gradient_checkpointing:
+        # Checkpointing only acts on layers marked as training; the adapter marks the decoder
+        # layers (not their dropout) while it takes a gradient (VLMAdapter._checkpointing).
+        kw = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        model.eval()
+    return model
+
+
+def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkpointing=False, **kw) -> VLM:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if not (path / "config.json").is_file():
@@ -66,18 +95,23 @@ def _load_local(path: Path, device: str, dtype) -> VLM:
     probe.config = config
     adapter_class(probe)  # raises a clear NotImplementedError for unsupported families early
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path, **_model_kwargs(dtype, device_map=device_map, **kw))
         processor = AutoProcessor.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
+        hint = ""
+        if "torchvision" in str(e).lower() or "VIDEO_PROCESSOR" in str(e):
+            hint = (" (this family's processor includes a video processor, which needs torchvision: "
+                    "`pip install torchvision` matching your torch)")
         raise ValueError(
-            f"cannot load the checkpoint in {str(path)!r} (missing or corrupt files?): {type(e).__name__}: {e}"
+            f"cannot load the checkpoint in {str(path)!r} (missing or corrupt files?){hint}: {type(e).__name__}: {e}"
         ) from e
-    model.to(device)
-    model.eval()
+    _finish(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=str(path))
 
 
-def load_model(path_or_id: str | os.PathLike | None = None, device: str | None = None, dtype=None) -> VLM:
+def load_model(path_or_id: str | os.PathLike | None = None, device: str | None = None, dtype=None, *,
+               attn_implementation: str | None = None, device_map=None, gradient_checkpointing: bool = False,
+               **model_kwargs) -> VLM:
     """Load a VLM (model + processor + adapter), in eval mode with frozen parameters.
 
     path_or_id: None = the embedded reference model at ``REFERENCE_DIR``
@@ -86,6 +120,16 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
         cache, downloaded only when the Hub is reachable and not disabled (HF_HUB_OFFLINE).
     device: "cpu", "cuda", ... (None: cuda if available, else cpu).
     dtype: torch dtype or name (None: float32 on cpu, bfloat16 on a GPU).
+    attn_implementation: passed to ``from_pretrained`` ("sdpa" is transformers' default where
+        supported; "eager" everywhere; "flash_attention_2" if installed). ViCrop's attention
+        maps switch the decoder to eager for their call only, whatever is set here.
+    device_map: passed to ``from_pretrained`` (e.g. "auto" to spread a large model over
+        GPUs); the model is then not moved to ``device``.
+    gradient_checkpointing: recompute decoder activations in the backward pass (saves
+        memory on long inputs: many crops / high-resolution tiles; costs one extra forward).
+    model_kwargs: any other ``from_pretrained`` keyword (e.g. ``quantization_config``).
+    The model family (and so the adapter) is read from the checkpoint's config
+    (``config.json``: config class / ``model_type``), never from its name.
 
     Errors name what is missing: FileNotFoundError for a missing local checkpoint, and for
     a Hub id that is not cached while offline (with the command to fetch it and the
@@ -97,6 +141,8 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
     dtype = _resolve_dtype(dtype, device)
+    extra = dict(model_kwargs, attn_implementation=attn_implementation, device_map=device_map,
+                 gradient_checkpointing=gradient_checkpointing)
     if path_or_id is None:
         if not REFERENCE_DIR.is_dir():
             raise FileNotFoundError(
@@ -104,19 +150,19 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
                 "`python -m egg.reference.train` (it saves there), or pass load_model(path_or_id=...) "
                 "a local checkpoint directory or a Hugging Face model id."
             )
-        return _load_local(REFERENCE_DIR, device, dtype)
+        return _load_local(REFERENCE_DIR, device, dtype, **extra)
     path = Path(os.path.expanduser(str(path_or_id)))
     if path.is_dir():
-        return _load_local(path, device, dtype)
+        return _load_local(path, device, dtype, **extra)
     text = str(path_or_id)
     # Hub ids are "name" or "owner/name"; anything else that is not a directory is a bad path.
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if looks_local or path.exists():
         raise FileNotFoundError(f"model checkpoint directory not found: {text!r}")
-    return _load_hub(text, device, dtype)
+    return _load_hub(text, device, dtype, **extra)
 
 
-def _load_hub(repo_id: str, device: str, dtype) -> VLM:
+def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkpointing=False, **kw) -> VLM:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     hint = (
@@ -137,13 +183,13 @@ def _load_hub(repo_id: str, device: str, dtype) -> VLM:
             f"disabled (HF_HUB_OFFLINE). {hint}"
         )
     try:
-        model = AutoModelForImageTextToText.from_pretrained(repo_id, dtype=dtype, local_files_only=in_cache)
+        model = AutoModelForImageTextToText.from_pretrained(
+            repo_id, local_files_only=in_cache, **_model_kwargs(dtype, device_map=device_map, **kw))
         processor = AutoProcessor.from_pretrained(repo_id, local_files_only=in_cache)
     except Exception as e:  # noqa: BLE001
         where = "the Hugging Face cache" if in_cache else "the Hugging Face Hub"
         raise FileNotFoundError(f"cannot load {repo_id!r} from {where}: {type(e).__name__}: {e}. {hint}") from e
-    model.to(device)
-    model.eval()
+    _finish(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=repo_id)
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import Cost, EmbeddingCache, ForwardOutput, Prepared, TokenGrid, VLMAdapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen_vl import Qwen2_5_VLAdapter, Qwen3VLAdapter
 
 _BY_MODEL_TYPE: dict[str, type[VLMAdapter]] = {}
 _BY_CONFIG_CLASS: dict[type, type[VLMAdapter]] = {}
@@ -58,6 +61,28 @@ def adapter_for(model, processor) -> VLMAdapter:
 
 
 register(LlavaAdapter)
+register(LlavaNextAdapter)
+register(Qwen2_5_VLAdapter)
+register(Qwen3VLAdapter)
+register(InternVLAdapter)
+
+
+def _register_config_classes() -> None:
+    """Also key the adapters by transformers' config classes (exact, subclass-aware)."""
+    import transformers
+
+    for name, cls in (("LlavaConfig", LlavaAdapter), ("LlavaNextConfig", LlavaNextAdapter),
+                      ("Qwen2_5_VLConfig", Qwen2_5_VLAdapter), ("Qwen3VLConfig", Qwen3VLAdapter),
+                      ("InternVLConfig", InternVLAdapter)):
+        cfg = getattr(transformers, name, None)
+        if cfg is not None:
+            register(cls, model_types=(cls.model_types[0],), config_classes=(cfg,))
+
+
+try:
+    _register_config_classes()
+except Exception:  # noqa: BLE001 - an old transformers without some class: model_type still works
+    pass
 
 
 @dataclass
@@ -91,6 +116,6 @@ def as_adapter(vlm) -> VLMAdapter:
 
 
 __all__ = [
-    "VLM", "VLMAdapter", "LlavaAdapter", "TokenGrid", "Prepared", "Cost", "EmbeddingCache", "ForwardOutput",
+    "VLM", "VLMAdapter", "LlavaAdapter", "LlavaNextAdapter", "Qwen2_5_VLAdapter", "Qwen3VLAdapter", "InternVLAdapter", "TokenGrid", "Prepared", "Cost", "EmbeddingCache", "ForwardOutput",
     "adapter_for", "adapter_class", "register", "registered", "as_adapter",
 ]

@@ -88,7 +88,9 @@ class Prepared:
     images: the PIL images in prompt order (original first, then crops).
     question: the question text.
     inputs: the processor's output tensors (input_ids, attention_mask, pixel_values, ...).
-    grids: the visual token grids, in sequence order (one per image for LLaVA).
+    grids: the visual token grids, grouped by image in prompt order (one per image for
+        LLaVA). When an image has several grids (tiles), its first grid is the one that
+        covers the whole image (LLaVA-NeXT's base grid, InternVL's thumbnail); the rest follow.
     visual_positions: sorted sequence positions of every visual placeholder token; row j
         of the visual-embeddings tensor goes to position ``visual_positions[j]``.
     image_token_counts: number of visual placeholder tokens of each image.
@@ -292,13 +294,23 @@ class VLMAdapter:
         raise NotImplementedError
 
     def image_inputs(self, inputs: dict, index: int) -> tuple[torch.Tensor, dict]:
-        """(pixel_values, extra kwargs for ``encode``) of image ``index`` of a prompt."""
+        """(pixel_values, extra kwargs for ``encode``) of image ``index`` of a prompt.
+
+        When an image is several pixel tensors (tiles), the first one along dim 0 must be
+        the image of its first grid (the whole-image grid): ViCrop's pure-grad map pools
+        the gradient of that tensor onto that grid."""
         return inputs["pixel_values"][index : index + 1], {}
 
     def decoder_inputs(self, prepared: Prepared) -> dict:
         """Keyword arguments for the decoder besides ``inputs_embeds`` (models with
         multimodal rotary positions add their ``position_ids`` here)."""
         return {"attention_mask": prepared.attention_mask}
+
+    def generation_inputs(self, prepared: Prepared) -> dict:
+        """Extra keyword arguments for ``model.generate`` besides ids, embeddings and mask
+        (models whose positions depend on the image layout, e.g. M-RoPE, add what the
+        model's own generation code needs to rebuild them)."""
+        return {}
 
     def attention_module(self, layer: int) -> torch.nn.Module:
         """The self-attention module of decoder layer ``layer`` (its forward returns
@@ -468,7 +480,7 @@ class VLMAdapter:
         ctx = self.eager_attention() if attention_layer is not None else contextlib.nullcontext()
         self.counter.forward += 1
         try:
-            with ctx:
+            with ctx, self._checkpointing():
                 try:
                     out = self.language_model(inputs_embeds=embeds, use_cache=False, **self.decoder_inputs(prepared))
                     hidden = out.last_hidden_state[:, -1]
@@ -482,6 +494,26 @@ class VLMAdapter:
         if attention_layer is not None and att is None:
             raise RuntimeError(f"layer {attention_layer} returned no attention weights")
         return ForwardOutput(logits=logits, attention=att)
+
+    @contextlib.contextmanager
+    def _checkpointing(self) -> Iterator[None]:
+        """When the model's gradient checkpointing is on (``load_model(...,
+        gradient_checkpointing=True)``) and a gradient is being taken, mark the decoder
+        layers (only the layer objects, not their dropout / attention submodules, which stay
+        in eval mode) as training, so transformers' checkpointing wrapper recomputes their
+        activations in the backward pass instead of storing them."""
+        layers = [l for l in self.decoder_layers if getattr(l, "gradient_checkpointing", False)]
+        if not layers or not torch.is_grad_enabled():
+            yield
+            return
+        old = [l.training for l in layers]
+        for l in layers:
+            l.training = True
+        try:
+            yield
+        finally:
+            for l, t in zip(layers, old):
+                l.training = t
 
     def forward_from_embeddings(self, prepared: Prepared, visual_embeds: torch.Tensor,
                                 num_layers: int | None = None) -> torch.Tensor:
@@ -511,7 +543,7 @@ class VLMAdapter:
             out = self.model.generate(
                 input_ids=ids, inputs_embeds=embeds, attention_mask=prepared.attention_mask,
                 max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
-                pad_token_id=self._pad_id(),
+                pad_token_id=self._pad_id(), **self.generation_inputs(prepared),
             )
         seq = out[0]
         if seq.shape[0] >= ids.shape[1] and torch.equal(seq[: ids.shape[1]], ids[0]):
