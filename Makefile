@@ -24,7 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,lmms-ci,run]"
+	# lmms-eval's text utilities, for the metric-agreement tests; --no-deps because its full
+	# requirements pull torchvision, which would replace the CPU torch
+	$(PY) -m pip install -q --no-deps "lmms-eval==0.7.3"
 	touch $@
 
 setup: $(VENV)/.installed
