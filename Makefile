@@ -49,6 +49,8 @@ train-reference: setup
 	$(PY) -m egg.reference.train --out data/reference
 
 check-browser: setup
+	$(PY) -m pip install -q playwright   # drives Debian's chromium; never `playwright install`
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) tests/browser_check.py
 
 clean:
