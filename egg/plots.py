@@ -156,40 +156,74 @@ def localisation(df_or_table: pd.DataFrame, methods: Sequence[str] | None = None
 # =========================================================================== 04
 
 
-def cost_accuracy(table: pd.DataFrame, reference: dict | None = None):
-    """Accuracy (95 % CI) against mean cost (forward-equivalents) per stopping rule, the
-    Pareto front joined by a line; ``reference`` = {"label", "accuracy", "cost_fe"} adds
-    a grey point (e.g. the base model)."""
-    import seaborn as sns
+def _place_labels(ax, points: list[tuple[float, float, str, object]], fontsize: float = 8) -> None:
+    """Annotate points with labels that do not overlap: greedy, in axes-fraction units,
+    trying offsets to the right (then left) of each point, moving down/up in steps."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    fig_w, fig_h = ax.figure.get_size_inches()
+    pos = ax.get_position()
+    ax_w_pt, ax_h_pt = fig_w * pos.width * 72, fig_h * pos.height * 72
+    placed: list[tuple[float, float, float, float]] = []  # label boxes in points
 
+    def box(px, py, dx, dy, text, right):
+        w, h = 0.6 * fontsize * len(text), 1.2 * fontsize
+        bx = px + dx if right else px + dx - w
+        return (bx, py + dy, bx + w, py + dy + h)
+
+    for x, y, text, colour in sorted(points, key=lambda p: (p[0], -p[1], p[2])):
+        px = (x - x0) / (x1 - x0) * ax_w_pt
+        py = (y - y0) / (y1 - y0) * ax_h_pt
+        choice = None
+        for right in (True, False):
+            for step in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+                dx, dy = (6 if right else -6), 2 + step * 1.25 * fontsize
+                b = box(px, py, dx, dy, text, right)
+                if b[2] > ax_w_pt + 2 and right:
+                    continue
+                if all(b[2] <= q[0] or q[2] <= b[0] or b[3] <= q[1] or q[3] <= b[1] for q in placed):
+                    choice = (dx, dy, right, b)
+                    break
+            if choice:
+                break
+        if choice is None:
+            choice = (6, 2, True, box(px, py, 6, 2, text, True))
+        dx, dy, right, b = choice
+        placed.append(b)
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, color=colour,
+                    ha="left" if right else "right", va="bottom")
+
+
+def cost_accuracy(table: pd.DataFrame, reference: dict | None = None, highlight: str | None = "spatial-entropy"):
+    """Accuracy (95 % CI) against mean cost (forward-equivalents) per stopping rule, the
+    Pareto front joined by a dashed line, ``highlight`` (the paper's rule) drawn as a star;
+    ``reference`` = {"label", "accuracy", "cost_fe"} adds a grey square (e.g. the base model)."""
     t = table.reset_index(drop=True)
     with _style():
         fig, axes = _figure(1, 1, width=7.5, height=4.8)
         ax = axes[0, 0]
         pal = _palette(list(t["rule"]))
-        sns.scatterplot(data=t, x="cost_fe", y="accuracy", hue="rule", palette=pal, s=60, ax=ax, legend=False,
-                        zorder=3)
         ax.errorbar(t["cost_fe"], t["accuracy"], yerr=[(t["accuracy"] - t["acc_lo"]).clip(lower=0),
                                                       (t["acc_hi"] - t["accuracy"]).clip(lower=0)],
-                    fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2, zorder=2)
+                    fmt="none", ecolor="0.75", elinewidth=0.8, capsize=2, zorder=1)
         front = t[t["pareto"]].sort_values("cost_fe")
         if len(front) > 1:
-            ax.plot(front["cost_fe"], front["accuracy"], color="0.4", ls="--", lw=1, zorder=1, label="Pareto front")
-        # labels: stack those that share a point so they stay readable
-        seen: dict = {}
+            ax.plot(front["cost_fe"], front["accuracy"], color="0.4", ls="--", lw=1, zorder=2)
         for r in t.itertuples():
-            k = (round(r.cost_fe, 6), round(r.accuracy, 6))
-            off = seen.get(k, 0)
-            seen[k] = off + 1
-            ax.annotate(r.rule, (r.cost_fe, r.accuracy), xytext=(6, 4 - 10 * off), textcoords="offset points",
-                        fontsize=8, color=pal[r.rule])
+            star = r.rule == highlight
+            ax.scatter([r.cost_fe], [r.accuracy], color=pal[r.rule], marker="*" if star else "o",
+                       s=160 if star else 45, zorder=4 if star else 3, edgecolors="white", linewidths=0.5)
+        points = [(r.cost_fe, r.accuracy, r.rule, pal[r.rule]) for r in t.itertuples()]
         if reference is not None:
             ax.scatter([reference["cost_fe"]], [reference["accuracy"]], color="0.5", marker="s", zorder=3)
-            ax.annotate(reference.get("label", "reference"), (reference["cost_fe"], reference["accuracy"]),
-                        xytext=(6, -10), textcoords="offset points", fontsize=8, color="0.4")
+            points.append((reference["cost_fe"], reference["accuracy"], reference.get("label", "reference"), "0.4"))
+        xs = [p[0] for p in points]
+        span = max(xs) - min(xs) if len(xs) > 1 else 1.0
+        ax.set_xlim(min(xs) - 0.05 * span - 0.5, max(xs) + 0.25 * span + 0.5)
+        _place_labels(ax, points)
         ax.set_xlabel("mean cost per question (forward-equivalents: forward = 1, backward = 2)")
         ax.set_ylabel("accuracy (points)")
-        ax.set_title("Stopping rules: accuracy vs cost")
+        ax.set_title("Stopping rules: accuracy vs cost (dashed: Pareto front)")
     return _freeze(fig)
 
 

@@ -28,7 +28,6 @@ from typing import Sequence
 import numpy as np
 
 from .regions import Region, extract_regions, get_threshold, iou, smooth
-from .regions import grid_box_to_pixels as _grid_box_to_pixels
 
 #: Colours of ranked boxes (best first); evidence (ground truth) is drawn in white, dotted.
 BOX_COLOURS = ["#00e5ff", "#76ff03", "#ffea00", "#ff4081", "#ff9100", "#d500f9"]

@@ -9,7 +9,6 @@ import functools
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
