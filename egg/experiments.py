@@ -74,6 +74,7 @@ BOOT_SEED = 0
 
 VICROP_METHODS = ["vicrop-rel-att", "vicrop-grad-att", "vicrop-pure-grad"]
 MAIN_METHODS = ["base", *VICROP_METHODS, "egg", "random", "oracle"]
+NEEDS_BOXES = ("random", "oracle")  # bounds built from ground-truth boxes: skipped where an item has none
 
 
 # =========================================================================== methods
@@ -464,11 +465,71 @@ def make_specs(methods, method_options: Mapping | None = None) -> list[Spec]:
     return out
 
 
+class ItemSource:
+    """Items of a procedural family or of a real benchmark (``egg.benchmarks``), by index,
+    scored with that family's or benchmark's own metric."""
+
+    def __init__(self, name: str, split: str | None = None, seed: int = 0, data=None):
+        self.name = name
+        self.seed = int(seed)
+        if name in bench.FAMILIES:
+            self.kind, self.family, self.size = "procedural", name, None
+            self.split = split or "test"
+            return
+        from . import benchmarks
+
+        if name not in benchmarks.names():
+            raise ValueError(f"unknown family or benchmark {name!r}; expected a procedural family "
+                             f"{bench.families()} or a real benchmark {benchmarks.names()}")
+        b = benchmarks.get(name)
+        if split not in (None, "test", b.split):
+            raise ValueError(f"benchmark {name!r} has only split {b.split!r} (got {split!r})")
+        self.kind, self.family, self.split = "real", b.family, b.split
+        self.data = benchmarks.open_benchmark(name, path=data)
+        self.size = len(self.data)
+
+    def item(self, i: int):
+        if self.kind == "procedural":
+            return bench.item(self.family, self.split, i, self.seed)
+        it = self.data[i]
+        it.meta.update(split=self.split, index=int(i), seed=self.seed)
+        return it
+
+    def score(self, prediction: str, item) -> float:
+        if self.kind == "procedural":
+            return float(bench.score(self.family, prediction, item))
+        from . import benchmarks
+
+        return float(benchmarks.score(self.name, prediction, item))
+
+    def record(self, g, item, *, index: int, method: str, params: Mapping, variant: str = "",
+               model: str = "") -> "Record":
+        """``make_record`` under this source's name, scored with its own metric."""
+        rec = make_record(g, item, family=self.family, index=index, method=method, params=params,
+                          variant=variant, split=self.split, seed=self.seed, model=model)
+        s = self.score(g.answer, item)
+        return replace(rec, family=self.name, score=s, correct=bool(s >= 0.5),
+                       key=record_key(model, self.name, self.split, self.seed, index, method, params))
+
+
+def family_of(name: str) -> str:
+    """The procedural family a family or real-benchmark name stands for ("docvqa" -> "doc")."""
+    if name in bench.FAMILIES:
+        return name
+    from . import benchmarks
+
+    return benchmarks.get(name).family if name in benchmarks.names() else name
+
+
 def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int = 0,
-        method_options: Mapping | None = None, path=None, progress: bool = True) -> pd.DataFrame:
+        method_options: Mapping | None = None, path=None, progress: bool = True,
+        data: Mapping | None = None) -> pd.DataFrame:
     """Run ``methods`` on items 0..n-1 of each family; one row per (item, configuration).
 
-    families: a list of family names (None: all, ``bench.families()``).
+    families: procedural family names (None: all, ``bench.families()``) and/or real
+        benchmarks (``egg.benchmarks.names()``, e.g. "textvqa", "pope-adversarial"), which
+        are scored with their official metrics; n is capped at a benchmark's size.
+    data: {benchmark: local copy of its dataset} for real benchmarks (else the Hub cache).
     methods / method_options: see ``make_specs``.
     path: JSON-lines file; each new record is appended and flushed as soon as it exists,
         and records already there (same model, family, split, seed, index, method and
@@ -481,11 +542,10 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
 
     specs = make_specs(methods, method_options)
     fams = list(bench.families() if families is None else ([families] if isinstance(families, str) else families))
-    for f in fams:
-        if f not in bench.FAMILIES:
-            raise ValueError(f"unknown family {f!r}; expected some of {bench.families()}")
     if int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    sources = [ItemSource(f, split, seed, (data or {}).get(f)) for f in fams]
+    counts = [int(n) if s.size is None else min(int(n), s.size) for s in sources]
     fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
     p = Path(path) if path is not None else None
     done: dict[str, Record] = {}
@@ -493,24 +553,33 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
         for r in load_records(p):
             done.setdefault(r.key, r)
     out: list[Record] = []
-    with tqdm(total=len(fams) * int(n) * len(specs), disable=not progress, desc="egg.run") as bar:
-        for fam in fams:
-            for i in range(int(n)):
+    skipped: set[str] = set()
+    with tqdm(total=sum(counts) * len(specs), disable=not progress, desc="egg.run") as bar:
+        for src, count in zip(sources, counts):
+            for i in range(count):
                 item = None
                 for s in specs:
-                    key = record_key(fp, fam, split, seed, i, s.method, s.params)
+                    key = record_key(fp, src.name, src.split, seed, i, s.method, s.params)
                     rec = done.get(key)
                     if rec is None:
                         if item is None:
-                            item = bench.item(fam, split, i, seed)
+                            item = src.item(i)
+                        if s.method in NEEDS_BOXES and not item.boxes:
+                            skipped.add(f"{s.label} on {src.name}")
+                            bar.update(1)
+                            continue
                         g = METHODS[s.method](vlm, item, **s.params)
-                        rec = make_record(g, item, family=fam, index=i, method=s.method, params=s.params,
-                                          variant=s.label, split=split, seed=seed, model=fp)
+                        rec = src.record(g, item, index=i, method=s.method, params=s.params, variant=s.label,
+                                         model=fp)
                         if p is not None:
                             _append(p, rec)
                         done[key] = rec
                     out.append(replace(rec, variant=s.label))
                     bar.update(1)
+    if skipped:
+        import warnings
+
+        warnings.warn("skipped (no ground-truth boxes): " + ", ".join(sorted(skipped)), stacklevel=2)
     return records_frame(out)
 
 
@@ -642,7 +711,7 @@ def delta_table(df: pd.DataFrame, baseline: str = "base", pooled: Mapping[str, S
     of families (default: "detail (pooled)" = the detail-critical families present)."""
     fams = _family_order(df)
     if pooled is None:
-        detail = [f for f in bench.DETAIL_FAMILIES if f in fams]
+        detail = [f for f in fams if family_of(f) in bench.DETAIL_FAMILIES]
         pooled = {"detail (pooled)": detail} if len(detail) > 1 else {}
     groups = [(f, [f]) for f in fams] + [(k, list(v)) for k, v in pooled.items()]
     rows = []
@@ -920,8 +989,11 @@ def verdict_c1(df: pd.DataFrame, method: str = "egg", baseline: str = "base",
     |delta| < ``band`` points; "includes" is strict: [-20, 0] does not). Supported only if both hold; not supported if the detail
     delta is <= 0 or the control effect is clearly non-neutral."""
     fams = _family_order(df)
-    detail = [f for f in (detail if detail is not None else bench.DETAIL_FAMILIES) if f in fams]
-    control = control if control is not None else bench.CONTROL_FAMILY
+    if detail is None:  # real benchmarks count by the family they stand for (docvqa -> doc)
+        detail = [f for f in fams if family_of(f) in bench.DETAIL_FAMILIES]
+    detail = [f for f in detail if f in fams]
+    if control is None:
+        control = next((f for f in fams if family_of(f) == bench.CONTROL_FAMILY), bench.CONTROL_FAMILY)
     d = paired_delta(df, baseline, method, families=detail) if detail else Delta(math.nan, math.nan, math.nan, 0)
     per = {f: paired_delta(df, baseline, method, families=[f]) for f in detail}
     c = paired_delta(df, baseline, method, families=[control]) if control in fams else None

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import experiments as ex
+from .viz import save_figure  # one writer of reproducible figure files for every notebook
 
-DPI = 150
 
 
 @contextmanager
@@ -294,18 +293,6 @@ def multi_evidence(df_or_table: pd.DataFrame):
 
 
 # =========================================================================== saving
-
-
-def save_figure(fig, name: str, out_dir="figures", dpi: int = DPI) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.png`` and ``.pdf`` (fixed dpi, no creation date: the files
-    are byte-identical run to run for the same figure). Relative ``out_dir`` = from the
-    repository root. Returns both paths."""
-    d = ex.resolve_dir(out_dir)
-    png, pdf = d / f"{name}.png", d / f"{name}.pdf"
-    fig.savefig(png, dpi=dpi, metadata={"Software": None})
-    fig.savefig(pdf, dpi=dpi, metadata={"CreationDate": None, "ModDate": None, "Producer": None,
-                                        "Creator": None})
-    return png, pdf
 
 
 __all__ = ["main_results", "localisation", "cost_accuracy", "ablations", "multi_evidence", "save_figure",

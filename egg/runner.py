@@ -23,23 +23,20 @@ Sharding: with world_size > 1 (arguments, or the RANK / WORLD_SIZE environment s
 ``accelerate launch --multi_gpu`` and ``torchrun``) process ``rank`` takes items i with
 i % world_size == rank and writes ``<out stem>.rank<r>-of-<w>.jsonl``; each process uses
 ``cuda:<LOCAL_RANK>`` when a GPU is present. ``merge`` joins shards into the table a
-single-process run writes (same records, same order). Note: ``accelerate launch --cpu
---num_processes N`` starts a single process on a machine without MPI; for CPU sharding use
-``torchrun --nproc_per_node N`` (tested) or set RANK / WORLD_SIZE yourself.
+single-process run writes (same records, same order). ``accelerate launch --multi_gpu
+--num_processes N`` shards on a CPU-only machine too (tested with 2 processes); ``--cpu
+--num_processes N`` would start a single process on a machine without MPI.
 """
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
-from . import bench
-from .experiments import (METHODS, Record, effective_options, make_record, model_fingerprint, record_key,
-                          records_frame)
+from .experiments import METHODS, ItemSource, Record, effective_options, model_fingerprint, record_key, records_frame
 
 METHOD_NAMES = list(METHODS)
 
@@ -119,45 +116,6 @@ def _dist_env() -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- items
 
 
-class _Source:
-    """Items of a procedural family or a real benchmark, by index."""
-
-    def __init__(self, benchmark: str, split: str | None, seed: int, data=None):
-        self.name = benchmark
-        if benchmark in bench.FAMILIES:
-            self.kind = "procedural"
-            self.split = split or "test"
-            self.seed = int(seed)
-            self.family = benchmark
-            self.size = None
-        else:
-            from . import benchmarks
-
-            b = benchmarks.get(benchmark)  # raises a clear ValueError for unknown names
-            self.kind = "real"
-            if split not in (None, b.split):
-                raise ValueError(f"benchmark {benchmark!r} has only split {b.split!r} (got {split!r})")
-            self.split = b.split
-            self.seed = int(seed)
-            self.family = b.family
-            self.data = benchmarks.open_benchmark(benchmark, path=data)
-            self.size = len(self.data)
-
-    def item(self, i: int):
-        if self.kind == "procedural":
-            return bench.item(self.family, self.split, i, self.seed)
-        it = self.data[i]
-        it.meta.update(split=self.split, index=int(i), seed=self.seed)
-        return it
-
-    def score(self, prediction: str, item) -> float:
-        if self.kind == "procedural":
-            return float(bench.score(self.family, prediction, item))
-        from . import benchmarks
-
-        return float(benchmarks.score(self.name, prediction, item))
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -190,7 +148,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
-    src = _Source(benchmark, split, seed, data)
+    src = ItemSource(benchmark, split, seed, data)
     if n is None:
         n = 300 if src.size is None else src.size - start
     if int(n) != n or n < 0:
@@ -241,10 +199,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
                 continue
             item = src.item(i)
             g = METHODS[method](vlm, item, **params)
-            rec = make_record(g, item, family=src.family, index=i, method=method, params=params,
-                              split=src.split, seed=src.seed, model=fp)
-            s = src.score(g.answer, item)
-            rec = replace(rec, family=src.name, score=s, correct=bool(s >= 0.5), key=key)
+            rec = src.record(g, item, index=i, method=method, params=params, model=fp)
             extra = {"benchmark": src.name, "item_id": str(item.meta.get("id", i))}
             if fh is not None:
                 _append(fh, rec, extra)
@@ -256,7 +211,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     return records_frame(records)
 
 
-def _has_boxes(src: _Source, indices: Sequence[int]) -> bool:
+def _has_boxes(src: ItemSource, indices: Sequence[int]) -> bool:
     return bool(indices) and bool(src.item(indices[0]).boxes)
 
 

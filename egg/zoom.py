@@ -321,7 +321,8 @@ def propose_regions(
     """Top-k regions over the grids ``search`` (indices into ``prepared.grids``), as
     croppable boxes in ORIGINAL pixels, ranked by raw mass. Grids with an all-zero map
     propose nothing; if every searched map is zero the flat-map fallback (whole grid) of
-    the first searched grid is used."""
+    the first searched grid is used. A box that mostly lies inside a better-ranked one is
+    the same region seen in another grid and is skipped."""
     cands: list[tuple[float, int, Box]] = []
     live = [gi for gi in search if np.any(np.asarray(maps[gi]) > 0)]
     for gi in live or list(search)[:1]:
@@ -333,8 +334,27 @@ def propose_regions(
             box = clamp_aspect(box, image_size, max_ratio=max_ratio, min_side=adapter.min_crop_side)
             cands.append((float(r.mass), len(cands), box))
     cands.sort(key=lambda c: (-c[0], c[1]))
-    kept = cands[:k]
+    kept: list[tuple[float, int, Box]] = []
+    for c in cands:  # grids that overlap (a base view and its tiles) find the same spot twice
+        if all(_overlap(c[2], o[2]) < DUPLICATE_OVERLAP for o in kept):
+            kept.append(c)
+        if len(kept) == k:
+            break
     return [c[2] for c in kept], [c[0] for c in kept]
+
+
+#: Two proposed boxes are the same region when this fraction of the smaller one lies in the other.
+DUPLICATE_OVERLAP = 0.8
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Intersection over the smaller box's area."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / small if small > 0 else 0.0
 
 
 def map_boxes(prepared, crops: Sequence[Box]) -> list[Box]:

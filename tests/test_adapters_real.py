@@ -437,15 +437,19 @@ def test_ground_and_vicrop_finish(family, image):
 def test_pure_grad_vicrop(family, image):
     """ViCrop's pure-grad pools the pixel gradient of the image's first pixel tensor onto
     its first grid: the adapters hand the whole-image tensor first (LLaVA-NeXT's base
-    image, InternVL's thumbnail). Qwen's pixels are flattened patches: not supported."""
+    image, InternVL's thumbnail); Qwen's flattened patches are folded back into an image."""
     name, vlm = family
-    if name in QWEN:
-        pytest.xfail("pure-grad needs a (C, H, W) pixel tensor; Qwen-VL pixel_values are flattened patches")
     a = vlm.adapter
     prep = a.prepare([image], "what shape is red ?")
     pix, extra = a.image_inputs(prep.inputs, 0)
-    assert pix.dim() == 4 and tuple(pix.shape[-2:]) == tuple(
+    img = a.pixel_image(pix, **extra)
+    assert img.dim() == 4 and img.shape[:2] == (1, 3) and tuple(img.shape[-2:]) == tuple(
         s * a.patch_size for s in prep.grids[0].shape)  # the first tensor is the first grid's image
+    if name in QWEN:  # row 0 of the flattened patches is the top-left patch, channels first
+        vc = a.model.config.vision_config
+        p, tp = int(vc.patch_size), int(vc.temporal_patch_size)
+        assert torch.equal(img[0, :, :p, :p], pix[0].reshape(3, tp, p, p)[:, 0])
+        assert torch.equal(img[0, :, p:2 * p, :p], pix[2].reshape(3, tp, p, p)[:, 0])  # merge order: (row, col)
     v = egg.vicrop(vlm, image, "what shape is red ?", variant="pure-grad", max_new_tokens=1)
     assert len(v.boxes) == 1 and v.trace[0].maps[0].shape == prep.grids[0].shape
 

@@ -67,6 +67,24 @@ def test_run_every_method_on_every_family(vlm):
     assert (df["model"].str.len() > 0).all() and df["key"].is_unique
 
 
+def test_run_on_a_real_benchmark_uses_its_metric_and_skips_bounds_without_boxes(vlm, tmp_path):
+    """Notebook 02's path for real benchmarks: rows named by the benchmark, scored with its
+    official metric; the oracle / random bounds need boxes, which plain TextVQA lacks."""
+    from egg import benchmarks
+
+    roots = {name: benchmarks.write_fixture(name, tmp_path / name, n=2) for name in ("textvqa", "textvqa-boxes")}
+    with pytest.warns(UserWarning, match="oracle on textvqa"):
+        df = ex.run(vlm, ["base", "oracle"], ["textvqa", "textvqa-boxes"], n=5, data=roots, progress=False)
+    assert list(df["family"].unique()) == ["textvqa", "textvqa-boxes"]
+    assert len(df) == 2 + 2 * 2  # n capped at the fixtures' 2 items; no oracle rows on textvqa
+    for _, r in df.iterrows():
+        expect = benchmarks.score(r["family"], r["prediction"], benchmarks.load(r["family"], path=roots[r["family"]])[r["index"]])
+        assert r["score"] == pytest.approx(expect)
+    assert ex.family_of("textvqa") == "text" and ex.family_of("doc") == "doc"
+    with pytest.raises(ValueError, match="unknown family or benchmark 'nope'"):
+        ex.run(vlm, ["base"], ["nope"], n=1, progress=False)
+
+
 def test_random_boxes_match_gt_sizes_and_are_seeded_per_item(vlm):
     a = ex.run(vlm, ["random"], ["text", "vstar"], n=2, progress=False)
     b = ex.run(vlm, ["random"], ["text", "vstar"], n=2, progress=False)

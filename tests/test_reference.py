@@ -31,7 +31,8 @@ def test_training_pixels_equal_processor_pixels(ref_processor):
     it = bench.item("doc", "val", 0)
     W, H = it.image.size
     crop = (10, 20, 300, 200)
-    ims = np.stack([T._resize(it.image, (0, 0, W, H), 64), T._resize(it.image, crop, 64)])
+    S = ref_processor.image_processor.size["height"]
+    ims = np.stack([T._resize(it.image, (0, 0, W, H), S), T._resize(it.image, crop, S)])
     batch = T.Collator(ref_processor)([T.Example(ims, [(it.question, it.answers[0])], "doc", "evidence")])
     ref = ref_processor.image_processor([it.image, it.image.crop(crop)], return_tensors="pt")["pixel_values"]
     assert torch.allclose(batch["pixel_values"], ref, atol=1e-5)
@@ -40,14 +41,14 @@ def test_training_pixels_equal_processor_pixels(ref_processor):
 def test_collator_prompt_matches_processor_and_masks_answers(ref_processor):
     col = T.Collator(ref_processor)
     it = bench.item("text", "val", 1)
-    ims = np.stack([T._resize(it.image, (0, 0, *it.image.size), 64)])
-    batch = col([T.Example(ims, [(it.question, "cat"), ("where is the red sign ?", "top left")], "text", "full")])
+    ims = np.stack([T._resize(it.image, (0, 0, *it.image.size), ref_processor.image_processor.size["height"])])
+    batch = col([T.Example(ims, [(it.question, "k"), ("where is the red sign ?", "top left")], "text", "full")])
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.question}]}]
     prompt = ref_processor.apply_chat_template(msgs, add_generation_prompt=True)
     ref_ids = ref_processor(images=[it.image], text=prompt, return_tensors="pt")["input_ids"][0]
     assert torch.equal(batch["input_ids"][0, : len(ref_ids)], ref_ids)
     supervised = ref_processor.tokenizer.decode([t for t in batch["labels"][0].tolist() if t != -100])
-    assert supervised.split() == ["cat", "</s>", "top", "left", "</s>"]
+    assert supervised.split() == ["k", "</s>", "top", "left", "</s>"]
 
 
 def test_examples_cover_every_kind_and_crop_contains_evidence():

@@ -133,11 +133,12 @@ def test_sigkill_mid_run_then_resume(ref_dir, tmp_path):
 
 
 def _launcher():
-    """torchrun with 2 CPU processes: it sets RANK / WORLD_SIZE / LOCAL_RANK exactly as
-    ``accelerate launch --multi_gpu`` does on GPUs (accelerate delegates to torch.distributed.run).
-    ``accelerate launch --cpu --num_processes 2`` itself starts a single process on a
-    machine without MPI, so it cannot exercise sharding here."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "egg"]
+    """``accelerate launch`` with 2 processes, as on a 2-GPU machine. ``--multi_gpu`` is the
+    launcher that starts several processes (through torch.distributed.run) and sets RANK /
+    WORLD_SIZE / LOCAL_RANK; egg shards by those alone (no process group), so it runs on CPU
+    too. (``--cpu --num_processes 2`` would start one process on a machine without MPI.)"""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "egg"]
 
 
 def test_sharded_run_merges_to_single_process_table(ref_dir, tmp_path):

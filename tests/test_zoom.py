@@ -141,6 +141,18 @@ def test_regions_in_a_crop_compose_to_original_pixels(adapter, scene, question):
     assert _inside(b2[0], scene.size)
 
 
+def test_a_region_seen_in_two_overlapping_grids_is_proposed_once(adapter, scene, question):
+    """A base view and a tile (here: a second image showing the whole scene) see the same
+    spot; the second-ranked box must be the next region, not that spot again."""
+    W, H = scene.size
+    whole = (0.0, 0.0, float(W), float(H))
+    prep = adapter.prepare([scene, scene.crop((0, 0, W, H))], question)
+    maps = [3 * _hot((2, 3)), 2 * _hot((2, 3)) + _hot((6, 6))]
+    boxes, masses = propose_regions(adapter, prep, maps, [whole], scene.size, [0, 1], sigma=0.0, k=2)
+    assert masses == pytest.approx([3.0, 1.0])
+    assert boxes[0][0] < W / 2 < boxes[1][0]  # column 3 of 8, then column 6
+
+
 def test_regions_ranked_across_crops_and_clamped_at_borders(adapter, scene, question):
     crops = [(0.0, 0.0, 120.0, 80.0), (120.0, 80.0, 240.0, 160.0)]
     prep = adapter.prepare([scene] + [scene.crop(tuple(int(v) for v in c)) for c in crops], question)

@@ -261,28 +261,37 @@ class VLMAdapter:
         self.model.requires_grad_(False)
         self.counter = Cost()
 
-    # ---- model hooks (subclasses) ---------------------------------------------------
+    # ---- model parts --------------------------------------------------------------
+    # Defaults for the layout every transformers *ForConditionalGeneration VLM shares
+    # (LLaVA, LLaVA-NeXT, Qwen2.5/3-VL, InternVL): model.model holds the vision tower and
+    # the decoder, model.lm_head the head. An architecture laid out otherwise overrides them.
+
+    @property
+    def _core(self) -> torch.nn.Module:
+        return self.model.model
 
     @property
     def image_token_id(self) -> int:
-        raise NotImplementedError
+        cfg = self.model.config
+        tid = getattr(cfg, "image_token_id", None)
+        return int(tid if tid is not None else cfg.image_token_index)
 
     @property
     def language_model(self) -> torch.nn.Module:
         """The decoder stack (embeddings -> layers -> final norm), without the LM head."""
-        raise NotImplementedError
+        return self._core.language_model
 
     @property
     def decoder_layers(self) -> torch.nn.ModuleList:
-        raise NotImplementedError
+        return self.language_model.layers
 
     @property
     def final_norm(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return self.language_model.norm
 
     @property
     def lm_head(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return self.model.lm_head
 
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         """Visual token embeddings of ONE image, shape (n_tokens, hidden); differentiable
@@ -300,6 +309,12 @@ class VLMAdapter:
         the image of its first grid (the whole-image grid): ViCrop's pure-grad map pools
         the gradient of that tensor onto that grid."""
         return inputs["pixel_values"][index : index + 1], {}
+
+    def pixel_image(self, pixels: torch.Tensor, **image_inputs) -> torch.Tensor:
+        """The first tensor from ``image_inputs`` (or its gradient) as a (1, C, H, W) image
+        whose H x W is the first grid's rows x cols times ``patch_size``: what ViCrop's
+        pure-grad pools. Models whose processors flatten patches override this."""
+        return pixels[:1]
 
     def decoder_inputs(self, prepared: Prepared) -> dict:
         """Keyword arguments for the decoder besides ``inputs_embeds`` (models with

@@ -32,32 +32,6 @@ class InternVLAdapter(VLMAdapter):
 
     model_types = ("internvl",)
 
-    # ---- model parts ------------------------------------------------------------------
-
-    @property
-    def _core(self):
-        return self.model.model  # InternVLModel
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def language_model(self):
-        return self._core.language_model
-
-    @property
-    def decoder_layers(self):
-        return self.language_model.layers
-
-    @property
-    def final_norm(self):
-        return self.language_model.norm
-
-    @property
-    def lm_head(self):
-        return self.model.lm_head
-
     @property
     def tile(self) -> int:
         return _pair(self.model.config.vision_config.image_size)[0]

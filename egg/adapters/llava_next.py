@@ -88,36 +88,6 @@ class LlavaNextAdapter(VLMAdapter):
 
     model_types = ("llava_next",)
 
-    # ---- model parts ------------------------------------------------------------------
-
-    @property
-    def _core(self):
-        return self.model.model  # LlavaNextModel
-
-    @property
-    def image_token_id(self) -> int:
-        cfg = self.model.config
-        tid = getattr(cfg, "image_token_id", None)
-        if tid is None:
-            tid = getattr(cfg, "image_token_index", None)
-        return int(tid)
-
-    @property
-    def language_model(self):
-        return self._core.language_model
-
-    @property
-    def decoder_layers(self):
-        return self.language_model.layers
-
-    @property
-    def final_norm(self):
-        return self.language_model.norm
-
-    @property
-    def lm_head(self):
-        return self.model.lm_head
-
     @property
     def tile(self) -> int:
         """Side in pixels of one anyres tile (= the vision tower's input side)."""

@@ -45,32 +45,6 @@ class Qwen2_5_VLAdapter(VLMAdapter):  # noqa: N801 - after the transformers clas
 
     model_types = ("qwen2_5_vl",)
 
-    # ---- model parts ------------------------------------------------------------------
-
-    @property
-    def _core(self):
-        return self.model.model  # Qwen2_5_VLModel
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def language_model(self):
-        return self._core.language_model
-
-    @property
-    def decoder_layers(self):
-        return self.language_model.layers
-
-    @property
-    def final_norm(self):
-        return self.language_model.norm
-
-    @property
-    def lm_head(self):
-        return self.model.lm_head
-
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
@@ -109,6 +83,16 @@ class Qwen2_5_VLAdapter(VLMAdapter):  # noqa: N801 - after the transformers clas
         start = int(sum(counts[:index]))
         pix = inputs["pixel_values"][start : start + int(counts[index])]
         return pix, {"image_grid_thw": thw[index : index + 1]}
+
+    def pixel_image(self, pixels: torch.Tensor, **image_inputs) -> torch.Tensor:
+        """Undo the processor's patch flattening: rows are (t, h/m, w/m, m, m) patches of
+        (C, temporal, p, p) values; the first temporal frame comes back as (1, C, H, W)."""
+        t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
+        vc = self.model.config.vision_config
+        p, m, tp = int(vc.patch_size), self.merge_size, int(vc.temporal_patch_size)
+        x = pixels[: t * h * w].reshape(t, h // m, w // m, m, m, -1, tp, p, p)
+        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, -1, h * p, w * p)
+        return x[:1]
 
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         out = self._core.get_image_features(pixel_values=pixel_values.to(self.dtype),
@@ -196,6 +180,16 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     @property
     def n_deepstack(self) -> int:
         return len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", ()) or ())
+
+    def pixel_image(self, pixels: torch.Tensor, **image_inputs) -> torch.Tensor:
+        """Undo the processor's patch flattening: rows are (t, h/m, w/m, m, m) patches of
+        (C, temporal, p, p) values; the first temporal frame comes back as (1, C, H, W)."""
+        t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
+        vc = self.model.config.vision_config
+        p, m, tp = int(vc.patch_size), self.merge_size, int(vc.temporal_patch_size)
+        x = pixels[: t * h * w].reshape(t, h // m, w // m, m, m, -1, tp, p, p)
+        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, -1, h * p, w * p)
+        return x[:1]
 
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         out = self._core.get_image_features(pixel_values=pixel_values.to(self.dtype),

@@ -94,8 +94,9 @@ def _pixel_gradient(adapter: VLMAdapter, prep: Prepared) -> tuple[np.ndarray, to
         loss = _argmax_logprob(logits)
         (g,) = torch.autograd.grad(loss, leaf)
     adapter.counter.backward += 1
+    g = adapter.pixel_image(g, **extra)
     norm = torch.linalg.vector_norm(g[0].to(torch.float64), dim=0).cpu().numpy()
-    return norm, logits.detach(), pix.detach()
+    return norm, logits.detach(), adapter.pixel_image(pix.detach(), **extra)
 
 
 def high_pass_mask(pixels: torch.Tensor, resolution: int | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Form key-value lookup (DocVQA): a page of small text lines with coloured field tags and values.
+"""Form key-value lookup (DocVQA): a page of small text lines with coloured field tags and digit values.
 
 One question in three compares two fields ("which is larger, the red or the blue field ?").
 """
@@ -18,17 +18,17 @@ def generate(rng) -> Item:
     img = _page(rng, w, h)
     d = ImageDraw.Draw(img)
     colours = pick(rng, list(COLOURS), int(rng.integers(3, 6)))
-    values = [int(v) for v in rng.choice(range(10, 100), size=len(colours), replace=False)]
+    values = [int(v) for v in rng.choice(range(1, 10), size=len(colours), replace=False)]
     taken, fields = [], []
     for c, v in zip(colours, values):
         s = evidence_side(rng, w, h, FRAC)
-        fw, fh = int(s * 1.6), max(10, int(s * 0.6))
+        fw, fh = int(s * 1.3), max(10, int(s * 0.75))
         box = place(rng, w, h, fw, fh, taken)
-        tag = (box[0], box[1], box[0] + int(fw * 0.35), box[3])
+        tag = (box[0], box[1], box[0] + int(fw * 0.3), box[3])
         val = (tag[2], box[1], box[2], box[3])
         d.rectangle(box, fill=(255, 255, 255))
         d.rectangle(tag, fill=COLOURS[c])
-        text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=0.85)
+        text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=0.9)
         fields.append((c, v, union(tag, val)))
     facts = [(f"what is the value of the {c} field ?", str(v), b) for c, v, b in fields]
     facts += [(f"where is the {c} field ?", None, b) for c, _, b in fields]

@@ -1,7 +1,7 @@
-"""Infographic / chart value reading (InfographicVQA): coloured bars with small value labels.
+"""Infographic / chart value reading (InfographicVQA): coloured bars with small digit labels.
 
 Bars are drawn to scale, so a glance gives the rough size but not the printed value; one
-question in three compares two bars whose values differ by at most 5.
+question in three compares two bars whose values differ by 1 or 2.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def generate(rng) -> Item:
     d = ImageDraw.Draw(img)
     n = int(rng.integers(4, 7))
     colours = pick(rng, list(COLOURS), n)
-    values = [int(v) for v in rng.choice(range(20, 100), size=n, replace=False)]
+    values = [int(v) for v in rng.choice(range(1, 10), size=n, replace=False)]
     if rng.random() < MULTI_P:
-        values[1] = values[0] + int(rng.choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5]))
-        values[1] = min(99, max(10, values[1])) if values[1] != values[0] else values[0] + 1
+        near = [v for v in range(1, 10) if 0 < abs(v - values[0]) <= 2]
+        values[1] = int(rng.choice([v for v in near if v not in values[2:]] or near))
         multi = True
     else:
         multi = False
@@ -40,7 +40,7 @@ def generate(rng) -> Item:
     for i, k in enumerate(order):
         c, v = colours[k], values[k]
         x0 = px + i * slot + (slot - bw) / 2
-        y0 = base_y - (base_y - top_y) * v / 100
+        y0 = base_y - (base_y - top_y) * v / 10
         d.rectangle([x0, y0, x0 + bw, base_y], fill=COLOURS[c])
         lw = int(min(slot * 0.95, label_h * 1.8))
         lx = int(x0 + bw / 2 - lw / 2)

@@ -18,7 +18,7 @@ def draw_ring(d: ImageDraw.ImageDraw, box, colour: str, glyph: str) -> None:
     d.ellipse(box, fill=COLOURS[colour])
     m = s * 0.18
     d.ellipse([box[0] + m, box[1] + m, box[2] - m, box[3] - m], fill=(255, 255, 255))
-    m = s * 0.28
+    m = s * 0.25
     draw_shape(d, glyph, (int(box[0] + m), int(box[1] + m), int(box[2] - m), int(box[3] - m)), (0, 0, 0))
 
 
