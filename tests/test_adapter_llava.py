@@ -222,8 +222,9 @@ def test_reference_adapter_with_center_crop_processor(ref_model, ref_processor, 
     """The same model behind a llava-1.5-hf style processor: grids cover the centre only."""
     from transformers import LlavaProcessor
 
-    ip = _clip_processor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=True)
-    proc = LlavaProcessor(image_processor=ip, tokenizer=ref_processor.tokenizer, patch_size=8,
+    S, P = ref_processor.image_processor.size["height"], ref_processor.patch_size
+    ip = _clip_processor(size={"shortest_edge": S}, crop_size={"height": S, "width": S}, do_center_crop=True)
+    proc = LlavaProcessor(image_processor=ip, tokenizer=ref_processor.tokenizer, patch_size=P,
                           vision_feature_select_strategy="default", chat_template=ref_processor.chat_template,
                           image_token="<image>", num_additional_image_tokens=1)
     a = adapter_for(ref_model, proc)

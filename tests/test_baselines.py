@@ -75,7 +75,8 @@ def test_choose_window_zero_map_and_oversized_windows():
 
 
 def test_window_sizes(adapter):
-    assert window_sizes_for(adapter, (1000, 500)) == pytest.approx([64 * s for s in (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)])
+    S = adapter.input_resolution[0]  # ViCrop windows scale with the input side
+    assert window_sizes_for(adapter, (1000, 500)) == pytest.approx([S * s for s in (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)])
     assert window_sizes_for(adapter, (1000, 500), [0.5, 100]) == [250.0, 100.0]
     with pytest.raises(ValueError):
         window_sizes_for(adapter, (10, 10), [0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -338,8 +339,8 @@ def test_figures_and_byte_stable_files(tmp_path):
 
     for name, fig in figs.items():
         assert isinstance(fig, Figure)
-        png, pdf = plots.save_figure(fig, name, tmp_path / "a", dpi=40)
-        png2, pdf2 = plots.save_figure(fig, name, tmp_path / "b", dpi=40)
+        png, pdf = map(Path, plots.save_figure(fig, name, tmp_path / "a", dpi=40))
+        png2, pdf2 = map(Path, plots.save_figure(fig, name, tmp_path / "b", dpi=40))
         assert png.read_bytes() == png2.read_bytes() and pdf.read_bytes() == pdf2.read_bytes()
         assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:4] == b"\x89PNG"
 

@@ -77,7 +77,7 @@ def test_torn_last_line_is_tolerated(vlm, tmp_path):
 def test_errors(vlm, tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         runner.run(vlm, "text", method="magic", n=1)
-    with pytest.raises(ValueError, match="unknown benchmark"):
+    with pytest.raises(ValueError, match="unknown family or benchmark 'mmmu'"):
         runner.run(vlm, "mmmu", method="base", n=1)
     with pytest.raises(TypeError, match="no option"):
         runner.run(vlm, "text", method="base", n=1, options={"k": 3})

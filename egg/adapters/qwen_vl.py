@@ -181,16 +181,6 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     def n_deepstack(self) -> int:
         return len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", ()) or ())
 
-    def pixel_image(self, pixels: torch.Tensor, **image_inputs) -> torch.Tensor:
-        """Undo the processor's patch flattening: rows are (t, h/m, w/m, m, m) patches of
-        (C, temporal, p, p) values; the first temporal frame comes back as (1, C, H, W)."""
-        t, h, w = (int(v) for v in image_inputs["image_grid_thw"][0])
-        vc = self.model.config.vision_config
-        p, m, tp = int(vc.patch_size), self.merge_size, int(vc.temporal_patch_size)
-        x = pixels[: t * h * w].reshape(t, h // m, w // m, m, m, -1, tp, p, p)
-        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, -1, h * p, w * p)
-        return x[:1]
-
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         out = self._core.get_image_features(pixel_values=pixel_values.to(self.dtype),
                                             image_grid_thw=image_inputs["image_grid_thw"], return_dict=True)
