@@ -61,6 +61,7 @@ class TrainConfig:
     threads: int = 2
     workers: int = 2
     max_minutes: float = 40.0  # of `threads` CPU cores: counted in CPU time, not wall time
+    max_steps: int = 0  # > 0: exactly this many decoder steps and no time budget (bit-reproducible)
     device: str = "cpu"
     aux: int = 1
     vision_steps: int = 1500
@@ -411,7 +412,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    work = Path("data/train_cache")
+    work = out.parent / "train_cache"  # data/train_cache for the default output
     work.mkdir(parents=True, exist_ok=True)
     logf = open(work / "train.log", "a")
 
@@ -440,6 +441,8 @@ def train(cfg: TrainConfig) -> Path:
     plan = [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
         plan += [(data, idx) for idx in batches(data, cfg.batch_size, rng)]
+    if cfg.max_steps > 0:
+        plan = plan[: cfg.max_steps]
     total = len(plan)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     # The budget is CPU time (max_minutes on `threads` cores): a run sharing the machine with
@@ -448,7 +451,10 @@ def train(cfg: TrainConfig) -> Path:
     t_train, cpu_train = time.time(), cpu_seconds()
 
     def progress(s: int) -> float:
-        """Fraction of training done, by steps or by the CPU-time budget, whichever is further."""
+        """Fraction of training done, by steps or by the CPU-time budget, whichever is further
+        (by steps alone with max_steps, so that the schedule does not depend on the machine)."""
+        if cfg.max_steps > 0:
+            return min(1.0, s / total)
         return min(1.0, max(s / total, (cpu_seconds() - cpu_train) / budget))
 
     sched = torch.optim.lr_scheduler.LambdaLR(
