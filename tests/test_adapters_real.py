@@ -17,7 +17,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import egg
 from egg.adapters import VLM, InternVLAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, adapter_class
@@ -197,14 +197,9 @@ def family(request):
 
 
 @pytest.fixture(scope="session")
-def image() -> Image.Image:
-    """Non-square, with a few coloured shapes."""
-    img = Image.new("RGB", (240, 160), (230, 225, 210))
-    d = ImageDraw.Draw(img)
-    d.rectangle([20, 20, 70, 60], fill=(220, 30, 30))
-    d.ellipse([150, 90, 200, 140], fill=(30, 70, 230))
-    d.text((100, 30), "cat", fill=(0, 0, 0))
-    return img
+def image(scene) -> Image.Image:
+    """Non-square, with a few coloured shapes (conftest's ``scene``)."""
+    return scene
 
 
 def _crops(img, n):
