@@ -365,14 +365,6 @@ def score(name: str, prediction: str, item: Item) -> float:
     conventions). POPE: per-item accuracy (aggregate with ``metrics.pope``)."""
     b = get(name)
     m = b.metric
-    if m == "vqa_accuracy":
-        return metrics.vqa_accuracy(prediction, item.answers)
-    if m == "anls":
-        return metrics.anls(prediction, item.answers)
-    if m == "multiple_choice":
-        return metrics.multiple_choice(prediction, item.options, item.answers[0])
-    if m == "exact_match":
-        return metrics.exact_match(prediction, item.answers)
     if m == "pope":
         return float(metrics.parse_yes_no(prediction) == item.answers[0].lower().strip())
     if m == "mc_or_exact":
@@ -380,7 +372,7 @@ def score(name: str, prediction: str, item: Item) -> float:
         if ans.upper() in ("A", "B", "C", "D") and item.options:
             return metrics.multiple_choice(prediction, item.options, ans)
         return float(prediction.lower().strip().rstrip(".") == ans.lower())
-    raise ValueError(f"benchmark {name!r} has unknown metric {m!r}")
+    return metrics.item_score(m, prediction, item)
 
 
 def aggregate(name: str, predictions: Sequence[str], items: Sequence[Item]) -> dict[str, Any]:

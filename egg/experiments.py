@@ -252,13 +252,20 @@ class Record:
     question: str = ""
     answers: list = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (NaN as None)."""
+        return {k: _nan_to_none(v) for k, v in asdict(self).items()}
+
     def to_json(self) -> str:
-        d = asdict(self)
-        return json.dumps({k: _nan_to_none(v) for k, v in d.items()}, sort_keys=False, allow_nan=False)
+        return json.dumps(self.to_dict(), sort_keys=False, allow_nan=False)
 
     @classmethod
     def from_json(cls, line: str) -> "Record":
-        d = json.loads(line)
+        return cls.from_dict(json.loads(line))
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Record":
+        """A record from ``to_dict`` output; unknown keys (extras a writer added) are ignored."""
         names = {f.name: f for f in fields(cls)}
         kw = {}
         for k, v in d.items():
@@ -289,22 +296,32 @@ def save_records(records: Iterable[Record], path) -> None:
             f.write(r.to_json() + "\n")
 
 
-def load_records(path) -> list[Record]:
-    """Records from a JSON-lines file; a truncated or corrupt line (an interrupted write)
-    is skipped. A missing file gives []."""
+def read_json_lines(path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; blank, torn (an interrupted write) or corrupt
+    lines are skipped. A missing file gives []."""
     path = Path(path)
     if not path.is_file():
         return []
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            line = line.strip()
-            if not line:
-                continue
             try:
-                out.append(Record.from_json(line))
-            except (ValueError, TypeError, KeyError):
+                d = json.loads(line)
+            except ValueError:
                 continue
+            if isinstance(d, dict):
+                out.append(d)
+    return out
+
+
+def load_records(path) -> list[Record]:
+    """Records from a JSON-lines file (``read_json_lines``); lines that are not records are skipped."""
+    out = []
+    for d in read_json_lines(path):
+        try:
+            out.append(Record.from_dict(d))
+        except (ValueError, TypeError, KeyError):
+            continue
     return out
 
 
@@ -1238,7 +1255,7 @@ def results_path(results_dir="results", name: str = "records.jsonl") -> Path:
 
 __all__ = [
     "METHODS", "MAIN_METHODS", "VICROP_METHODS", "Record", "Spec", "Verdict", "Delta", "run", "make_specs",
-    "effective_options", "make_record", "record_key", "records_frame", "load_records", "save_records",
+    "effective_options", "make_record", "record_key", "records_frame", "load_records", "save_records", "read_json_lines",
     "model_fingerprint", "code_fingerprint", "accuracy_table", "delta_table", "delta_summary", "localisation_table", "cost_table",
     "stopping_table", "reference_point", "ablation_table", "multi_evidence_table", "pareto_front", "paired_delta", "size_bucket",
     "bucket_legend", "stopping_configs", "ablation_configs", "layer_values", "multi_configs", "verdict_c1",

@@ -30,6 +30,7 @@ __all__ = [
     "parse_choice",
     "multiple_choice",
     "exact_match",
+    "item_score",
 ]
 
 # ---------------------------------------------------------------------------
@@ -403,3 +404,18 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """
     pred = prediction.strip().lower().translate(_DROP_PUNCT)
     return 1.0 if any(pred == a.lower().translate(_DROP_PUNCT) for a in answers) else 0.0
+
+
+def item_score(metric: str, prediction: str, item) -> float:
+    """One item's score with the metric named ``metric`` ("vqa_accuracy", "anls",
+    "multiple_choice", "exact_match"), reading ``item.answers`` / ``item.options``: the
+    dispatch shared by the procedural families and the real benchmarks."""
+    if metric == "vqa_accuracy":
+        return vqa_accuracy(prediction, item.answers)
+    if metric == "anls":
+        return anls(prediction, item.answers)
+    if metric == "multiple_choice":
+        return multiple_choice(prediction, item.options, item.answers[0])
+    if metric == "exact_match":
+        return exact_match(prediction, item.answers)
+    raise ValueError(f"unknown metric {metric!r}")

@@ -36,7 +36,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .experiments import METHODS, ItemSource, Record, effective_options, model_fingerprint, record_key, records_frame
+from .experiments import (METHODS, ItemSource, Record, effective_options, model_fingerprint, read_json_lines,
+                          record_key, records_frame)
 
 METHOD_NAMES = list(METHODS)
 
@@ -59,41 +60,17 @@ def _repair(path: Path) -> None:
 
 
 def read_lines(path) -> list[dict]:
-    """The JSON objects of a records file; blank, torn or corrupt lines are skipped."""
-    import json
-
-    out = []
-    p = Path(path)
-    if not p.is_file():
-        return out
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict) and "key" in d:
-                out.append(d)
-    return out
+    """The records (JSON objects with a key) of a records file; blank, torn or corrupt lines are skipped."""
+    return [d for d in read_json_lines(path) if "key" in d]
 
 
 def _append(f, rec: Record, extra: Mapping) -> None:
     import json
 
-    d = json.loads(rec.to_json())
-    d.update(extra)
+    d = {**rec.to_dict(), **extra}
     f.write(json.dumps(d, allow_nan=False) + "\n")
     f.flush()
     os.fsync(f.fileno())
-
-
-def _to_record(d: Mapping) -> Record:
-    import json
-
-    return Record.from_json(json.dumps(dict(d)))
 
 
 def shard_path(out, rank: int, world_size: int) -> Path:
@@ -195,7 +172,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
         for i in bar:
             key = record_key(fp, src.name, src.split, src.seed, i, method, params)
             if key in done:
-                records.append(_to_record(done[key]))
+                records.append(Record.from_dict(done[key]))
                 continue
             item = src.item(i)
             g = METHODS[method](vlm, item, **params)
@@ -243,12 +220,12 @@ def merge(shards: Sequence, out=None) -> pd.DataFrame:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    return records_frame([_to_record(d) for d in rows])
+    return records_frame([Record.from_dict(d) for d in rows])
 
 
 def load(path) -> pd.DataFrame:
     """A records file (a run's output or a merge) as a DataFrame."""
-    return records_frame([_to_record(d) for d in read_lines(path)])
+    return records_frame([Record.from_dict(d) for d in read_lines(path)])
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -57,15 +57,7 @@ def score(family: str, prediction: str, item: Item) -> float:
     from .. import metrics
 
     name = metric_name(family)
-    if name == "vqa_accuracy":
-        return metrics.vqa_accuracy(prediction, item.answers)
-    if name == "anls":
-        return metrics.anls(prediction, item.answers)
-    if name == "multiple_choice":
-        return metrics.multiple_choice(prediction, item.options, item.answers[0])
-    if name in ("exact_match", "pope"):
-        return metrics.exact_match(prediction, item.answers)
-    raise ValueError(f"family {family!r} has unknown metric {name!r}")
+    return metrics.item_score("exact_match" if name == "pope" else name, prediction, item)
 
 
 __all__ = ["Box", "Item", "SPLITS", "families", "item", "load", "score", "metric_name",
