@@ -46,6 +46,15 @@ def adapter(vlm):
 
 
 @pytest.fixture(scope="session")
+def ref_dir(tmp_path_factory, ref_model, ref_processor):
+    """The random-init reference model saved with save_pretrained: what load_model and the CLIs read."""
+    d = tmp_path_factory.mktemp("refmodel")
+    ref_model.save_pretrained(d)
+    ref_processor.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def scene() -> Image.Image:
     """A non-square test image with a few coloured shapes and a small word."""
     img = Image.new("RGB", (240, 160), (230, 225, 210))

@@ -17,17 +17,9 @@ def _inside(box, size):
 # --------------------------------------------------------------------------- loading
 
 
-@pytest.fixture(scope="module")
-def saved_dir(tmp_path_factory, ref_model, ref_processor):
-    d = tmp_path_factory.mktemp("reference")
-    ref_model.save_pretrained(d)
-    ref_processor.save_pretrained(d)
-    return d
-
-
-def test_load_model_from_local_dir_matches_in_memory(saved_dir, vlm, scene, question):
-    loaded = load_model(saved_dir, device="cpu")
-    assert type(loaded.adapter) is type(vlm.adapter) and loaded.source == str(saved_dir)
+def test_load_model_from_local_dir_matches_in_memory(ref_dir, vlm, scene, question):
+    loaded = load_model(ref_dir, device="cpu")
+    assert type(loaded.adapter) is type(vlm.adapter) and loaded.source == str(ref_dir)
     assert not loaded.model.training
     assert answer(loaded, scene, question) == answer(vlm, scene, question)
     a = ground(loaded, scene, question, stopping="fixed", fixed_n=1)
@@ -35,7 +27,7 @@ def test_load_model_from_local_dir_matches_in_memory(saved_dir, vlm, scene, ques
     assert a.boxes == b.boxes and a.answer == b.answer
 
 
-def test_load_model_errors_name_the_problem(tmp_path, saved_dir, monkeypatch):
+def test_load_model_errors_name_the_problem(tmp_path, ref_dir, monkeypatch):
     missing = tmp_path / "nowhere" / "model"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_model(missing)
@@ -50,7 +42,7 @@ def test_load_model_errors_name_the_problem(tmp_path, saved_dir, monkeypatch):
         load_model(bad)
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
-    (no_weights / "config.json").write_text((saved_dir / "config.json").read_text())
+    (no_weights / "config.json").write_text((ref_dir / "config.json").read_text())
     with pytest.raises(ValueError, match="no_weights"):
         load_model(no_weights)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -33,14 +33,6 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def ref_dir(tmp_path_factory, ref_model, ref_processor):
-    d = tmp_path_factory.mktemp("refmodel_lmms")
-    ref_model.save_pretrained(d)
-    ref_processor.save_pretrained(d)
-    return d
-
-
 def test_manifest():
     m = manifest()
     assert m.model_id == "egg" and m.simple_class_path == "egg.lmms.EGG"

@@ -21,14 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 DROP = ["seconds"]  # wall time: the only field that differs between identical runs
 
 
-@pytest.fixture(scope="module")
-def ref_dir(tmp_path_factory, ref_model, ref_processor):
-    d = tmp_path_factory.mktemp("refmodel")
-    ref_model.save_pretrained(d)
-    ref_processor.save_pretrained(d)
-    return d
-
-
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra)
