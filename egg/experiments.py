@@ -1176,8 +1176,8 @@ def resolve_dir(path, create: bool = True) -> Path:
     """A directory; a relative one is taken relative to the repository root (so notebooks
     write to <repo>/figures and <repo>/results whatever their working directory)."""
     p = Path(os.path.expanduser(str(path)))
-    if not p.is_absolute():
-        p = REPO_ROOT / p
+    if not p.is_absolute():  # outside a source checkout (no pyproject.toml): the working directory
+        p = (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / p
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p

@@ -72,25 +72,14 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def resolve_out_dir(out_dir: str | os.PathLike = "figures") -> Path:
-    """Where figures go. A relative ``out_dir`` is taken relative to the project root when
-    egg runs from its source checkout (so notebooks executed from ``notebooks/`` by nbval
-    and from the root by papermill write to the same ``<repo>/figures``), else relative
-    to the working directory."""
-    p = Path(out_dir)
-    if p.is_absolute():
-        return p
-    root = project_root()
-    return (root / p) if root is not None else p.resolve()
-
-
 def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats: Sequence[str] = ("png", "pdf"),
                 dpi: int = 150) -> list[str]:
     """Save ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format, reproducibly (no creation
     date in the PDF, no software tag in the PNG). Returns the paths written, relative to
     the project root when inside it (so printed paths carry no machine-specific prefix)."""
-    d = resolve_out_dir(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    from .experiments import resolve_dir
+
+    d = resolve_dir(out_dir)
     written = []
     for fmt in formats:
         path = d / f"{name}.{fmt}"
@@ -645,7 +634,7 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["notebook_setup", "save_figure", "resolve_out_dir", "evidence_iou", "replay_rule", "describe",
+__all__ = ["notebook_setup", "save_figure", "evidence_iou", "replay_rule", "describe",
            "RegionSteps", "region_steps", "steps_for", "cell_aspect", "mass_shares", "searched_grids", "show_image", "overlay_map", "draw_boxes", "draw_evidence",
            "plot_grid", "plot_map", "plot_elbow", "plot_components", "plot_ranked_boxes", "plot_crops",
            "plot_state", "plot_spatial_entropy", "plot_iterations", "method_figure", "quickstart_figure",
