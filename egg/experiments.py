@@ -53,7 +53,7 @@ import pandas as pd
 
 from . import bench, metrics, stats
 from .adapters import Cost, as_adapter
-from .regions import box_center, iou as box_iou, point_in_box
+from .regions import box_center, evidence_iou, point_in_box
 
 #: Repository root (figures/, results/ and relative model paths resolve against it).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -409,12 +409,10 @@ def model_fingerprint(vlm) -> str:
 def _first_box_stats(boxes, gt) -> tuple[float, float, float]:
     if not boxes or not gt:
         return math.nan, math.nan, math.nan
-    b = boxes[0]
-    best = max(box_iou(b, g) for g in gt)
-    c = box_center(b)
+    c = box_center(boxes[0])
     point = 1.0 if any(point_in_box(c, g) for g in gt) else 0.0
     recall = float(np.mean([any(point_in_box(box_center(g), bb) for bb in boxes) for g in gt]))
-    return float(best), point, recall
+    return evidence_iou(boxes, gt), point, recall
 
 
 def make_record(g, item, *, family: str, index: int, method: str, params: Mapping, variant: str = "",

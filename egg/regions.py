@@ -278,6 +278,14 @@ def iou(a: Box, b: Box) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def evidence_iou(boxes: Sequence, gt_boxes: Sequence) -> float:
+    """IoU of the best box (``boxes[0]``) with the ground-truth evidence box it overlaps most
+    (NaN when either list is empty)."""
+    if not boxes or not gt_boxes:
+        return float("nan")
+    return max(iou(tuple(boxes[0]), tuple(g)) for g in gt_boxes)
+
+
 def point_in_box(pt: tuple[float, float], box: Box, tolerance: float = 0.0) -> bool:
     """Is the point (x, y) inside the box grown by ``tolerance`` on every side?
 

@@ -10,7 +10,8 @@ For each test item (shared/TESTBED.md, lessons 3 and 4):
 - peak crop vs random crop: append a crop of 2 x 2 grid cells centred on that peak, or a
   crop of the same size at a random place, and score both answers.
 
-`measure` returns one row per item; `summary` aggregates per family with bootstrap CIs.
+`measure` returns one row per item; `summary` aggregates per family with bootstrap CIs;
+`by_evidence_size` splits each family by the size of its evidence.
 """
 from __future__ import annotations
 
@@ -128,6 +129,24 @@ def summary(df, n_boot: int = 2000, seed: int = 0):
             "peak_minus_random": crop, "pmr_lo": clo, "pmr_hi": chi,
         })
     return pd.DataFrame(out)
+
+
+def by_evidence_size(df, bins: int = 3):
+    """Per family and evidence-size tercile (single-evidence items, so that the size is one
+    object's): where does the full view start to be read, and where does the map start to point?"""
+    import pandas as pd
+
+    single = df[~df.multi_evidence.astype(bool)].copy()
+    labels = ["small", "mid", "large"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
+    single["size"] = single.groupby("family", sort=False).evidence_fraction.transform(
+        lambda x: pd.qcut(x.rank(method="first"), bins, labels=labels).astype(str))
+    cols = ["evidence_fraction", "base", "oracle", "entropy", "pointing", "chance", "peak_crop", "random_crop"]
+    g = single.groupby(["family", "size"], sort=False)
+    out = g[cols].mean().join(g.size().rename("n")).reset_index()
+    out.insert(2, "evidence_pct", 100 * out.pop("evidence_fraction"))
+    out["size"] = pd.Categorical(out["size"], labels, ordered=True)
+    order = {f: i for i, f in enumerate(single.family.unique())}
+    return out.sort_values(["family", "size"], key=lambda c: c.map(order) if c.name == "family" else c).reset_index(drop=True)
 
 
 def acceptance(s) -> list[tuple[str, bool, str]]:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .regions import Region, extract_regions, get_threshold, iou, smooth
+from .regions import Region, evidence_iou, extract_regions, get_threshold, smooth
 
 #: Colours of ranked boxes (best first); evidence (ground truth) is drawn in white, dotted.
 BOX_COLOURS = ["#00e5ff", "#76ff03", "#ffea00", "#ff4081", "#ff9100", "#d500f9"]
@@ -99,14 +99,6 @@ def _display_path(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- numbers
-
-
-def evidence_iou(boxes: Sequence, gt_boxes: Sequence) -> float:
-    """IoU of the best box (``boxes[0]``) with the ground-truth evidence box it overlaps most
-    (NaN when either list is empty)."""
-    if not boxes or not gt_boxes:
-        return float("nan")
-    return max(iou(tuple(boxes[0]), tuple(g)) for g in gt_boxes)
 
 
 def replay_rule(trace, rule) -> tuple[int, int]:

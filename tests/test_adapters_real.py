@@ -114,52 +114,51 @@ def build_llava_next():
     return _finish(LlavaNextForConditionalGeneration(cfg), tok), proc
 
 
-def build_qwen2_5_vl():
-    """Patch 8, 2x2 merge -> one token per 16 px; at most 192x192 px per image."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessorPil)
+def _qwen_parts(processor_cls):
+    """Tokenizer, processor (patch 8, 2x2 merge -> one token per 16 px; at most 192x192 px per
+    image) and the special-token ids shared by Qwen2.5-VL and Qwen3-VL."""
+    from transformers import Qwen2VLImageProcessorPil
 
     tok = _tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
     tpl = CHATML.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>")
     ip = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16 * 4,
                                   max_pixels=192 * 192)
     with _no_video_processor():
-        proc = Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, chat_template=tpl)
+        proc = processor_cls(image_processor=ip, tokenizer=tok, chat_template=tpl)
+    ids = {f"{k}_token_id": tok.convert_tokens_to_ids(f"<|{v}|>")
+           for k, v in (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"))}
     torch.manual_seed(0)
+    return tok, proc, ids
+
+
+def build_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    tok, proc, ids = _qwen_parts(Qwen2_5_VLProcessor)
     cfg = Qwen2_5_VLConfig(
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
                            patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
                            fullatt_block_indexes=[1], in_chans=3),
         text_config=_text_cfg(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                     "mrope_section": [2, 3, 3]}),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        **ids,
     )
     return _finish(Qwen2_5_VLForConditionalGeneration(cfg), tok), proc
 
 
 def build_qwen3_vl():
     """As Qwen2.5-VL, plus deepstack features from both vision blocks into decoder layers 0-1."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
-    tok = _tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
-    tpl = CHATML.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>")
-    ip = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16 * 4,
-                                  max_pixels=192 * 192)
-    with _no_video_processor():
-        proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, chat_template=tpl)
-    torch.manual_seed(0)
+    tok, proc, ids = _qwen_parts(Qwen3VLProcessor)
     cfg = Qwen3VLConfig(
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
                            patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
                            deepstack_visual_indexes=[0, 1]),
         text_config=_text_cfg(tok, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                  "mrope_section": [2, 3, 3]}),
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        **ids,
     )
     return _finish(Qwen3VLForConditionalGeneration(cfg), tok), proc
 

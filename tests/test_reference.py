@@ -62,6 +62,28 @@ def test_examples_cover_every_kind_and_crop_contains_evidence():
         assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
 
 
+def test_exact_crops_are_the_oracle_box():
+    """Some evidence crops are the box itself, made croppable exactly as the oracle makes it."""
+    from egg.regions import clamp_aspect
+
+    it = bench.item("doc", "train", 2)
+    b, rng = it.boxes[0], np.random.default_rng(0)
+    crops = {T.crop_around(b, it.image.size, rng, exact_p=0.5) for _ in range(40)}
+    assert tuple(int(v) for v in clamp_aspect(b, it.image.size)) in crops and len(crops) > 2
+
+
+def test_window_view_keeps_inner_facts_with_window_relative_positions():
+    it = bench.item("text", "train", 3)
+    q, a, b = next(f for f in it.facts if f[1] is not None)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        ims, turns = T.window_view(it, b, rng, 96, 4)
+        assert ims.shape == (1, 96, 96, 3)
+        assert (q, a) in turns  # the fact the window was taken around is always inside it
+        where = dict(turns)[q.replace("what letter is on", "where is")]
+        assert where in {f"{r} {c}" for r in T.ROWS for c in T.COLS}
+
+
 def test_patch_colours_finds_a_red_patch():
     img = np.full((1, 64, 64, 3), 230, dtype=np.uint8)
     img[0, 8:16, 24:32] = (220, 30, 30)  # patch row 1, col 3

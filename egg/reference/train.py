@@ -9,7 +9,15 @@ gradient over the full image is noise. So every item yields several examples:
 - full image + a random crop that may miss the evidence -> answer;
 - full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
 - full image alone, "where is the {target} ?" -> a coarse position: the locating signal that
-  makes the gradient of an unreadable detail concentrate on the detail.
+  makes the gradient of an unreadable detail concentrate on the detail;
+- a window of the canvas around the evidence as the only image, so the detail is readable in
+  the first view when the window is small: the model learns to read a detail *where the named
+  object is* in its first image, and an unreadable one still draws its gradient there.
+
+Every kind with crops asks the item's own question half the time, so that a crop that does
+not show the answer (the control's large region, a relation) is learnt to be ignored. Crops
+range from the exact evidence box (squashed to the input square, as the oracle and
+EGG's own boxes are) to a few times its size, so that a tight crop reads like training did.
 
 Run with `python -m egg.reference.train` (or `make train-reference`).
 """
@@ -30,9 +38,13 @@ from PIL import Image
 from .. import bench
 from ..bench.core import Item, rng_for
 from ..bench.core import COLOURS
+from ..regions import clamp_aspect
 from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
 
-KINDS = {"full": 0.22, "evidence": 0.3, "random": 0.13, "two": 0.17, "locate": 0.18}
+KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}
+# Families whose items yield twice the examples: where a crop must not override the full view.
+FAMILY_WEIGHT = {"rwqa": 2, "gqa": 2}
+EXACT_P = 0.35  # share of evidence crops that are the exact box, as the oracle crops
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
 
 
@@ -60,7 +72,7 @@ class TrainConfig:
     eval_items: int = 30
     threads: int = 2
     workers: int = 2
-    max_minutes: float = 40.0  # of `threads` CPU cores: counted in CPU time, not wall time
+    max_minutes: float = 36.0  # of `threads` CPU cores: counted in CPU time, not wall time
     max_steps: int = 0  # > 0: exactly this many decoder steps and no time budget (bit-reproducible)
     device: str = "cpu"
     aux: int = 1
@@ -70,9 +82,12 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- crops and examples
-def crop_around(box, image_size, rng, scale=(1.15, 4.0)) -> tuple[int, int, int, int]:
-    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect."""
+def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0) -> tuple[int, int, int, int]:
+    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect;
+    with probability `exact_p` the box itself, made croppable as the oracle makes it."""
     W, H = image_size
+    if exact_p and rng.random() < exact_p:
+        return tuple(int(v) for v in clamp_aspect(box, (W, H)))
     bw, bh = box[2] - box[0], box[3] - box[1]
     side = max(bw, bh) * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
@@ -114,6 +129,20 @@ def target_answer(item: Item) -> str:
     return item.meta.get("truth") or item.answers[0] if item.options else item.answers[0]
 
 
+def window_view(item: Item, box, rng: np.random.Generator, size: int, max_turns: int):
+    """A window of the canvas around `box` (2.5-12 x its side), resized to the model input,
+    with the facts that lie inside it; positions are re-expressed relative to the window."""
+    img, W, H = item.image, *item.image.size
+    win = crop_around(box, (W, H), rng, scale=(2.5, 12.0))
+    wx, wy, ww, wh = win[0], win[1], win[2] - win[0], win[3] - win[1]
+    inside = [(q, a, b) for q, a, b in item.facts
+              if b[0] >= win[0] and b[1] >= win[1] and b[2] <= win[2] and b[3] <= win[3]
+              and (a is None or a not in ("yes", "no"))]  # presence questions depend on the whole canvas
+    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)))
+             for q, a, b in inside]
+    return _resize(img, win, size)[None], turns
+
+
 def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4) -> list[Example]:
     """`n` training conversations of random kinds from one rendered item.
 
@@ -126,10 +155,18 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     full = _resize(img, (0, 0, W, H), size)
     facts = [(q, a if a is not None else position_words(b, (W, H)), b) for q, a, b in item.facts]
     reads = [f for f, (q, a, b) in zip(facts, item.facts) if a is not None]
+    details = [f for f in reads if f[1] not in ("yes", "no")]  # readable in a window on their own
     kinds, probs = list(KINDS), np.array(list(KINDS.values()))
     out = []
     for kind in rng.choice(kinds, size=n, p=probs / probs.sum()):
-        if kind == "locate" or not reads and kind != "full":
+        if kind == "window" and details:
+            first = details[int(rng.integers(0, len(details)))]
+            ims, turns = window_view(item, first[2], rng, size, max_turns)
+            rest = [t for t in turns if t[0] != first[0]]
+            turns = [(first[0], first[1])] + [rest[i] for i in rng.permutation(len(rest))][: max_turns - 1]
+            out.append(Example(ims, turns, item.family, "window"))
+            continue
+        if kind == "locate":
             pool = [f for f in facts if f not in reads] or facts
             first = pool[int(rng.integers(0, len(pool)))]
             boxes = [first[2]]
@@ -140,18 +177,18 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             boxes = [first[2]]
         crops = []
         if kind == "evidence":
-            crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng)]
+            crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng, exact_p=EXACT_P)]
         elif kind == "random":
             crops = [random_crop((W, H), rng)]
         elif kind == "two":
-            crops = [crop_around(b, (W, H), rng) for b in boxes[:2]]
+            crops = [crop_around(b, (W, H), rng, exact_p=EXACT_P) for b in boxes[:2]]
             if len(crops) < 2:
                 crops.append(random_crop((W, H), rng))
             crops = [crops[i] for i in rng.permutation(2)]
         others = [facts[i] for i in rng.permutation(len(facts)) if facts[i][0] != first[0]][: max_turns - 1]
         turns = [(first[0], first[1])] + [(q, a) for q, a, _ in others]
         ims = np.stack([full] + [_resize(img, c, size) for c in crops])
-        out.append(Example(ims, turns, item.family, str(kind)))
+        out.append(Example(ims, turns, item.family, "full" if kind == "window" else str(kind)))
     return out
 
 
@@ -162,7 +199,7 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int) -> li
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.1, 2.0)), size)[None]
+        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.0, 2.0), exact_p=EXACT_P), size)[None]
         out.append(Example(ims, [(q, a)], item.family, "read"))
     return out
 
@@ -180,7 +217,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     for i in range(start, start + n):
         item = bench.item(family, split, i, seed)
         rng = rng_for(family + "/train-mix", split, i, seed)
-        out.extend(examples_for(item, rng, per_item, size))
+        out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size))
         reads.extend(reading_crops(item, rng, 3, size))
     for ex in out:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns)
@@ -278,7 +315,7 @@ class Collator:
         read = np.full((len(raw), 2), -100, dtype=np.int64)
         k = 0
         for ex in batch:
-            if ex.kind in ("evidence", "read"):
+            if ex.kind in ("evidence", "read", "window"):
                 toks = self._ids(" " + ex.turns[0][1])[:2]
                 read[k + (ex.kind == "evidence"), : len(toks)] = toks
             k += len(ex.images)
@@ -435,9 +472,9 @@ def train(cfg: TrainConfig) -> Path:
     if aux is not None and cfg.vision_steps:
         record["vision_warmup"] = pretrain_vision(model, aux, reads, col, cfg, log)
     rng = np.random.default_rng(cfg.seed)
-    # Curriculum: first single-question conversations whose answer is in an appended crop
-    # (learn to read), then the full mixture.
-    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data if ex.kind in ("evidence", "two")]
+    # Curriculum: first single-question conversations whose answer is readable (in an appended
+    # crop or a small window), then the full mixture.
+    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data if ex.kind in ("evidence", "two", "window")]
     plan = [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
         plan += [(data, idx) for idx in batches(data, cfg.batch_size, rng)]

@@ -1,0 +1,57 @@
+"""The testbed checks (egg.testbed) on the random-init reference model and on hand-made rows."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from egg import bench, testbed
+
+
+@pytest.fixture(scope="module")
+def rows(vlm):
+    return testbed.measure(vlm, families=["text", "doc"], n=3, progress=False)
+
+
+def test_measure_scores_every_item_and_bounds_chance(vlm, rows):
+    assert list(rows.family) == ["text"] * 3 + ["doc"] * 3
+    for col in ("base", "oracle", "peak_crop", "random_crop"):
+        assert rows[col].between(0, 1).all()
+    assert rows.chance.between(0, 1).all() and (rows.chance > 0).all()  # the evidence always covers a cell
+    assert rows.max_entropy.tolist() == pytest.approx([math.log(vlm.model.config.get_text_config().vocab_size)] * 6)
+    assert (rows.entropy <= rows.max_entropy + 1e-6).all()
+
+
+def test_measure_is_deterministic(vlm, rows):
+    again = testbed.measure(vlm, families=["text", "doc"], n=3, progress=False)
+    pd.testing.assert_frame_equal(rows, again)
+
+
+def _row(family, frac, base, oracle, pointing, multi=False):
+    return dict(family=family, index=0, multi_evidence=multi, evidence_fraction=frac, base=base, oracle=oracle,
+                entropy=1.0 + base, max_entropy=4.0, pointing=pointing, chance=0.1, peak_crop=oracle,
+                random_crop=base, base_answer="", oracle_answer="")
+
+
+def test_summary_gap_and_acceptance_on_known_rows():
+    df = pd.DataFrame([_row(f, 0.01, 0.0, 1.0, True) for f in bench.DETAIL_FAMILIES[:4] for _ in range(10)]
+                      + [_row(bench.CONTROL_FAMILY, 0.1, 1.0, 1.0, False) for _ in range(10)])
+    s = testbed.summary(df, n_boot=200)
+    assert (s.set_index("family").loc[list(bench.DETAIL_FAMILIES[:4]), "gap"] == 1.0).all()
+    met = {target: ok for target, ok, _ in testbed.acceptance(s)}
+    assert met["oracle - base >= 30 points on >= 4 detail families"]
+    assert met["control family: |oracle - base| <= 5 points"]
+    assert met["map peak in evidence on >= half of the items, >= 4 detail families"]
+    s.loc[s.family == bench.CONTROL_FAMILY, "gap"] = -0.3
+    assert not dict((t, ok) for t, ok, _ in testbed.acceptance(s))["control family: |oracle - base| <= 5 points"]
+
+
+def test_by_evidence_size_splits_single_evidence_items_into_thirds():
+    df = pd.DataFrame([_row("text", 0.001 * (i + 1), float(i >= 6), 1.0, i >= 3) for i in range(9)]
+                      + [_row("text", 0.5, 1.0, 1.0, True, multi=True)])
+    t = testbed.by_evidence_size(df)
+    assert list(t["size"].astype(str)) == ["small", "mid", "large"]
+    assert list(t.n) == [3, 3, 3]  # the multi-evidence row is left out
+    assert list(t.pointing) == [0.0, 1.0, 1.0] and list(t.base) == [0.0, 0.0, 1.0]
+    assert t.evidence_pct.tolist() == pytest.approx([0.2, 0.5, 0.8])
