@@ -1175,7 +1175,9 @@ def resolve_dir(path, create: bool = True) -> Path:
     write to <repo>/figures and <repo>/results whatever their working directory)."""
     p = Path(os.path.expanduser(str(path)))
     if not p.is_absolute():  # outside a source checkout (no pyproject.toml): the working directory
-        p = (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / p
+        from .viz import project_root
+
+        p = (project_root() or Path.cwd()) / p
     if create:
         p.mkdir(parents=True, exist_ok=True)
     return p

@@ -21,7 +21,6 @@ from . import experiments as ex
 from .viz import save_figure  # one writer of reproducible figure files for every notebook
 
 
-
 @contextmanager
 def _style():
     import matplotlib as mpl

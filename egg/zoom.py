@@ -51,7 +51,7 @@ from .adapters import Cost, EmbeddingCache, VLMAdapter, as_adapter
 from .adapters.base import Box
 from .images import check_question, load_image
 from .objectives import Objective, objective_name
-from .regions import clamp_aspect, compose, extract_regions, smooth
+from .regions import box_area, box_intersection, clamp_aspect, compose, extract_regions, smooth
 from .relevance import relevance
 from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
 
@@ -349,12 +349,8 @@ DUPLICATE_OVERLAP = 0.8
 
 def _overlap(a: Box, b: Box) -> float:
     """Intersection over the smaller box's area."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return w * h / small if small > 0 else 0.0
+    small = min(box_area(a), box_area(b))
+    return box_area(box_intersection(a, b)) / small if small > 0 else 0.0
 
 
 def map_boxes(prepared, crops: Sequence[Box]) -> list[Box]:

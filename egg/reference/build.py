@@ -54,7 +54,7 @@ def vocabulary() -> list[str]:
     """Every word the benchmark's templates and answers use; digits split WordPiece-style."""
     words = set(COLOURS) | set(SHAPES) | set(GLYPHS) | set(POSITIONS) | {x.lower() for x in LETTERS}
     words |= {
-        "user", "assistant", ":", "?", ",", ".", "(", ")", "what", "word", "letter", "is", "on", "the", "sign",
+        "user", "assistant", ":", "?", ",", ".", "(", ")", "what", "word", "is", "on", "the", "sign",
         "shape", "in", "ring", "are", "shapes", "and", "same", "yes", "no", "answer", "with", "letter",
         "which", "larger", "or", "field", "value", "of", "bar", "there", "a", "image", "large", "region",
         "where", "to", "rings", "write", "general", "description", "above", "below", "middle", "centre", "describe",
