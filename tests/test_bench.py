@@ -60,6 +60,20 @@ def test_pope_has_all_negative_kinds_and_balance():
     assert kinds == {"random", "popular", "adversarial"}
 
 
+def test_pope_training_facts_answer_no_as_well_as_yes():
+    """Facts that only ever answer "yes" teach a model to say yes to everything."""
+    for it in bench.load("pope", "train", n=20):
+        present = {q for q, a, _ in it.facts if a == "yes"}
+        no = [(q, b) for q, a, b in it.facts if a == "no"]
+        assert no and not present & {q for q, _ in no}
+        # a hard negative: its box is an object of the asked colour
+        boxes_of = {}
+        for q, a, b in it.facts:
+            if a == "yes":
+                boxes_of.setdefault(q.split()[3], []).append(b)
+        assert all(b in boxes_of.get(q.split()[3], []) for q, b in no)
+
+
 def test_bad_parameters_name_the_problem():
     with pytest.raises(ValueError, match="unknown family"):
         bench.load("nope")

@@ -77,11 +77,32 @@ def test_window_view_keeps_inner_facts_with_window_relative_positions():
     q, a, b = next(f for f in it.facts if f[1] is not None)
     rng = np.random.default_rng(1)
     for _ in range(20):
-        ims, turns = T.window_view(it, b, rng, 96, 4)
+        ims, turns, win = T.window_view(it, b, rng, 96)
         assert ims.shape == (1, 96, 96, 3)
-        assert (q, a) in turns  # the fact the window was taken around is always inside it
-        where = dict(turns)[q.replace("what letter is on", "where is")]
-        assert where in {f"{r} {c}" for r in T.ROWS for c in T.COLS}
+        assert (q, a, [b]) in turns  # the fact the window was taken around is always inside it
+        assert win[0] <= b[0] and win[1] <= b[1] and win[2] >= b[2] and win[3] >= b[3]
+        where = {t[0]: t for t in turns}[q.replace("what letter is on", "where is")]
+        assert where[1] in {f"{r} {c}" for r in T.ROWS for c in T.COLS} and where[2] is None
+
+
+def test_unreadable_details_are_asked_but_not_taught(ref_processor):
+    """A detail shown below READABLE_PX in every image carries no loss; positions always do."""
+    box = (100, 100, 120, 110)  # 20 x 10 px on a 1000 px canvas: 1 px high in a 96 px full view
+    full, tight = (0, 0, 1000, 1000), (95, 95, 125, 115)
+    assert T.shown_side(box, full, 96) < 1 and T.shown_side(box, tight, 96) > 40
+    assert T.shown_side(box, (105, 95, 125, 115), 96) == 0  # the view cuts the box
+    turns = [("what is the value of the red field ?", "4", [box]), ("where is the red field ?", "top left", None)]
+    assert T.untaught(turns, [full], 96, 6.0) == (0,)
+    assert T.untaught(turns, [full, tight], 96, 6.0) == ()
+    col = T.Collator(ref_processor)
+    ids, labels = col.encode(1, [(q, a) for q, a, _ in turns], untrained=(0,))
+    taught = ref_processor.tokenizer.decode([t for t in labels if t != -100])
+    assert taught.split() == ["top", "left", "</s>"] and len(ids) == len(labels)
+    # in the mixture: every untaught turn is a detail too small in each of its example's images
+    it = bench.item("doc", "train", 4)
+    exs = T.examples_for(it, np.random.default_rng(0), 40, 96)
+    assert any(e.untrained for e in exs) and any(not e.untrained for e in exs)
+    assert all(not e.untrained for e in T.examples_for(it, np.random.default_rng(0), 40, 96, readable_px=0))
 
 
 def test_patch_colours_finds_a_red_patch():

@@ -10,9 +10,15 @@ gradient over the full image is noise. So every item yields several examples:
 - full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
 - full image alone, "where is the {target} ?" -> a coarse position: the locating signal that
   makes the gradient of an unreadable detail concentrate on the detail;
-- a window of the canvas around the evidence as the only image, so the detail is readable in
-  the first view when the window is small: the model learns to read a detail *where the named
-  object is* in its first image, and an unreadable one still draws its gradient there.
+- a window of the canvas around the evidence (2.5-12 x its side) as the only image, so the
+  detail is readable in the first view when the window is small: the model learns to read a
+  detail *where the named object is* in its first image, and an unreadable one still draws its
+  gradient there.
+
+A detail that no image of an example shows at READABLE_PX or more is asked but not taught: its
+answer carries no loss. Taught, the only thing to learn there is the uniform guess, and a model
+that has learnt to give it whatever it sees has an entropy gradient of zero (the maximum of the
+entropy is a stationary point), so EGG's map of an unreadable detail would be noise.
 
 Every kind with crops asks the item's own question half the time, so that a crop that does
 not show the answer (the control's large region, a relation) is learnt to be ignored. Crops
@@ -45,6 +51,12 @@ KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.
 # Families whose items yield twice the examples: where a crop must not override the full view.
 FAMILY_WEIGHT = {"rwqa": 2, "gqa": 2}
 EXACT_P = 0.35  # share of evidence crops that are the exact box, as the oracle crops
+# A detail whose box shows smaller than this (input pixels, its smaller side) in every image of an
+# example is not taught: its answer carries no loss there. Taught anyway, the best the model can do
+# is the uniform guess, which it then gives whatever the image shows, so that its entropy sits at a
+# stationary point and the entropy gradient has nothing to say about where the detail is.
+READABLE_PX = 12.0
+WINDOW_SCALE = (2.5, 12.0)  # window side / detail side
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
 
 
@@ -55,6 +67,7 @@ class Example:
     family: str
     kind: str
     enc: tuple[list[int], list[int]] | None = None  # token ids and labels, computed while rendering
+    untrained: tuple[int, ...] = ()  # turns whose answer is not readable in any image: no loss
 
 
 @dataclass
@@ -78,6 +91,8 @@ class TrainConfig:
     aux: int = 1
     vision_steps: int = 1500
     curriculum: float = 0.3
+    readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
+    window_max: float = WINDOW_SCALE[1]
     model: dict = field(default_factory=dict)
 
 
@@ -129,66 +144,97 @@ def target_answer(item: Item) -> str:
     return item.meta.get("truth") or item.answers[0] if item.options else item.answers[0]
 
 
-def window_view(item: Item, box, rng: np.random.Generator, size: int, max_turns: int):
-    """A window of the canvas around `box` (2.5-12 x its side), resized to the model input,
-    with the facts that lie inside it; positions are re-expressed relative to the window."""
+def shown_side(box, view, size: int) -> float:
+    """`box`'s smaller side in input pixels once `view` is resized to the input square; 0 if
+    `view` does not contain it."""
+    if box[0] < view[0] or box[1] < view[1] or box[2] > view[2] or box[3] > view[3]:
+        return 0.0
+    return min((box[2] - box[0]) * size / (view[2] - view[0]), (box[3] - box[1]) * size / (view[3] - view[1]))
+
+
+def untaught(turns, views, size: int, readable_px: float) -> tuple[int, ...]:
+    """Indices of the turns that ask to read a detail (`boxes` not None) that no view shows
+    at `readable_px` or more; `turns` are (question, answer, boxes)."""
+    return tuple(i for i, (_, _, boxes) in enumerate(turns) if boxes is not None and not all(
+        any(shown_side(b, v, size) >= readable_px for v in views) for b in boxes))
+
+
+def _is_read(answer) -> bool:
+    """A fact that has to be read off the detail (a position or yes/no is seen at low resolution)."""
+    return answer is not None and answer not in ("yes", "no")
+
+
+def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WINDOW_SCALE):
+    """A window of the canvas around `box` (`scale` x its side), resized to the model input, with
+    the facts that lie inside it as (question, answer, boxes to read or None); positions are
+    re-expressed relative to the window. Returns the image, the facts and the window."""
     img, W, H = item.image, *item.image.size
-    win = crop_around(box, (W, H), rng, scale=(2.5, 12.0))
+    win = crop_around(box, (W, H), rng, scale=scale)
     wx, wy, ww, wh = win[0], win[1], win[2] - win[0], win[3] - win[1]
     inside = [(q, a, b) for q, a, b in item.facts
               if b[0] >= win[0] and b[1] >= win[1] and b[2] <= win[2] and b[3] <= win[3]
               and (a is None or a not in ("yes", "no"))]  # presence questions depend on the whole canvas
-    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)))
-             for q, a, b in inside]
-    return _resize(img, win, size)[None], turns
+    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)),
+              [b] if _is_read(a) else None) for q, a, b in inside]
+    return _resize(img, win, size)[None], turns, win
 
 
-def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4) -> list[Example]:
+def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
+                 readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1]) -> list[Example]:
     """`n` training conversations of random kinds from one rendered item.
 
     The first turn is the item's own question or another fact about the same image (the crop,
     if any, is taken around that fact's evidence); up to `max_turns - 1` further facts follow.
     Asking several questions whose answers differ only by which object is named is what forces
-    the model to look at the image instead of answering from priors.
+    the model to look at the image instead of answering from priors. Answers that must be read
+    off a detail no image shows at `readable_px` are asked but not taught (`Example.untrained`).
     """
     img, W, H = item.image, *item.image.size
-    full = _resize(img, (0, 0, W, H), size)
-    facts = [(q, a if a is not None else position_words(b, (W, H)), b) for q, a, b in item.facts]
-    reads = [f for f, (q, a, b) in zip(facts, item.facts) if a is not None]
-    details = [f for f in reads if f[1] not in ("yes", "no")]  # readable in a window on their own
+    full_view = (0, 0, W, H)
+    full = _resize(img, full_view, size)
+    # facts as (question, answer, boxes to read or None)
+    facts = [(q, a if a is not None else position_words(b, (W, H)), [b] if _is_read(a) else None)
+             for q, a, b in item.facts]
+    where = {q: b for q, _, b in item.facts}
+    reads = [f for f, (_, a, _) in zip(facts, item.facts) if a is not None]
+    details = [f for f in facts if f[2] is not None]  # readable in a window on their own
+    own = (item.question, target_answer(item), list(item.boxes) if _is_read(target_answer(item)) else None)
     kinds, probs = list(KINDS), np.array(list(KINDS.values()))
     out = []
-    for kind in rng.choice(kinds, size=n, p=probs / probs.sum()):
+    for kind in map(str, rng.choice(kinds, size=n, p=probs / probs.sum())):
         if kind == "window" and details:
             first = details[int(rng.integers(0, len(details)))]
-            ims, turns = window_view(item, first[2], rng, size, max_turns)
+            ims, turns, win = window_view(item, where[first[0]], rng, size, (WINDOW_SCALE[0], window_max))
             rest = [t for t in turns if t[0] != first[0]]
-            turns = [(first[0], first[1])] + [rest[i] for i in rng.permutation(len(rest))][: max_turns - 1]
-            out.append(Example(ims, turns, item.family, "window"))
-            continue
-        if kind == "locate":
-            pool = [f for f in facts if f not in reads] or facts
-            first = pool[int(rng.integers(0, len(pool)))]
-            boxes = [first[2]]
-        elif rng.random() < 0.5 or not reads:
-            first, boxes = (item.question, target_answer(item), None), item.boxes
+            turns = [first] + [rest[i] for i in rng.permutation(len(rest))][: max_turns - 1]
+            views = [win]
         else:
-            first = reads[int(rng.integers(0, len(reads)))]
-            boxes = [first[2]]
-        crops = []
-        if kind == "evidence":
-            crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng, exact_p=EXACT_P)]
-        elif kind == "random":
-            crops = [random_crop((W, H), rng)]
-        elif kind == "two":
-            crops = [crop_around(b, (W, H), rng, exact_p=EXACT_P) for b in boxes[:2]]
-            if len(crops) < 2:
-                crops.append(random_crop((W, H), rng))
-            crops = [crops[i] for i in rng.permutation(2)]
-        others = [facts[i] for i in rng.permutation(len(facts)) if facts[i][0] != first[0]][: max_turns - 1]
-        turns = [(first[0], first[1])] + [(q, a) for q, a, _ in others]
-        ims = np.stack([full] + [_resize(img, c, size) for c in crops])
-        out.append(Example(ims, turns, item.family, "full" if kind == "window" else str(kind)))
+            if kind == "locate":
+                pool = [f for f in facts if f not in reads] or facts
+                first = pool[int(rng.integers(0, len(pool)))]
+                boxes = [where[first[0]]]
+            elif rng.random() < 0.5 or not reads:
+                first, boxes = own, item.boxes
+            else:
+                first = reads[int(rng.integers(0, len(reads)))]
+                boxes = [where[first[0]]]
+            crops = []
+            if kind == "evidence":
+                crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng, exact_p=EXACT_P)]
+            elif kind == "random":
+                crops = [random_crop((W, H), rng)]
+            elif kind == "two":
+                crops = [crop_around(b, (W, H), rng, exact_p=EXACT_P) for b in boxes[:2]]
+                if len(crops) < 2:
+                    crops.append(random_crop((W, H), rng))
+                crops = [crops[i] for i in rng.permutation(2)]
+            others = [facts[i] for i in rng.permutation(len(facts)) if facts[i][0] != first[0]][: max_turns - 1]
+            turns = [first] + others
+            views = [full_view] + crops
+            ims = np.stack([full] + [_resize(img, c, size) for c in crops])
+            kind = "full" if kind == "window" else kind
+        skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
+        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip))
     return out
 
 
@@ -209,7 +255,7 @@ _COLLATOR = None  # one per rendering process
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
-    family, split, start, n, seed, per_item, model = args
+    family, split, start, n, seed, per_item, model, mix = args
     if _COLLATOR is None:
         _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
     size = model["image_size"]
@@ -217,17 +263,18 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     for i in range(start, start + n):
         item = bench.item(family, split, i, seed)
         rng = rng_for(family + "/train-mix", split, i, seed)
-        out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size))
+        out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
         reads.extend(reading_crops(item, rng, 3, size))
     for ex in out:  # tokenising in the workers keeps the chat template off the training loop
-        ex.enc = _COLLATOR.encode(len(ex.images), ex.turns)
+        ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
     return out, reads
 
 
 def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
     """Render all training items (parallel over `workers` processes); deterministic order."""
     chunk = 100
-    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict())
+    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max}
+    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
     data: list[Example] = []
     reads: list[Example] = []
@@ -274,8 +321,9 @@ class Collator:
         text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, n_images: int, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
-        """Token ids and labels of a conversation; an empty last answer leaves a generation prompt."""
+    def encode(self, n_images: int, turns: list[tuple[str, str]], untrained=()) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation; an empty last answer leaves a generation prompt;
+        the answers of the turns in `untrained` carry no loss."""
         msgs, done, ids, labels = [], "", [], []
         render = self.processor.apply_chat_template
         for i, (q, a) in enumerate(turns):
@@ -291,13 +339,13 @@ class Collator:
             done = render(msgs)
             part = self._ids(done[len(prompt):])
             ids += part
-            labels += part
+            labels += [-100] * len(part) if i in untrained else part
         return ids, labels
 
     def __call__(self, batch: list[Example]):
         import torch
 
-        enc = [ex.enc or self.encode(len(ex.images), ex.turns) for ex in batch]
+        enc = [ex.enc or self.encode(len(ex.images), ex.turns, ex.untrained) for ex in batch]
         L = max(len(x) for x, _ in enc)
         pad = self.tok.pad_token_id
         input_ids = torch.full((len(batch), L), pad, dtype=torch.long)
@@ -315,7 +363,7 @@ class Collator:
         read = np.full((len(raw), 2), -100, dtype=np.int64)
         k = 0
         for ex in batch:
-            if ex.kind in ("evidence", "read", "window"):
+            if ex.kind in ("evidence", "read", "window") and 0 not in ex.untrained:
                 toks = self._ids(" " + ex.turns[0][1])[:2]
                 read[k + (ex.kind == "evidence"), : len(toks)] = toks
             k += len(ex.images)
@@ -330,10 +378,13 @@ KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
 
 def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
     """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
-    d = np.abs(images[..., None, :].astype(np.int16) - KEY_RGB).max(-1) < tol  # (n, H, W, C)
+    import torch
+
+    im = torch.from_numpy(images).to(torch.int16)
+    d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
     n, H, W, C = d.shape
     d = d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4))
-    return (d >= min_pixels).reshape(n, -1, C).astype(np.float32)
+    return (d >= min_pixels).reshape(n, -1, C).float().numpy()
 
 
 class AuxHeads:
@@ -474,7 +525,8 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     # Curriculum: first single-question conversations whose answer is readable (in an appended
     # crop or a small window), then the full mixture.
-    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data if ex.kind in ("evidence", "two", "window")]
+    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data
+             if ex.kind in ("evidence", "two", "window") and 0 not in ex.untrained]
     plan = [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
         plan += [(data, idx) for idx in batches(data, cfg.batch_size, rng)]

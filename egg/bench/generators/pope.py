@@ -4,7 +4,9 @@ Half the questions are positives. Negatives come in POPE's three kinds: random (
 pair drawn at random), popular (an absent pair using the most frequent colour in the image)
 and adversarial (colour and shape both present in the image, but never together). A
 negative's evidence box is its most confusable object (same colour), which a model must
-inspect to say no.
+inspect to say no. The training facts ask about every object ("yes") and, per colour on the
+canvas, about one absent shape of that colour ("no"), so that a model trained on them cannot
+answer from the prior.
 """
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ def generate(rng) -> Item:
     facts = [(f"is there a {c} {t} in the image ?", "yes", b) for c, t, b in objs]
     facts += [(f"where is the {c} {t} ?", None, b) for c, t, b in objs]
     absent = [(c, t) for c in COLOURS for t in SHAPES if (c, t) not in present]
+    # training facts that answer "no": per colour present, one of its absent shapes, at the first
+    # object of that colour (chosen without the rng, so the item itself does not change)
+    first = {c: b for c, _, b in reversed(objs)}
+    for i, (c, b) in enumerate(first.items()):
+        shapes = [t for t in SHAPES if (c, t) in absent]
+        if shapes:
+            facts.append((f"is there a {c} {shapes[(i + len(objs)) % len(shapes)]} in the image ?", "no", b))
     if rng.random() < 0.5 or not absent:
         c, t, box = objs[int(rng.integers(0, len(objs)))]
         return Item(img, f"is there a {c} {t} in the image ?", ["yes"], [box], "pope",
