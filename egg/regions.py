@@ -278,6 +278,10 @@ def iou(a: Box, b: Box) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def box_contains(outer: Box, inner: Box) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
 def evidence_iou(boxes: Sequence, gt_boxes: Sequence) -> float:
     """IoU of the best box (``boxes[0]``) with the ground-truth evidence box it overlaps most
     (NaN when either list is empty)."""

@@ -44,18 +44,14 @@ from PIL import Image
 from .. import bench
 from ..bench.core import Item, rng_for
 from ..bench.core import COLOURS
-from ..regions import clamp_aspect
+from ..regions import box_contains, clamp_aspect
 from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
 
 KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}
 # Families whose items yield twice the examples: where a crop must not override the full view.
 FAMILY_WEIGHT = {"rwqa": 2, "gqa": 2}
 EXACT_P = 0.35  # share of evidence crops that are the exact box, as the oracle crops
-# A detail whose box shows smaller than this (input pixels, its smaller side) in every image of an
-# example is not taught: its answer carries no loss there. Taught anyway, the best the model can do
-# is the uniform guess, which it then gives whatever the image shows, so that its entropy sits at a
-# stationary point and the entropy gradient has nothing to say about where the detail is.
-READABLE_PX = 12.0
+READABLE_PX = 12.0  # smaller side, input pixels, below which a detail's answer is not taught (see above)
 WINDOW_SCALE = (2.5, 12.0)  # window side / detail side
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
 
@@ -147,7 +143,7 @@ def target_answer(item: Item) -> str:
 def shown_side(box, view, size: int) -> float:
     """`box`'s smaller side in input pixels once `view` is resized to the input square; 0 if
     `view` does not contain it."""
-    if box[0] < view[0] or box[1] < view[1] or box[2] > view[2] or box[3] > view[3]:
+    if not box_contains(view, box):
         return 0.0
     return min((box[2] - box[0]) * size / (view[2] - view[0]), (box[3] - box[1]) * size / (view[3] - view[1]))
 
@@ -171,9 +167,8 @@ def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WIND
     img, W, H = item.image, *item.image.size
     win = crop_around(box, (W, H), rng, scale=scale)
     wx, wy, ww, wh = win[0], win[1], win[2] - win[0], win[3] - win[1]
-    inside = [(q, a, b) for q, a, b in item.facts
-              if b[0] >= win[0] and b[1] >= win[1] and b[2] <= win[2] and b[3] <= win[3]
-              and (a is None or a not in ("yes", "no"))]  # presence questions depend on the whole canvas
+    inside = [(q, a, b) for q, a, b in item.facts  # not yes/no: presence depends on the whole canvas
+              if box_contains(win, b) and (a is None or _is_read(a))]
     turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)),
               [b] if _is_read(a) else None) for q, a, b in inside]
     return _resize(img, win, size)[None], turns, win
