@@ -192,7 +192,7 @@ def plot_card(s, record: dict | None = None):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     if record and record.get("loss"):
         loss = pd.DataFrame(record["loss"])
-        for col in [c for c in ("lm", "colour", "read") if c in loss]:
+        for col in [c for c in ("lm", "look", "colour", "read") if c in loss]:
             axes[0].plot(loss.step, loss[col], label=col)
         axes[0].set(xlabel="step", ylabel="loss (smoothed)", title="training", yscale="log")
         axes[0].legend()

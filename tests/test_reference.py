@@ -95,7 +95,7 @@ def test_unreadable_details_are_asked_but_not_taught(ref_processor):
     assert T.untaught(turns, [full], 96, 6.0) == (0,)
     assert T.untaught(turns, [full, tight], 96, 6.0) == ()
     col = T.Collator(ref_processor)
-    ids, labels = col.encode(1, [(q, a) for q, a, _ in turns], untrained=(0,))
+    ids, labels, _ = col.encode(1, [(q, a) for q, a, _ in turns], untrained=(0,))
     taught = ref_processor.tokenizer.decode([t for t in labels if t != -100])
     assert taught.split() == ["top", "left", "</s>"] and len(ids) == len(labels)
     # in the mixture: every untaught turn is a detail too small in each of its example's images
@@ -103,6 +103,77 @@ def test_unreadable_details_are_asked_but_not_taught(ref_processor):
     exs = T.examples_for(it, np.random.default_rng(0), 40, 96)
     assert any(e.untrained for e in exs) and any(not e.untrained for e in exs)
     assert all(not e.untrained for e in T.examples_for(it, np.random.default_rng(0), 40, 96, readable_px=0))
+
+
+def test_look_tokens_are_the_patches_under_the_box_in_every_view():
+    full, crop = (0, 0, 960, 960), (100, 100, 220, 220)
+    box = (130, 130, 160, 150)  # full view (x0.1): 13-16 x 13-15 px -> patch (1, 1) only
+    assert T.look_tokens([box], [full], 96, 12) == (9,)
+    # in the crop (x0.8): 24-48 x 24-40 px -> rows 2-3, cols 2-3, offset by the first image's 64
+    assert T.look_tokens([box], [full, crop], 96, 12) == (9, 64 + 18, 64 + 19, 64 + 26, 64 + 27)
+    assert T.look_tokens([(500, 500, 510, 510)], [crop], 96, 12) == ()  # outside the crop
+    assert T.look_tokens([(0, 0, 960, 960)], [full], 96, 12) == tuple(range(64))
+
+
+def test_examples_say_where_the_named_object_is(ref_processor):
+    it = bench.item("text", "train", 5)
+    exs = T.examples_for(it, np.random.default_rng(0), 40, 96)
+    where = {q: b for q, _, b in it.facts}
+    n_looks = 0
+    for ex in exs:
+        assert len(ex.looks) == len(ex.turns)
+        for (q, a), toks in zip(ex.turns, ex.looks):
+            assert toks  # the named object is in the full view, or in the window taken around it
+            if ex.kind != "window":  # in the full view: the patch under the named object's centre
+                b, (W, H) = where[q], it.image.size
+                cx, cy = (b[0] + b[2]) / 2 * 8 / W, (b[1] + b[3]) / 2 * 8 / H
+                assert int(cy) * 8 + int(cx) in toks
+                n_looks += 1
+    assert n_looks > 20
+    # the collator's query is the position whose logits predict each answer's first token
+    col = T.Collator(ref_processor)
+    ex = next(e for e in exs if len(e.turns) >= 3)
+    looked = [(a, toks) for (_, a), toks in zip(ex.turns, ex.looks)]
+    batch = col([ex])
+    qpos = batch["look_q"][:, 1]
+    assert len(qpos) == len(looked) and bool((batch["labels"][0, qpos] == -100).all())
+    first = [ref_processor.tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a, _ in looked]
+    assert batch["input_ids"][0, qpos + 1].tolist() == first
+    assert batch["look_at"].shape == (len(looked), len(ex.images) * 64)
+    assert [tuple(r.nonzero().flatten().tolist()) for r in batch["look_at"]] == [t for _, t in looked]
+
+
+def test_look_loss_is_the_log_share_of_visual_attention_on_the_object():
+    L, n_vis = 6, 4
+    is_vis = torch.tensor([[False, True, True, True, True, False]])
+    look_q, look_at = torch.tensor([[0, 5]]), torch.tensor([[True, False, False, False]])
+    on_obj, spread = torch.zeros(1, 2, L, L), torch.zeros(1, 2, L, L)
+    on_obj[0, :, 5, 1] = 0.5  # all visual attention on the object, the rest on text
+    on_obj[0, :, 5, 5] = 0.5
+    spread[0, :, 5, 1:5] = 0.25
+    layers = lambda a: (torch.zeros_like(a), a, a)  # noqa: E731 - the first layer is never supervised
+    assert T.look_loss(layers(on_obj), is_vis, look_q, look_at).item() < 1e-5
+    assert abs(T.look_loss(layers(spread), is_vis, look_q, look_at).item() - np.log(n_vis)) < 1e-5
+    mixed = on_obj.clone()
+    mixed[0, 1] = spread[0, 1]  # head 1 looks elsewhere: only counted when supervised
+    assert T.look_loss(layers(mixed), is_vis, look_q, look_at, heads=1).item() < 1e-5
+    assert T.look_loss(layers(mixed), is_vis, look_q, look_at).item() > 0.5
+
+
+def test_position_probe_targets_are_each_tokens_row_and_column():
+    g, dim = 8, 16
+    aux = T.AuxHeads(dim, vocab=10, device="cpu", grid=g)
+    cell = torch.arange(g * g)
+    feats = torch.cat([torch.eye(g)[cell // g], torch.eye(g)[cell % g]], -1)[None].repeat(3, 1, 1)  # (3, 64, 16)
+    with torch.no_grad():
+        aux.where.weight.zero_()
+        aux.where.bias.zero_()
+        aux.where.weight[:g, :g] = 30 * torch.eye(g)  # row logits read the row one-hot
+        aux.where.weight[g:, g:] = 30 * torch.eye(g)  # column logits read the column one-hot
+    colour = torch.zeros(3, g * g, len(T.COLOURS))
+    read = torch.full((3, 2), -100)
+    assert aux.loss(feats, colour, read)[2].item() < 1e-6
+    assert aux.loss(feats.flip(1), colour, read)[2].item() > 5  # tokens in the wrong places
 
 
 def test_patch_colours_finds_a_red_patch():

@@ -8,12 +8,23 @@ gradient over the full image is noise. So every item yields several examples:
 - full image + a jittered, rescaled crop around the evidence -> answer;
 - full image + a random crop that may miss the evidence -> answer;
 - full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
-- full image alone, "where is the {target} ?" -> a coarse position: the locating signal that
-  makes the gradient of an unreadable detail concentrate on the detail;
+- full image alone, "where is the {target} ?" -> a coarse position (meant as a locating signal;
+  measured, it is answered at chance for small objects and does not teach where to look: the
+  attention supervision below does);
 - a window of the canvas around the evidence (2.5-12 x its side) as the only image, so the
   detail is readable in the first view when the window is small: the model learns to read a
   detail *where the named object is* in its first image, and an unreadable one still draws its
   gradient there.
+
+Every question names an object (or two), and the position that predicts its answer is taught
+where that object is: its attention in the decoder layers after the first, heads averaged, should
+fall on the visual tokens that overlap the object's box, in any image (loss weight `look`).
+Answers alone do not teach this in a CPU budget: the model learns to attend to objects of the
+asked kind but not to the one whose colour the question names (measured on the previous model:
+the answer's attention peaks on some sign for 95% of text items, on the named one for 25%), and
+then the entropy gradient of a detail it cannot read has nothing to concentrate on. The saved
+model is plain LLaVA; the supervision only shapes where it learnt to look. It shapes attention
+directly, so attention-based baselines (ViCrop) profit from it more directly than EGG does.
 
 A detail that no image of an example shows at READABLE_PX or more is asked but not taught: its
 answer carries no loss. Taught, the only thing to learn there is the uniform guess, and a model
@@ -62,8 +73,9 @@ class Example:
     turns: list[tuple[str, str]]  # (question, answer), asked in one conversation about the images
     family: str
     kind: str
-    enc: tuple[list[int], list[int]] | None = None  # token ids and labels, computed while rendering
+    enc: tuple[list[int], list[int], list[int]] | None = None  # Collator.encode, computed while rendering
     untrained: tuple[int, ...] = ()  # turns whose answer is not readable in any image: no loss
+    looks: tuple[tuple[int, ...], ...] = ()  # per turn: visual tokens (all images, in order) on the named object
 
 
 @dataclass
@@ -88,6 +100,8 @@ class TrainConfig:
     vision_steps: int = 1500
     curriculum: float = 0.3
     readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
+    look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
+    look_heads: int = 0  # the first this many heads of each layer carry it (0: all)
     window_max: float = WINDOW_SCALE[1]
     model: dict = field(default_factory=dict)
 
@@ -155,6 +169,24 @@ def untaught(turns, views, size: int, readable_px: float) -> tuple[int, ...]:
         any(shown_side(b, v, size) >= readable_px for v in views) for b in boxes))
 
 
+def look_tokens(boxes, views, size: int, patch: int) -> tuple[int, ...]:
+    """Indices of the visual tokens, over all `views` in order (each resized to the input square,
+    (size/patch)^2 tokens), whose patch overlaps one of `boxes`."""
+    g = size // patch
+    out = set()
+    for i, v in enumerate(views):
+        sx, sy = size / (v[2] - v[0]), size / (v[3] - v[1])
+        for b in boxes:
+            x0, y0 = (max(b[0], v[0]) - v[0]) * sx, (max(b[1], v[1]) - v[1]) * sy
+            x1, y1 = (min(b[2], v[2]) - v[0]) * sx, (min(b[3], v[3]) - v[1]) * sy
+            if x1 <= x0 or y1 <= y0:
+                continue
+            cols = range(int(x0 // patch), min(g, int(math.ceil(x1 / patch))))
+            rows = range(int(y0 // patch), min(g, int(math.ceil(y1 / patch))))
+            out.update(i * g * g + r * g + c for r in rows for c in cols)
+    return tuple(sorted(out))
+
+
 def _is_read(answer) -> bool:
     """A fact that has to be read off the detail (a position or yes/no is seen at low resolution)."""
     return answer is not None and answer not in ("yes", "no")
@@ -175,7 +207,8 @@ def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WIND
 
 
 def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
-                 readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1]) -> list[Example]:
+                 readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1],
+                 patch: int = 12) -> list[Example]:
     """`n` training conversations of random kinds from one rendered item.
 
     The first turn is the item's own question or another fact about the same image (the crop,
@@ -183,6 +216,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     Asking several questions whose answers differ only by which object is named is what forces
     the model to look at the image instead of answering from priors. Answers that must be read
     off a detail no image shows at `readable_px` are asked but not taught (`Example.untrained`).
+    Each turn carries the visual tokens of the object it names (`Example.looks`).
     """
     img, W, H = item.image, *item.image.size
     full_view = (0, 0, W, H)
@@ -191,6 +225,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     facts = [(q, a if a is not None else position_words(b, (W, H)), [b] if _is_read(a) else None)
              for q, a, b in item.facts]
     where = {q: b for q, _, b in item.facts}
+    named = {**{q: [b] for q, b in where.items()}, item.question: list(item.boxes)}
     reads = [f for f, (_, a, _) in zip(facts, item.facts) if a is not None]
     details = [f for f in facts if f[2] is not None]  # readable in a window on their own
     own = (item.question, target_answer(item), list(item.boxes) if _is_read(target_answer(item)) else None)
@@ -229,7 +264,8 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             ims = np.stack([full] + [_resize(img, c, size) for c in crops])
             kind = "full" if kind == "window" else kind
         skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
-        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip))
+        looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns)
+        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=looks))
     return out
 
 
@@ -268,7 +304,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
 def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
     """Render all training items (parallel over `workers` processes); deterministic order."""
     chunk = 100
-    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max}
+    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size}
     jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
     data: list[Example] = []
@@ -316,10 +352,10 @@ class Collator:
         text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, n_images: int, turns: list[tuple[str, str]], untrained=()) -> tuple[list[int], list[int]]:
-        """Token ids and labels of a conversation; an empty last answer leaves a generation prompt;
-        the answers of the turns in `untrained` carry no loss."""
-        msgs, done, ids, labels = [], "", [], []
+    def encode(self, n_images: int, turns: list[tuple[str, str]], untrained=()) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, labels and, per turn, the position whose logits predict its answer; an empty
+        last answer leaves a generation prompt; the answers of the turns in `untrained` carry no loss."""
+        msgs, done, ids, labels, queries = [], "", [], [], []
         render = self.processor.apply_chat_template
         for i, (q, a) in enumerate(turns):
             content = ([{"type": "image"}] * n_images if i == 0 else []) + [{"type": "text", "text": q}]
@@ -328,6 +364,7 @@ class Collator:
             part = self._ids(prompt[len(done):])
             ids += part
             labels += [-100] * len(part)
+            queries.append(len(ids) - 1)
             if not a:
                 break
             msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
@@ -335,21 +372,30 @@ class Collator:
             part = self._ids(done[len(prompt):])
             ids += part
             labels += [-100] * len(part) if i in untrained else part
-        return ids, labels
+        return ids, labels, queries
 
     def __call__(self, batch: list[Example]):
         import torch
 
         enc = [ex.enc or self.encode(len(ex.images), ex.turns, ex.untrained) for ex in batch]
-        L = max(len(x) for x, _ in enc)
+        L = max(len(x) for x, _, _ in enc)
         pad = self.tok.pad_token_id
         input_ids = torch.full((len(batch), L), pad, dtype=torch.long)
         lab = torch.full((len(batch), L), -100, dtype=torch.long)
         mask = torch.zeros((len(batch), L), dtype=torch.long)
-        for i, (x, y) in enumerate(enc):
+        # where each turn's answer should look: (example, query position) -> its visual tokens
+        n_vis = max(len(ex.images) for ex in batch) * self.tokens_per_image
+        look_at, look_q = [], []
+        for i, (x, y, qs) in enumerate(enc):
             input_ids[i, : len(x)] = torch.tensor(x)
             lab[i, : len(y)] = torch.tensor(y)
             mask[i, : len(x)] = 1
+            for pos, toks in zip(qs, batch[i].looks):
+                if toks:
+                    row = torch.zeros(n_vis, dtype=torch.bool)
+                    row[list(toks)] = True
+                    look_q.append((i, pos))
+                    look_at.append(row)
         raw = np.concatenate([ex.images for ex in batch])
         pix = raw.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         pix = (pix - self.mean) / self.std
@@ -363,6 +409,8 @@ class Collator:
                 read[k + (ex.kind == "evidence"), : len(toks)] = toks
             k += len(ex.images)
         return {"input_ids": input_ids, "attention_mask": mask, "labels": lab,
+                "look_q": torch.tensor(look_q, dtype=torch.long).reshape(-1, 2),
+                "look_at": torch.stack(look_at) if look_at else torch.zeros((0, n_vis), dtype=torch.bool),
                 "pixel_values": torch.from_numpy(pix),
                 "colour_targets": torch.from_numpy(patch_colours(raw, self.patch)),
                 "read_targets": torch.from_numpy(read)}
@@ -388,19 +436,25 @@ class AuxHeads:
     A tiny LLaVA trained from scratch on answers alone never learns to look (the loss sits at
     the answer prior); supervising "which key colour is in this patch" and "what does this
     crop read" makes the visual tokens informative, after which the decoder learns to use them.
+    "Which row and column is this patch" keeps each token's place in its features: rotary
+    attention gives the decoder relative positions in its scores but none in what it reads, so a
+    model taught to attend to the named object could otherwise not say where that object is.
     """
 
-    def __init__(self, dim: int, vocab: int, device):
+    def __init__(self, dim: int, vocab: int, device, grid: int = 8):
         import torch
 
         self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)
         self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
-        self.vocab = vocab
+        self.where = torch.nn.Linear(dim, 2 * grid).to(device)
+        self.vocab, self.grid = vocab, grid
 
     def parameters(self):
-        return [*self.colour.parameters(), *self.read.parameters()]
+        return [*self.colour.parameters(), *self.read.parameters(), *self.where.parameters()]
 
     def loss(self, feats, colour_targets, read_targets):
+        """Colour, read and position losses; `feats` is (n_images, grid^2, dim)."""
+        import torch
         import torch.nn.functional as F
 
         lc = F.binary_cross_entropy_with_logits(self.colour(feats), colour_targets)
@@ -409,7 +463,12 @@ class AuxHeads:
             lr = F.cross_entropy(logits.reshape(-1, self.vocab), read_targets.reshape(-1), ignore_index=-100)
         else:
             lr = logits.sum() * 0
-        return lc, lr
+        g = self.grid
+        cell = torch.arange(g * g, device=feats.device)
+        where = self.where(feats).view(-1, g * g, 2, g)
+        lp = (F.cross_entropy(where[:, :, 0].reshape(-1, g), (cell // g).repeat(len(feats)))
+              + F.cross_entropy(where[:, :, 1].reshape(-1, g), (cell % g).repeat(len(feats)))) / 2
+        return lc, lr, lp
 
 
 def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -> list[dict]:
@@ -427,9 +486,9 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
         batch = {k: v.to(cfg.device) for k, v in col([reads[i] for i in idx]).items()}
         feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
         feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
-        lc, lr = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
+        lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         opt.zero_grad(set_to_none=True)
-        (lc + lr).backward()
+        (lc + lr + lp).backward()
         opt.step()
         sched.step()
         smooth = lr.item() if smooth is None else 0.95 * smooth + 0.05 * lr.item()
@@ -440,23 +499,49 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
     return curve
 
 
-def lm_step(model, batch, aux: AuxHeads | None):
-    """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads."""
+def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: int | None = None):
+    """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads;
+    with `look` > 0 also the loss on where each answer's position attends (module docstring)."""
     import torch
 
     ids = batch["input_ids"]
     feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
     feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
     emb = model.get_input_embeddings()(ids)
-    mask = (ids == model.config.image_token_id).unsqueeze(-1).expand_as(emb)
+    is_vis = ids == model.config.image_token_id
+    mask = is_vis.unsqueeze(-1).expand_as(emb)
     emb = emb.masked_scatter(mask, feats.reshape(-1, feats.shape[-1]).to(emb.dtype))
-    loss = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    want = look > 0 and len(batch["look_q"]) > 0
+    out = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                output_attentions=want)
+    loss = out.loss
     parts = {"lm": loss.item()}
+    if want:
+        lf = look_loss(out.attentions, is_vis, batch["look_q"], batch["look_at"], look_heads)
+        parts["look"] = lf.item()
+        loss = loss + look * lf
     if aux is not None:
-        lc, lr = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
-        parts.update(colour=lc.item(), read=lr.item())
-        loss = loss + lc + 0.5 * lr
+        lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
+        parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
+        loss = loss + lc + 0.5 * lr + 0.5 * lp
     return loss, parts
+
+
+def look_loss(attentions, is_vis, look_q, look_at, heads: int | None = None):
+    """-log of the share of the visual attention that falls on the named object's tokens, from the
+    position predicting each answer, averaged over the first `heads` heads (all if None) of the
+    layers after the first (which cannot yet know the question). Every example in a batch has
+    the same number of images."""
+    import torch
+
+    b, q = look_q[:, 0], look_q[:, 1]
+    vis = is_vis[b]  # (n, L)
+    shares = []
+    for att in attentions[1:]:
+        a = att[b, : heads or None, q].mean(1)  # (n, L): heads averaged
+        a_vis = a[vis].view(len(b), -1)  # (n, n_visual), in token order
+        shares.append((a_vis * look_at).sum(-1) / a_vis.sum(-1).clamp_min(1e-9))
+    return -torch.log(torch.stack(shares).mean(0).clamp_min(1e-6)).mean()
 
 
 # ---------------------------------------------------------------- evaluation during training
@@ -512,7 +597,8 @@ def train(cfg: TrainConfig) -> Path:
     t_start, cpu_start = time.time(), cpu_seconds()
     data, reads = render_dataset(cfg, mcfg, log)
     col = Collator(processor)
-    aux = AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device) if cfg.aux else None
+    aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size)
+           if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     if aux is not None and cfg.vision_steps:
@@ -520,7 +606,7 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     # Curriculum: first single-question conversations whose answer is readable (in an appended
     # crop or a small window), then the full mixture.
-    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind) for ex in data
+    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind, looks=ex.looks[:1]) for ex in data
              if ex.kind in ("evidence", "two", "window") and 0 not in ex.untrained]
     plan = [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
@@ -544,13 +630,15 @@ def train(cfg: TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(s))))
     log(f"{total} steps planned, {budget / 60:.1f} CPU-min left for them")
+    if cfg.look > 0:  # attention weights are returned by eager attention only (not saved in the config)
+        model.model.language_model.set_attn_implementation("eager")
     smooth = None
     model.train()
     step = 0
     for step, (pool, idx) in enumerate(plan, start=1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
-        loss, parts = lm_step(model, batch, aux)
+        loss, parts = lm_step(model, batch, aux, cfg.look, cfg.look_heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
