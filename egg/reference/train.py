@@ -9,8 +9,9 @@ gradient over the full image is noise. So every item yields several examples:
 - full image + a random crop that may miss the evidence -> answer;
 - full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
 - full image alone, "where is the {target} ?" -> a coarse position (meant as a locating signal;
-  measured, it is answered at chance for small objects and does not teach where to look: the
-  attention supervision below does);
+  alone it did not teach where to look: small objects' positions were answered at chance, 13%
+  of text items for 11% chance; with the attention supervision below and the position probe,
+  28%);
 - a window of the canvas around the evidence (2.5-12 x its side) as the only image, so the
   detail is readable in the first view when the window is small: the model learns to read a
   detail *where the named object is* in its first image, and an unreadable one still draws its
