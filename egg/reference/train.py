@@ -56,7 +56,7 @@ from PIL import Image
 from .. import bench
 from ..bench.core import Item, rng_for
 from ..bench.core import COLOURS
-from ..regions import box_contains, clamp_aspect
+from ..regions import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
 from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
 
 KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}
@@ -176,15 +176,13 @@ def look_tokens(boxes, views, size: int, patch: int) -> tuple[int, ...]:
     g = size // patch
     out = set()
     for i, v in enumerate(views):
-        sx, sy = size / (v[2] - v[0]), size / (v[3] - v[1])
         for b in boxes:
-            x0, y0 = (max(b[0], v[0]) - v[0]) * sx, (max(b[1], v[1]) - v[1]) * sy
-            x1, y1 = (min(b[2], v[2]) - v[0]) * sx, (min(b[3], v[3]) - v[1]) * sy
-            if x1 <= x0 or y1 <= y0:
+            seen = box_intersection(b, v)
+            if box_area(seen) == 0:
                 continue
-            cols = range(int(x0 // patch), min(g, int(math.ceil(x1 / patch))))
-            rows = range(int(y0 // patch), min(g, int(math.ceil(y1 / patch))))
-            out.update(i * g * g + r * g + c for r in rows for c in cols)
+            c0, r0, c1, r1 = pixels_to_grid_box(seen, (g, g), v)
+            out.update(i * g * g + r * g + c for r in range(int(r0), min(g, math.ceil(r1)))
+                       for c in range(int(c0), min(g, math.ceil(c1))))
     return tuple(sorted(out))
 
 
