@@ -8,7 +8,9 @@ For each test item (shared/TESTBED.md, lessons 3 and 4):
   image's visual tokens, L2 per token) smoothed, and whether its peak cell lies in a
   ground-truth box or within one cell of it; chance = the area fraction that counts as a hit;
 - peak crop vs random crop: append a crop of 2 x 2 grid cells centred on that peak, or a
-  crop of the same size at a random place, and score both answers.
+  crop of the same size at a random place, and score both answers;
+- box crop: a crop of the same size centred on the (first) evidence box, what a perfect peak
+  would give: it separates a map that points wrong from a zoom too weak to read the detail.
 
 `measure` returns one row per item; `summary` aggregates per family with bootstrap CIs;
 `by_evidence_size` splits each family by the size of its evidence.
@@ -41,6 +43,7 @@ class TestbedRow:
     chance: float
     peak_crop: float
     random_crop: float
+    box_crop: float
     base_answer: str
     oracle_answer: str
 
@@ -52,12 +55,18 @@ def _hit_region(box, W: int, H: int, cw: float, ch: float) -> tuple[float, float
     return (max(0.0, box[0] - cw), max(0.0, box[1] - ch), min(W, box[2] + cw), min(H, box[3] + ch))
 
 
+def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
+    """A w x h crop centred on `box` (a point is a box of zero size); clamped later, by the caller."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
 def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> TestbedRow:
     """All testbed diagnostics for one item."""
     adapter = as_adapter(vlm)
     img, q = item.image, item.question
     W, H = img.size
-    cache = EmbeddingCache()  # the full image is encoded once for all five questions
+    cache = EmbeddingCache()  # the full image is encoded once for all six questions
     prep = adapter.prepare([img], q)
     res = relevance(adapter, prep, cache=cache)
     grid = prep.grids[0]
@@ -78,17 +87,19 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
         return answer_with_crops(adapter, img, q, crops, cache=cache)
 
     base_answer, oracle_answer = ask([]), ask(item.boxes)
-    peak = (px - cw, py - ch, px + cw, py + ch)
-    rng = np.random.default_rng([seed, int(item.meta.get("index", 0))])
     pw, ph = min(2 * cw, W), min(2 * ch, H)
+    peak = centred_crop(cell, 2 * cw, 2 * ch)
+    rng = np.random.default_rng([seed, int(item.meta.get("index", 0))])
     x0, y0 = rng.uniform(0, W - pw), rng.uniform(0, H - ph)
     peak_answer, random_answer = ask([peak]), ask([(x0, y0, x0 + pw, y0 + ph)])
+    box_answer = ask([centred_crop(item.boxes[0], pw, ph)])
     score = lambda a: bench.score(item.family, a, item)  # noqa: E731
     return TestbedRow(
         family=item.family, index=int(item.meta.get("index", -1)), multi_evidence=item.multi_evidence,
         evidence_fraction=item.evidence_fraction, base=score(base_answer), oracle=score(oracle_answer),
         entropy=res.entropy, max_entropy=math.log(adapter.model.config.get_text_config().vocab_size),
         pointing=bool(pointing), chance=chance, peak_crop=score(peak_answer), random_crop=score(random_answer),
+        box_crop=score(box_answer),
         base_answer=base_answer, oracle_answer=oracle_answer,
     )
 
@@ -127,6 +138,7 @@ def summary(df, n_boot: int = 2000, seed: int = 0):
             "pointing": p, "pointing_lo": plo, "pointing_hi": phi, "chance": g.chance.mean(),
             "peak_crop": g.peak_crop.mean(), "random_crop": g.random_crop.mean(),
             "peak_minus_random": crop, "pmr_lo": clo, "pmr_hi": chi,
+            "box_crop": g.box_crop.mean(), "box_minus_random": (g.box_crop - g.random_crop).mean(),
         })
     return pd.DataFrame(out)
 
@@ -140,7 +152,7 @@ def by_evidence_size(df, bins: int = 3):
     labels = ["small", "mid", "large"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
     single["size"] = single.groupby("family", sort=False).evidence_fraction.transform(
         lambda x: pd.qcut(x.rank(method="first"), bins, labels=labels).astype(str))
-    cols = ["evidence_fraction", "base", "oracle", "entropy", "pointing", "chance", "peak_crop", "random_crop"]
+    cols = ["evidence_fraction", "base", "oracle", "entropy", "pointing", "chance", "peak_crop", "random_crop", "box_crop"]
     g = single.groupby(["family", "size"], sort=False)
     out = g[cols].mean().join(g.size().rename("n")).reset_index()
     out.insert(2, "evidence_pct", 100 * out.pop("evidence_fraction"))
@@ -196,7 +208,7 @@ def plot_card(s, record: dict | None = None):
             axes[0].plot(loss.step, loss[col], label=col)
         axes[0].set(xlabel="step", ylabel="loss (smoothed)", title="training", yscale="log")
         axes[0].legend()
-    long = s.melt(id_vars="family", value_vars=["base", "oracle", "peak_crop", "random_crop"],
+    long = s.melt(id_vars="family", value_vars=["base", "oracle", "box_crop", "peak_crop", "random_crop"],
                   var_name="condition", value_name="accuracy")
     sns.barplot(long, x="family", y="accuracy", hue="condition", ax=axes[1])
     axes[1].set(title="accuracy by condition", ylim=(0, 1))

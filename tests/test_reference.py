@@ -185,13 +185,18 @@ def test_patch_colours_finds_a_red_patch():
 
 
 def test_training_with_max_steps_is_reproducible(tmp_path):
-    """A tiny run of the real training loop twice: same seed and step count, same weights."""
+    """A tiny run of the real training loop twice: same seed and step count, same weights;
+    a third run without the position probe differs."""
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, vision_steps=2, max_steps=3,
               eval_items=1, eval_every=1000, workers=1, threads=2)
-    outs = [T.train(T.TrainConfig(out=str(tmp_path / f"run{i}"), **kw)) for i in range(2)]
-    a, b = (load_file(str(o / "model.safetensors")) for o in outs)
+    outs = [T.train(T.TrainConfig(out=str(tmp_path / f"run{i}"), position=p, **kw))
+            for i, p in enumerate((0.5, 0.5, 0.0))]
+    a, b, c = (load_file(str(o / "model.safetensors")) for o in outs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # without the row/column probe the vision tower is trained differently
+    vision = [k for k in a if k.startswith("vision_tower.")]
+    assert vision and any(not torch.equal(a[k], c[k]) for k in vision)
     log = (outs[0] / "training_log.json").read_text()
     assert '"steps": 3' in log and (tmp_path / "train_cache" / "train.log").is_file()

@@ -16,7 +16,7 @@ def rows(vlm):
 
 def test_measure_scores_every_item_and_bounds_chance(vlm, rows):
     assert list(rows.family) == ["text"] * 3 + ["doc"] * 3
-    for col in ("base", "oracle", "peak_crop", "random_crop"):
+    for col in ("base", "oracle", "peak_crop", "random_crop", "box_crop"):
         assert rows[col].between(0, 1).all()
     assert rows.chance.between(0, 1).all() and (rows.chance > 0).all()  # the evidence always covers a cell
     assert rows.max_entropy.tolist() == pytest.approx([math.log(vlm.model.config.get_text_config().vocab_size)] * 6)
@@ -28,10 +28,15 @@ def test_measure_is_deterministic(vlm, rows):
     pd.testing.assert_frame_equal(rows, again)
 
 
+def test_centred_crop_keeps_the_box_centre_and_the_size():
+    assert testbed.centred_crop((10, 20, 30, 60), 40, 10) == (0, 35, 40, 45)
+    assert testbed.centred_crop((5, 5, 5, 5), 4, 2) == (3, 4, 7, 6)
+
+
 def _row(family, frac, base, oracle, pointing, multi=False):
     return dict(family=family, index=0, multi_evidence=multi, evidence_fraction=frac, base=base, oracle=oracle,
                 entropy=1.0 + base, max_entropy=4.0, pointing=pointing, chance=0.1, peak_crop=oracle,
-                random_crop=base, base_answer="", oracle_answer="")
+                random_crop=base, box_crop=oracle, base_answer="", oracle_answer="")
 
 
 def test_summary_gap_and_acceptance_on_known_rows():

@@ -103,6 +103,7 @@ class TrainConfig:
     readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)
+    position: float = 0.5  # weight of the row/column probe on the visual tokens (0: none)
     window_max: float = WINDOW_SCALE[1]
     model: dict = field(default_factory=dict)
 
@@ -487,18 +488,19 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
         feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         opt.zero_grad(set_to_none=True)
-        (lc + lr + lp).backward()
+        (lc + lr + (lp if cfg.position > 0 else 0)).backward()
         opt.step()
         sched.step()
         smooth = lr.item() if smooth is None else 0.95 * smooth + 0.05 * lr.item()
         if step % 20 == 0:
-            curve.append({"step": step, "read": smooth, "colour": lc.item()})
+            curve.append({"step": step, "read": smooth, "colour": lc.item(), "where": lp.item()})
         if step % 100 == 0:
             log(f"vision warm-up step {step}/{cfg.vision_steps} read {smooth:.3f} colour {lc.item():.3f}")
     return curve
 
 
-def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: int | None = None):
+def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: int | None = None,
+            position: float = 0.5):
     """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads;
     with `look` > 0 also the loss on where each answer's position attends (module docstring)."""
     import torch
@@ -522,7 +524,7 @@ def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: i
     if aux is not None:
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
-        loss = loss + lc + 0.5 * lr + 0.5 * lp
+        loss = loss + lc + 0.5 * lr + position * lp
     return loss, parts
 
 
@@ -637,7 +639,7 @@ def train(cfg: TrainConfig) -> Path:
     for step, (pool, idx) in enumerate(plan, start=1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
-        loss, parts = lm_step(model, batch, aux, cfg.look, cfg.look_heads)
+        loss, parts = lm_step(model, batch, aux, cfg.look, cfg.look_heads, cfg.position)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
