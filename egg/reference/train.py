@@ -104,7 +104,7 @@ class TrainConfig:
     readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)
-    position: float = 0.1  # weight of the row/column probe on the visual tokens (0: none)
+    position: float = 0.1  # weight of the row/column probe on the visual tokens (0: none; the vision warm-up uses 1)
     window_max: float = WINDOW_SCALE[1]
     model: dict = field(default_factory=dict)
 
@@ -500,10 +500,9 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
     return curve
 
 
-def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: int | None = None,
-            position: float = 0.5):
+def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads;
-    with `look` > 0 also the loss on where each answer's position attends (module docstring)."""
+    with `cfg.look` > 0 also the loss on where each answer's position attends (module docstring)."""
     import torch
 
     ids = batch["input_ids"]
@@ -513,19 +512,19 @@ def lm_step(model, batch, aux: AuxHeads | None, look: float = 0.0, look_heads: i
     is_vis = ids == model.config.image_token_id
     mask = is_vis.unsqueeze(-1).expand_as(emb)
     emb = emb.masked_scatter(mask, feats.reshape(-1, feats.shape[-1]).to(emb.dtype))
-    want = look > 0 and len(batch["look_q"]) > 0
+    want = cfg.look > 0 and len(batch["look_q"]) > 0
     out = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], labels=batch["labels"],
                 output_attentions=want)
     loss = out.loss
     parts = {"lm": loss.item()}
     if want:
-        lf = look_loss(out.attentions, is_vis, batch["look_q"], batch["look_at"], look_heads)
+        lf = look_loss(out.attentions, is_vis, batch["look_q"], batch["look_at"], cfg.look_heads)
         parts["look"] = lf.item()
-        loss = loss + look * lf
+        loss = loss + cfg.look * lf
     if aux is not None:
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
-        loss = loss + lc + 0.5 * lr + position * lp
+        loss = loss + lc + 0.5 * lr + cfg.position * lp
     return loss, parts
 
 
@@ -640,7 +639,7 @@ def train(cfg: TrainConfig) -> Path:
     for step, (pool, idx) in enumerate(plan, start=1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
-        loss, parts = lm_step(model, batch, aux, cfg.look, cfg.look_heads, cfg.position)
+        loss, parts = lm_step(model, batch, aux, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
