@@ -53,6 +53,7 @@ import pandas as pd
 
 from . import bench, metrics, stats
 from .adapters import Cost, as_adapter
+from .outputs import resolve_dir, silence_libraries
 from .regions import box_center, evidence_iou, point_in_box
 
 #: Repository root (figures/, results/ and relative model paths resolve against it).
@@ -1170,19 +1171,6 @@ def verdict_multi(df: pd.DataFrame, one: str = "egg k=1", two: str = "egg k=2") 
 # =========================================================================== files and setup
 
 
-def resolve_dir(path, create: bool = True) -> Path:
-    """A directory; a relative one is taken relative to the repository root (so notebooks
-    write to <repo>/figures and <repo>/results whatever their working directory)."""
-    p = Path(os.path.expanduser(str(path)))
-    if not p.is_absolute():  # outside a source checkout (no pyproject.toml): the working directory
-        from .viz import project_root
-
-        p = (project_root() or Path.cwd()) / p
-    if create:
-        p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 def _fmt_cell(v) -> str:
     if v is None:
         return ""
@@ -1220,15 +1208,7 @@ def quiet() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - transformers missing or changed
-        pass
+    silence_libraries()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     pd.set_option("display.precision", 2)
     pd.set_option("display.width", 200)

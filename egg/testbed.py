@@ -24,7 +24,7 @@ import numpy as np
 
 from . import bench
 from .adapters import EmbeddingCache, as_adapter
-from .regions import clamp_aspect, grid_box_to_pixels, smooth
+from .regions import box_center, clamp_aspect, grid_box_to_pixels, smooth
 from .relevance import relevance
 from .zoom import answer_with_crops
 
@@ -57,7 +57,7 @@ def _hit_region(box, W: int, H: int, cw: float, ch: float) -> tuple[float, float
 
 def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
     """A w x h crop centred on `box` (a point is a box of zero size); clamped later, by the caller."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    cx, cy = box_center(box)
     return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
@@ -75,7 +75,7 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
     r, c = np.unravel_index(int(np.argmax(sm)), sm.shape)
     cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
     cw, ch = cell[2] - cell[0], cell[3] - cell[1]
-    px, py = (cell[0] + cell[2]) / 2, (cell[1] + cell[3]) / 2
+    px, py = box_center(cell)
     hits = [_hit_region(b, W, H, cw, ch) for b in item.boxes]
     pointing = any(h[0] <= px <= h[2] and h[1] <= py <= h[3] for h in hits)
     # chance: fraction of cell centres that would count as a hit
@@ -87,8 +87,8 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
         return answer_with_crops(adapter, img, q, crops, cache=cache)
 
     base_answer, oracle_answer = ask([]), ask(item.boxes)
-    pw, ph = min(2 * cw, W), min(2 * ch, H)
-    peak = centred_crop(cell, 2 * cw, 2 * ch)
+    pw, ph = min(2 * cw, W), min(2 * ch, H)  # peak, random and box crops share this size
+    peak = centred_crop(cell, pw, ph)
     rng = np.random.default_rng([seed, int(item.meta.get("index", 0))])
     x0, y0 = rng.uniform(0, W - pw), rng.uniform(0, H - ph)
     peak_answer, random_answer = ask([peak]), ask([(x0, y0, x0 + pw, y0 + ph)])

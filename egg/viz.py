@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .outputs import display_path, resolve_dir, silence_libraries
 from .regions import Region, evidence_iou, extract_regions, get_threshold, smooth
 
 #: Colours of ranked boxes (best first); evidence (ground truth) is drawn in white, dotted.
@@ -41,15 +42,8 @@ MAP_CMAP = "inferno"
 def notebook_setup(seed: int = 0) -> None:
     """Quiet, deterministic notebook output: no progress bars, seeded RNGs, fixed
     matplotlib settings (so a re-run gives the same text outputs and figures)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    silence_libraries()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - transformers missing or changed: only cosmetics
-        pass
     import random
 
     import matplotlib
@@ -66,18 +60,11 @@ def notebook_setup(seed: int = 0) -> None:
                                 "font.size": 9, "axes.titlesize": 9})
 
 
-def project_root() -> Path | None:
-    """The source checkout holding this package (the directory with pyproject.toml), or None."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").is_file() else None
-
-
 def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats: Sequence[str] = ("png", "pdf"),
                 dpi: int = 150) -> list[str]:
     """Save ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format, reproducibly (no creation
     date in the PDF, no software tag in the PNG). Returns the paths written, relative to
     the project root when inside it (so printed paths carry no machine-specific prefix)."""
-    from .experiments import resolve_dir
 
     d = resolve_dir(out_dir)
     written = []
@@ -86,16 +73,8 @@ def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats:
         meta = ({"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None} if fmt == "pdf"
                 else {"Software": None} if fmt == "png" else None)
         fig.savefig(path, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
-        written.append(_display_path(path))
+        written.append(display_path(path))
     return written
-
-
-def _display_path(path: Path) -> str:
-    root = project_root()
-    try:
-        return str(Path(path).resolve().relative_to(root)) if root is not None else str(path)
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------- numbers

@@ -23,12 +23,7 @@ from egg.regions import (
     smooth,
     top_percent_threshold,
 )
-
-YY, XX = np.mgrid[0:24, 0:24]
-
-
-def blob(cx: float, cy: float, s: float = 1.5, a: float = 1.0) -> np.ndarray:
-    return a * np.exp(-((XX - cx) ** 2 + (YY - cy) ** 2) / (2 * s * s))
+from maps import blob
 
 
 # ----------------------------------------------------------------------------- thresholds

@@ -17,12 +17,7 @@ from egg.stopping import (
     make_rule,
     spatial_entropy,
 )
-
-YY, XX = np.mgrid[0:24, 0:24]
-
-
-def blob(cx: float, cy: float, s: float = 1.5, a: float = 1.0) -> np.ndarray:
-    return a * np.exp(-((XX - cx) ** 2 + (YY - cy) ** 2) / (2 * s * s))
+from maps import blob
 
 
 def scattered_noise(seed: int = 0, n_side: int = 4) -> np.ndarray:

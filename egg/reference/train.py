@@ -273,7 +273,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
 def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int) -> list[Example]:
     """Tight crops around evidence with what they read: the vision tower's warm-up task."""
     img, W, H = item.image, *item.image.size
-    reads = [(q, a, b) for q, a, b in item.facts if a is not None and a not in ("yes", "no")]
+    reads = [(q, a, b) for q, a, b in item.facts if _is_read(a)]
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
