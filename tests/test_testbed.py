@@ -60,3 +60,17 @@ def test_by_evidence_size_splits_single_evidence_items_into_thirds():
     assert list(t.n) == [3, 3, 3]  # the multi-evidence row is left out
     assert list(t.pointing) == [0.0, 1.0, 1.0] and list(t.base) == [0.0, 0.0, 1.0]
     assert t.evidence_pct.tolist() == pytest.approx([0.2, 0.5, 0.8])
+
+
+def test_plot_card_marks_where_the_curriculum_ends_and_draws_every_condition():
+    df = pd.DataFrame([_row(f, 0.01, 0.2, 0.9, i % 2 == 0) for f in ("text", "rwqa") for i in range(6)])
+    record = {"loss": [{"step": s, "lm": 1.0 / s, "look": 0.5, "phase": "read" if s <= 30 else "mix"}
+                       for s in range(10, 101, 10)]}
+    fig = testbed.plot_card(testbed.summary(df, n_boot=50), record)
+    train, acc, point = fig.axes
+    assert [line.get_xdata()[0] for line in train.lines if line.get_linestyle() == ":"] == [30]
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["base", "oracle", "box_crop", "peak_crop",
+                                                                   "random_crop"]
+    assert len(acc.patches) >= 2 * 5 and len(point.patches) >= 2 * 2  # family x condition bars
+    heights = sorted({round(p.get_height(), 6) for p in point.patches if p.get_height() > 0})
+    assert heights == [0.1, 0.5]  # chance 0.1, pointing on half the rows
