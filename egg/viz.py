@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -65,7 +64,6 @@ def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats:
     """Save ``fig`` as ``<out_dir>/<name>.<fmt>`` for each format, reproducibly (no creation
     date in the PDF, no software tag in the PNG). Returns the paths written, relative to
     the project root when inside it (so printed paths carry no machine-specific prefix)."""
-
     d = resolve_dir(out_dir)
     written = []
     for fmt in formats:

@@ -14,7 +14,6 @@ change on either side shows up.
 from __future__ import annotations
 
 import copy
-import itertools
 import random
 
 import pytest

@@ -5,7 +5,6 @@ Uses the random-init reference model (saved once with save_pretrained) and the c
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
