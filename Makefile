@@ -15,7 +15,7 @@ OUT    ?= out
 .PHONY: setup reproduce test test-fast nbval train-reference check-browser clean help
 
 help:
-	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/ and tables"
+	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~36 min on 2 cores)"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
