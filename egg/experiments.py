@@ -53,11 +53,8 @@ import pandas as pd
 
 from . import bench, metrics, stats
 from .adapters import Cost, as_adapter
-from .outputs import resolve_dir, silence_libraries
+from .outputs import REPO_ROOT, resolve_dir, silence_libraries
 from .regions import box_center, evidence_iou, point_in_box
-
-#: Repository root (figures/, results/ and relative model paths resolve against it).
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 FE_FORWARD = 1.0
 FE_BACKWARD = 2.0

@@ -9,10 +9,13 @@ import os
 from pathlib import Path
 
 
+#: The directory above the package: the repository root in a source checkout.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 def project_root() -> Path | None:
     """The source checkout holding this package (the directory with pyproject.toml), or None."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").is_file() else None
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else None
 
 
 def resolve_dir(path, create: bool = True) -> Path:
