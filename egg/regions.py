@@ -32,6 +32,45 @@ ThresholdFn = Callable[[np.ndarray], float]
 # a constant map can leave float noise of ~1e-16 relative).
 _FLAT_RTOL = 1e-9
 
+#: Near-tie tolerance of every discrete choice (argmax of a window, a peak, an elbow, a
+#: component ranking), relative to the largest magnitude among the candidates. Candidates
+#: that are equal in exact arithmetic (e.g. two windows that differ only by cells of zero
+#: relevance) come out of float sums different in the last bits, and which last bits
+#: depends on the CPU and the thread count. Counting everything within this tolerance of
+#: the best as tied, and taking the first in a fixed order, makes such choices the same on
+#: every machine. 1e-9 is far above float64 summation noise (~1e-16) and far below any
+#: difference a map means.
+TIE_RTOL = 1e-9
+
+
+def tie_tolerance(values) -> float:
+    """Absolute tolerance for comparing ``values``: ``TIE_RTOL`` times their largest magnitude."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return TIE_RTOL * float(np.max(np.abs(v))) if v.size else 0.0
+
+
+def first_argmax(values) -> int:
+    """Flat index of the maximum, counting values within ``tie_tolerance`` of it as tied.
+
+    Ties go to the first index in row-major order, so float noise cannot flip the choice
+    between candidates that are equal in exact arithmetic. NaN never wins.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("first_argmax of an empty array")
+    v = np.where(np.isnan(v), -np.inf, v)
+    best = float(np.max(v))
+    if not np.isfinite(best):
+        return int(np.argmax(v))
+    return int(np.flatnonzero(v >= best - tie_tolerance(v))[0])
+
+
+def first_argmax_2d(values: np.ndarray) -> tuple[int, int]:
+    """``first_argmax`` as (row, col) of a 2-D array."""
+    r, c = np.unravel_index(first_argmax(values), np.shape(values))
+    return int(r), int(c)
+
 
 # ----------------------------------------------------------------------------- smoothing
 
@@ -74,7 +113,7 @@ def elbow_threshold(values: np.ndarray | Sequence[float]) -> float:
     to [0, 1] (index by n-1, value by (v - v_min) / (v_max - v_min)), so the result does
     not depend on the map's scale or on the number of cells; the chord then runs from
     (0, 0) to (1, 1) and the point farthest from it maximises |x - y|. The value at that
-    point is returned (ties: the lowest index). A relevance map is mostly background
+    point is returned (ties, within ``TIE_RTOL``: the lowest index). A relevance map is mostly background
     with a short bright tail, so the curve hugs the x axis and then shoots up: the elbow
     sits where the tail begins. Non-finite values are ignored; constant input (or a
     single value) returns that value, so nothing is strictly above it.
@@ -86,7 +125,7 @@ def elbow_threshold(values: np.ndarray | Sequence[float]) -> float:
         return float(lo)
     x = np.arange(n, dtype=np.float64) / (n - 1)
     y = (v - lo) / (hi - lo)
-    return float(v[int(np.argmax(np.abs(x - y)))])
+    return float(v[first_argmax(np.abs(x - y))])
 
 
 def otsu_threshold(values: np.ndarray | Sequence[float]) -> float:
@@ -112,7 +151,7 @@ def otsu_threshold(values: np.ndarray | Sequence[float]) -> float:
     between = w0 * w1 * (mu0 - mu1) ** 2
     valid = v[1:] > v[:-1]  # only split between distinct values
     between = np.where(valid, between, -np.inf)
-    i = int(np.argmax(between))
+    i = first_argmax(between)
     return float(v[i])
 
 
@@ -199,8 +238,8 @@ def _fallback_region(raw: np.ndarray, sm: np.ndarray, sigma: float, connectivity
     if np.ptp(sm) <= _FLAT_RTOL * float(np.max(np.abs(sm))):
         mask = np.ones(sm.shape, dtype=bool)
         return Region((0.0, 0.0, float(cols), float(rows)), float(raw.sum()), mask)
-    r, c = np.unravel_index(int(np.argmax(sm)), sm.shape)
-    labels, _ = ndimage.label(sm >= peak, structure=_structure(connectivity))
+    r, c = first_argmax_2d(sm)
+    labels, _ = ndimage.label(sm >= peak - tie_tolerance(sm), structure=_structure(connectivity))
     c0, r0, c1, r1 = _mask_box(labels == labels[r, c])
     pad = max(1, math.ceil(sigma))
     c0, r0 = max(0, int(c0) - pad), max(0, int(r0) - pad)
@@ -243,18 +282,32 @@ def extract_regions(
     if np.ptp(sm) <= _FLAT_RTOL * float(np.max(np.abs(sm))):
         return [_fallback_region(raw, sm, sigma, connectivity)]
     t = fn(sm.ravel())
-    fg = sm > t
+    fg = sm > t + tie_tolerance(sm)  # a cell tied with the threshold value is not above it
     if not fg.any():
         return [_fallback_region(raw, sm, sigma, connectivity)]
 
     labels, n = ndimage.label(fg, structure=structure)
-    regions: list[tuple[float, int, Region]] = []
+    regions = []
     for lab in range(1, n + 1):  # labels are numbered in row-major order of first cell
         m = labels == lab
-        regions.append((float(raw[m].sum()), lab, Region(_mask_box(m), float(raw[m].sum()), m)))
-    regions.sort(key=lambda e: (-e[0], e[1]))
-    out = [r for _, _, r in regions]
+        regions.append(Region(_mask_box(m), float(raw[m].sum()), m))
+    out = rank_by_mass(regions, [r.mass for r in regions])
     return out if k is None else out[:k]
+
+
+def rank_by_mass(items: Sequence, masses: Sequence[float]) -> list:
+    """``items`` by descending mass; masses within ``tie_tolerance`` of each other keep
+    their given order, so float noise cannot swap two equally heavy candidates."""
+    m = np.asarray(masses, dtype=np.float64)
+    tol = tie_tolerance(m)
+    order: list[int] = []
+    left = list(range(len(items)))
+    while left:  # selection sort with a tolerant max: candidates are few (components, boxes)
+        best = max(m[i] for i in left)
+        pick = next(i for i in left if m[i] >= best - tol)
+        order.append(pick)
+        left.remove(pick)
+    return [items[i] for i in order]
 
 
 # ----------------------------------------------------------------------------- box maths

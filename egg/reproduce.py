@@ -1,21 +1,29 @@
 """Run every notebook with papermill: `python -m egg.reproduce [--n 300] [--only 02,03]`.
 
-With default parameters the executed notebooks are also written back to `notebooks/`, so
-the committed outputs (which nbval checks) are exactly what `make reproduce` produced.
-With other parameters (`--n`, `--model`, ...) they go to `--out` only, leaving the committed
-notebooks untouched. Figures and tables go to `figures/` either way. A notebook that fails
-stops the run and names itself; the ones already executed stay written.
+With default parameters the executed notebooks replace the committed ones in `notebooks/`
+(which nbval checks), but only where something a reader sees changed: timestamps and
+durations are stripped, and a notebook whose outputs match the committed ones under
+nbval's sanitising rules (`notebooks/sanitize.cfg`) is left byte-for-byte as it was. So
+`git status` stays clean after a rerun that reproduced the committed results. With other
+parameters (`--n`, `--model`, ...) notebooks, figures and tables all go under `--out`,
+leaving the committed ones untouched. A notebook that fails stops the run and names
+itself; the ones already executed stay written.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import configparser
+import json
+import re
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+SANITIZE = NOTEBOOKS / "sanitize.cfg"
+#: Metadata that records when and where a notebook ran, not what it shows.
+VOLATILE_METADATA = ("papermill", "execution")
 
 
 def notebooks(only: str | None = None) -> list[Path]:
@@ -28,13 +36,56 @@ def notebooks(only: str | None = None) -> list[Path]:
     return nbs
 
 
+def normalise(nb: dict) -> dict:
+    """The notebook without run timestamps, durations and paths (papermill/execution metadata)."""
+    for key in VOLATILE_METADATA:
+        nb.get("metadata", {}).pop(key, None)
+    for cell in nb.get("cells", []):
+        for key in VOLATILE_METADATA:
+            cell.get("metadata", {}).pop(key, None)
+    return nb
+
+
+def dumps(nb: dict) -> str:
+    """nbformat's on-disk layout (one-space indent, sorted keys, trailing newline)."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _sanitizers(cfg: Path = SANITIZE) -> list[tuple[re.Pattern, str]]:
+    parser = configparser.ConfigParser()
+    parser.read(cfg)
+    return [(re.compile(parser[s]["regex"]), parser[s]["replace"]) for s in parser.sections()]
+
+
+def visible(nb: dict, sanitizers=None) -> str:
+    """What nbval compares: sources and outputs, with the sanitising rules applied."""
+    subs = _sanitizers() if sanitizers is None else sanitizers
+    text = json.dumps([[c.get("source"), c.get("outputs", [])] for c in nb.get("cells", [])], sort_keys=True)
+    for rx, rep in subs:
+        text = rx.sub(rep, text)
+    return text
+
+
+def write_back(executed: Path, committed: Path) -> bool:
+    """Replace ``committed`` with the normalised ``executed`` notebook unless both show the
+    same thing; True when the file was rewritten."""
+    new = normalise(json.loads(executed.read_text(encoding="utf-8")))
+    if committed.exists():
+        old = json.loads(committed.read_text(encoding="utf-8"))
+        if visible(old) == visible(new):
+            return False
+    committed.write_text(dumps(new), encoding="utf-8")
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="items per family (papermill parameter n)")
     ap.add_argument("--model", default=None, help="model path or hub id (papermill parameter model)")
     ap.add_argument("--device", default=None, help="device parameter, e.g. cuda")
     ap.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 02,03")
-    ap.add_argument("--out", default="out", help="folder for executed notebooks")
+    ap.add_argument("--out", default="out", help="folder for executed notebooks (and, with non-default "
+                                                   "parameters, their figures and tables)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse results/records.jsonl from an interrupted run (default: start afresh, so "
                          "records computed by older code are never mixed in)")
@@ -45,9 +96,13 @@ def main(argv=None) -> int:
     params = {k: v for k, v in {"n": a.n, "model": a.model, "device": a.device}.items() if v is not None}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = ROOT / "results"
+    if params:  # a non-default run must not overwrite the committed figures
+        params.update(out_dir=str((out / "figures").resolve()), results_dir=str((out / "results").resolve()))
+        results = out / "results"
     (ROOT / "figures").mkdir(exist_ok=True)
     nbs = notebooks(a.only)
-    records = ROOT / "results" / "records.jsonl"
+    records = results / "records.jsonl"
     if records.exists() and not a.resume:
         records.unlink()
     t_all = time.time()
@@ -61,10 +116,12 @@ def main(argv=None) -> int:
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"FAILED: {nb.name}: {e}", file=sys.stderr)
             return 1
+        note = ""
         if not params:
-            shutil.copyfile(target, nb)
-        print(f"[{i}/{len(nbs)}] {nb.name} done in {time.time() - t0:.0f}s", flush=True)
-    print(f"all {len(nbs)} notebooks in {time.time() - t_all:.0f}s; executed copies in {out}/, figures in figures/")
+            note = ", notebook updated" if write_back(target, nb) else ", outputs unchanged"
+        print(f"[{i}/{len(nbs)}] {nb.name} done in {time.time() - t0:.0f}s{note}", flush=True)
+    where = f"figures in {out}/figures" if params else "figures in figures/"
+    print(f"all {len(nbs)} notebooks in {time.time() - t_all:.0f}s; executed copies in {out}/, {where}")
     return 0
 
 

@@ -34,9 +34,19 @@ from typing import Union
 import numpy as np
 from scipy import ndimage
 
-from .regions import ThresholdFn, get_threshold, smooth
+from .regions import ThresholdFn, get_threshold, smooth, tie_tolerance
 
 # ------------------------------------------------------------------------ spatial entropy
+
+
+#: Spatial entropies (nats) and probabilities closer than this are equal: a change below it
+#: is float noise between machines, not a map that focused (see regions.TIE_RTOL).
+TIE_ATOL = 1e-9
+
+
+def _fell(before: float, after: float) -> bool:
+    """Did the value fall by more than float noise? NaN never falls."""
+    return after < before - TIE_ATOL
 
 
 def spatial_entropy(
@@ -74,7 +84,7 @@ def spatial_entropy(
     pos = B[B > 0]
     if pos.size == 0:
         return float(empty_value)
-    fg = B > fn(pos)
+    fg = B > fn(pos) + tie_tolerance(B)
     if not fg.any():
         fg = B > 0
     labels, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
@@ -169,15 +179,15 @@ class SpatialEntropyRule(StoppingRule):
         if n < self.min_zooms:
             return False
         h = history[-1].spatial_entropy
-        if h == 0:
+        if h <= TIE_ATOL:
             return True
-        return n >= 1 and not h < history[-2].spatial_entropy
+        return n >= 1 and not _fell(history[-2].spatial_entropy, h)
 
     def best_index(self, history: list[IterationStats]) -> int:
         n = _check_history(history)
         best = 0
         for i in range(1, n + 1):
-            if history[i].spatial_entropy < history[i - 1].spatial_entropy:
+            if _fell(history[i - 1].spatial_entropy, history[i].spatial_entropy):
                 best = i
             else:
                 break
@@ -206,12 +216,12 @@ class ConfidenceRule(StoppingRule):
         n = _check_history(history)
         if n >= self.cap:
             return True
-        return n >= 1 and not _prob(history[-1]) > _prob(history[-2])
+        return n >= 1 and not _fell(-_prob(history[-2]), -_prob(history[-1]))
 
     def best_index(self, history: list[IterationStats]) -> int:
         _check_history(history)
-        probs = [_prob(s) for s in history]
-        return int(np.argmax(probs))
+        probs = np.array([_prob(s) for s in history])
+        return int(np.flatnonzero(probs >= probs.max() - TIE_ATOL)[0])
 
 
 class FixedRule(StoppingRule):

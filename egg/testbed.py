@@ -24,7 +24,7 @@ import numpy as np
 
 from . import bench
 from .adapters import EmbeddingCache, as_adapter
-from .regions import box_center, clamp_aspect, grid_box_to_pixels, smooth
+from .regions import box_center, clamp_aspect, first_argmax_2d, grid_box_to_pixels, smooth
 from .relevance import relevance
 from .zoom import answer_with_crops
 
@@ -72,7 +72,7 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
     grid = prep.grids[0]
     rows, cols = grid.shape
     sm = smooth(res.maps[0], sigma)
-    r, c = np.unravel_index(int(np.argmax(sm)), sm.shape)
+    r, c = first_argmax_2d(sm)
     cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
     cw, ch = cell[2] - cell[0], cell[3] - cell[1]
     px, py = box_center(cell)

@@ -51,7 +51,7 @@ from .adapters import Cost, EmbeddingCache, VLMAdapter, as_adapter
 from .adapters.base import Box
 from .images import check_question, load_image
 from .objectives import Objective, objective_name
-from .regions import box_area, box_intersection, clamp_aspect, compose, extract_regions, smooth
+from .regions import box_area, box_intersection, clamp_aspect, compose, extract_regions, rank_by_mass, smooth
 from .relevance import relevance
 from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
 
@@ -333,7 +333,7 @@ def propose_regions(
                 box = compose(box, crops[grid.image_index - 1])
             box = clamp_aspect(box, image_size, max_ratio=max_ratio, min_side=adapter.min_crop_side)
             cands.append((float(r.mass), len(cands), box))
-    cands.sort(key=lambda c: (-c[0], c[1]))
+    cands = rank_by_mass(cands, [c[0] for c in cands])
     kept: list[tuple[float, int, Box]] = []
     for c in cands:  # grids that overlap (a base view and its tiles) find the same spot twice
         if all(_overlap(c[2], o[2]) < DUPLICATE_OVERLAP for o in kept):

@@ -39,6 +39,7 @@ from scipy import ndimage
 from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
 from ..adapters.base import Box, TokenGrid
 from ..images import check_question, load_image
+from ..regions import TIE_RTOL, first_argmax_2d
 from ..zoom import Grounding, Iteration, answer_with_crops, map_boxes
 
 GENERIC_PROMPT = "Write a general description of the image."
@@ -202,9 +203,11 @@ def choose_window(m: np.ndarray, grid: TokenGrid, sizes: Sequence[float]) -> tup
         wc = int(min(max(round(size / cw), 1), cols))
         hc = int(min(max(round(size / ch), 1), rows))
         sums = S[hc:, wc:] - S[:-hc, wc:] - S[hc:, :-wc] + S[:-hc, :-wc]
-        r0, c0 = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        # windows that differ only by zero-relevance cells tie exactly; first_argmax keeps
+        # float noise from choosing between them
+        r0, c0 = first_argmax_2d(sums)
         score = float(sums[r0, c0]) / total - (wc * hc) / float(rows * cols)
-        if best is None or score > best[0] + 1e-12:
+        if best is None or score > best[0] + TIE_RTOL:
             best = (score, size, (c0, r0, c0 + wc, r0 + hc))
     score, size, (c0, r0, c1, r1) = best
     fx0, fy0, _, _ = grid.footprint
