@@ -9,7 +9,8 @@
 from . import bench, metrics
 from .api import REFERENCE_DIR, VLM, answer, load_image, load_model
 from .baselines import oracle, random_box, vicrop
-from .zoom import Grounding, Iteration, ground
+from .method.result import Grounding, Iteration
+from .method.zoom import ground
 
 __all__ = ["bench", "metrics", "load_model", "answer", "ground", "vicrop", "oracle", "random_box",
            "Grounding", "Iteration", "VLM", "REFERENCE_DIR", "load_image"]

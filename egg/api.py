@@ -22,7 +22,8 @@ from pathlib import Path
 from .adapters import VLM, adapter_class, as_adapter
 from .baselines import oracle, random_box, vicrop
 from .images import check_question, load_image
-from .zoom import Grounding, Iteration, ground
+from .method.result import Grounding, Iteration
+from .method.zoom import ground
 
 #: Where ``load_model()`` looks for the embedded reference model (save_pretrained of the
 #: model and its processor), relative to the package: <repo>/data/reference.

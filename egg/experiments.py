@@ -54,7 +54,7 @@ import pandas as pd
 from . import bench, metrics, stats
 from .adapters import Cost, as_adapter
 from .outputs import REPO_ROOT, resolve_dir, silence_libraries
-from .regions import box_center, evidence_iou, point_in_box
+from .method.boxes import box_center, evidence_iou, point_in_box
 
 FE_FORWARD = 1.0
 FE_BACKWARD = 2.0
@@ -87,7 +87,7 @@ def _base(vlm, item, *, max_new_tokens: int = 8):
     import time
 
     from .api import answer
-    from .zoom import Grounding
+    from .method.result import Grounding
 
     c0, t0 = _counter(vlm).copy(), time.perf_counter()
     ans = answer(vlm, item.image, item.question, max_new_tokens=max_new_tokens)
@@ -99,7 +99,7 @@ def _base(vlm, item, *, max_new_tokens: int = 8):
 
 
 def _egg(vlm, item, **opts):
-    from .zoom import ground
+    from .method.zoom import ground
 
     return ground(vlm, item.image, item.question, **opts)
 
@@ -154,7 +154,7 @@ def _option_defaults(method: str) -> dict:
     """Keyword options of a method and their defaults (egg: those of ``egg.ground``)."""
     fn = METHODS[method]
     if inspect.unwrap(fn) is _egg:
-        from .zoom import ground
+        from .method.zoom import ground
 
         fn = ground
     sig = inspect.signature(fn)

@@ -20,9 +20,9 @@ import io
 from typing import Any
 
 from . import bench
-from .objectives import OBJECTIVES
-from .regions import THRESHOLDS
-from .stopping import RULES
+from .method.objectives import OBJECTIVES
+from .method.regions import THRESHOLDS
+from .method.stopping import RULES
 
 #: The knobs that re-run the method when they change.
 METHOD_CONTROLS = ("objective", "layer", "sigma", "threshold", "k", "iterations", "stopping", "question")
@@ -223,7 +223,7 @@ class Explorer:
 
         from . import viz
         from .api import answer
-        from .zoom import ground
+        from .method.zoom import ground
 
         self.updates += 1
         q = self.question.value

@@ -47,8 +47,8 @@ def normalise(nb: dict) -> dict:
 
 
 def dumps(nb: dict) -> str:
-    """nbformat's on-disk layout (one-space indent, sorted keys, trailing newline)."""
-    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    """nbformat's on-disk layout (one-space indent, sorted keys, no trailing newline, as papermill writes)."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False)
 
 
 def _sanitizers(cfg: Path = SANITIZE) -> list[tuple[re.Pattern, str]]:

@@ -24,9 +24,10 @@ import numpy as np
 
 from . import bench
 from .adapters import EmbeddingCache, as_adapter
-from .regions import box_center, clamp_aspect, first_argmax_2d, grid_box_to_pixels, smooth
-from .relevance import relevance
-from .zoom import answer_with_crops
+from .method.boxes import box_center, clamp_aspect, grid_box_to_pixels
+from .method.regions import first_argmax_2d, smooth
+from .method.relevance import relevance
+from .method.zoom import answer_with_crops
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from .outputs import display_path, resolve_dir, silence_libraries
-from .regions import Region, evidence_iou, extract_regions, get_threshold, smooth
+from .method.regions import Region, extract_regions, get_threshold, smooth
+from .method.boxes import evidence_iou
 
 #: Colours of ranked boxes (best first); evidence (ground truth) is drawn in white, dotted.
 BOX_COLOURS = ["#00e5ff", "#76ff03", "#ffea00", "#ff4081", "#ff9100", "#d500f9"]
@@ -82,7 +83,7 @@ def replay_rule(trace, rule) -> tuple[int, int]:
     """Replay a stopping rule over a recorded trace: (the state after which it would have
     stopped, the state it would have answered from). Useful when a trace was computed with
     more iterations than a rule would run (e.g. to show every step)."""
-    from .stopping import IterationStats
+    from .method.stopping import IterationStats
 
     stats: list[IterationStats] = [it.stats() for it in trace]
     if not stats:
@@ -412,7 +413,7 @@ def plot_ranked_boxes(ax, g, image=None, state: int = 0, gt_boxes=None, title: s
 def plot_crops(axes, image, boxes: Sequence, titles: Sequence[str] | None = None):
     """Each box cut from the image (what the model sees as an extra image), one per axis."""
     from .images import load_image
-    from .zoom import cut
+    from .method.zoom import cut
 
     img = load_image(image)
     crops = cut(img, boxes)

@@ -143,7 +143,7 @@ def _clip_processor(**kw):
 
 
 def test_squash_grid_box_round_trip_non_square(adapter):
-    from egg.regions import pixels_to_grid_box
+    from egg.method.boxes import pixels_to_grid_box
 
     fp = adapter.footprint((300, 120))
     assert fp == pytest.approx((0, 0, 300, 120))
@@ -176,7 +176,8 @@ def test_center_crop_geometry_matches_processor():
             assert cols.min() == pytest.approx((x0 - fp[0]) * sx, abs=1.0)
             assert cols.max() + 1 == pytest.approx((x1 - fp[0]) * sx, abs=1.0)
     # a grid box in the kept centre maps into the cropped area only
-    from egg.adapters.base import TokenGrid, grid_to_image_box
+    from egg.adapters.records import TokenGrid
+    from egg.adapters.base import grid_to_image_box
 
     g = TokenGrid(image_index=0, start=0, shape=(8, 8), footprint=fp, image_size=(200, 100))
     box = grid_to_image_box(g, (0, 0, 8, 8))
@@ -207,7 +208,8 @@ def test_footprint_locates_a_dot(size):
 def test_pad_to_square_geometry_clips_to_image():
     from transformers import LlavaImageProcessorPil
 
-    from egg.adapters.base import TokenGrid, grid_to_image_box
+    from egg.adapters.records import TokenGrid
+    from egg.adapters.base import grid_to_image_box
 
     ip = LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     fp = processed_footprint((200, 100), ip)

@@ -21,9 +21,9 @@ from PIL import Image
 
 import egg
 from egg.adapters import VLM, InternVLAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter, adapter_class
-from egg.regions import pixels_to_grid_box
-from egg.relevance import relevance
-from egg.zoom import propose_regions
+from egg.method.boxes import pixels_to_grid_box
+from egg.method.relevance import relevance
+from egg.method.zoom import propose_regions
 
 FAMILIES = ("llava_next", "qwen2_5_vl", "qwen3_vl", "internvl")
 ADAPTERS = {"llava_next": LlavaNextAdapter, "qwen2_5_vl": Qwen2_5_VLAdapter, "qwen3_vl": Qwen3VLAdapter,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from egg.adapters.base import TokenGrid
+from egg.adapters.records import TokenGrid
 from egg.baselines import VARIANTS, choose_window, oracle, random_box, vicrop, vicrop_map
 from egg.baselines.vicrop import high_pass_mask, window_sizes_for
 

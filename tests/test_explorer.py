@@ -198,7 +198,7 @@ def test_upload(ex, scene):
 
 
 def test_region_steps_match_extract_regions(ex):
-    from egg.regions import extract_regions
+    from egg.method.regions import extract_regions
 
     _reset(ex, layer=1)
     m = ex.grounding.trace[0].maps[0]

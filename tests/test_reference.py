@@ -64,7 +64,7 @@ def test_examples_cover_every_kind_and_crop_contains_evidence():
 
 def test_exact_crops_are_the_oracle_box():
     """Some evidence crops are the box itself, made croppable exactly as the oracle makes it."""
-    from egg.regions import clamp_aspect
+    from egg.method.boxes import clamp_aspect
 
     it = bench.item("doc", "train", 2)
     b, rng = it.boxes[0], np.random.default_rng(0)

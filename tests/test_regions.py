@@ -6,23 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from egg.regions import (
-    THRESHOLDS,
-    Region,
-    box_area,
-    clamp_aspect,
-    compose,
-    compose_chain,
-    elbow_threshold,
-    extract_regions,
-    grid_box_to_pixels,
-    iou,
-    otsu_threshold,
-    pixels_to_grid_box,
-    point_in_box,
-    smooth,
-    top_percent_threshold,
-)
+from egg.method.regions import THRESHOLDS, Region, elbow_threshold, extract_regions, otsu_threshold, smooth, top_percent_threshold
+from egg.method.boxes import box_area, clamp_aspect, compose, compose_chain, grid_box_to_pixels, iou, pixels_to_grid_box, point_in_box
 from maps import blob
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from egg.objectives import OBJECTIVES, entropy, get_objective, nucleus_entropy
-from egg.relevance import relevance, relevance_maps
+from egg.method.objectives import OBJECTIVES, entropy, get_objective, nucleus_entropy
+from egg.method.relevance import relevance, relevance_maps
 
 
 @pytest.fixture(scope="module")

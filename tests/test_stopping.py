@@ -6,17 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from egg.regions import THRESHOLDS, smooth
-from egg.stopping import (
-    ConfidenceRule,
-    FixedRule,
-    IterationStats,
-    ResolutionRule,
-    SpatialEntropyRule,
-    StoppingRule,
-    make_rule,
-    spatial_entropy,
-)
+from egg.method.regions import THRESHOLDS, smooth
+from egg.method.stopping import ConfidenceRule, FixedRule, IterationStats, ResolutionRule, SpatialEntropyRule, StoppingRule, make_rule, spatial_entropy
 from maps import blob
 
 

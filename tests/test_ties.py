@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from egg.adapters.base import TokenGrid
+from egg.adapters.records import TokenGrid
 from egg.baselines import choose_window
-from egg.regions import extract_regions, first_argmax, first_argmax_2d, rank_by_mass
-from egg.stopping import IterationStats, SpatialEntropyRule, ConfidenceRule
+from egg.method.regions import extract_regions, first_argmax, first_argmax_2d, rank_by_mass
+from egg.method.stopping import IterationStats, SpatialEntropyRule, ConfidenceRule
 
 
 def test_first_argmax_takes_the_first_of_near_ties_and_never_nan():

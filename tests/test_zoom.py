@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from egg.stopping import FixedRule
-from egg.zoom import Grounding, Iteration, ground, make_stopping, map_boxes, propose_regions
+from egg.method.stopping import FixedRule
+from egg.method.result import Grounding, Iteration
+from egg.method.zoom import ground, make_stopping, map_boxes, propose_regions
 
 
 def _inside(box, size):

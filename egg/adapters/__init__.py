@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import Cost, EmbeddingCache, ForwardOutput, Prepared, TokenGrid, VLMAdapter
+from ..adapters.records import Cost, EmbeddingCache, ForwardOutput, Prepared, TokenGrid
+from ..adapters.base import VLMAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Box, TokenGrid, VLMAdapter
+from ..adapters.base import Box, VLMAdapter
+from ..adapters.records import TokenGrid
 from .llava import _get
 
 

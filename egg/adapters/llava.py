@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Box, TokenGrid, VLMAdapter
+from ..adapters.base import Box, VLMAdapter
+from ..adapters.records import TokenGrid
 
 
 def _get(size, key):

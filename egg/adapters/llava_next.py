@@ -27,7 +27,8 @@ import math
 
 import torch
 
-from .base import Box, TokenGrid, VLMAdapter
+from ..adapters.base import Box, VLMAdapter
+from ..adapters.records import TokenGrid
 from .llava import _get
 
 

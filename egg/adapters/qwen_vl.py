@@ -33,7 +33,8 @@ import math
 
 import torch
 
-from .base import Box, Prepared, TokenGrid, VLMAdapter
+from ..adapters.base import Box, VLMAdapter
+from ..adapters.records import Prepared, TokenGrid
 
 #: Tokens per side of the nominal square input used for ``input_resolution`` (Qwen has no
 #: fixed input size; 16 tokens x 28 px = 448 px for the released models).

@@ -19,8 +19,9 @@ import numpy as np
 from ..adapters import EmbeddingCache, as_adapter
 from ..adapters.base import Box
 from ..images import check_question, load_image
-from ..regions import clamp_aspect
-from ..zoom import Grounding, Iteration, answer_with_crops
+from ..method.boxes import clamp_aspect
+from ..method.result import Grounding, Iteration
+from ..method.zoom import answer_with_crops
 
 
 def _answer_grounding(adapter, img, q, boxes: list[Box], method: str, params: dict, max_new_tokens: int) -> Grounding:

@@ -37,10 +37,12 @@ import torch
 from scipy import ndimage
 
 from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
-from ..adapters.base import Box, TokenGrid
+from ..adapters.base import Box
+from ..adapters.records import TokenGrid
 from ..images import check_question, load_image
-from ..regions import TIE_RTOL, first_argmax_2d
-from ..zoom import Grounding, Iteration, answer_with_crops, map_boxes
+from ..method.regions import TIE_RTOL, first_argmax_2d
+from ..method.result import Grounding, Iteration
+from ..method.zoom import answer_with_crops, map_boxes
 
 GENERIC_PROMPT = "Write a general description of the image."
 VARIANTS = ("rel-att", "grad-att", "pure-grad")

@@ -56,7 +56,7 @@ from PIL import Image
 from .. import bench
 from ..bench.core import Item, rng_for
 from ..bench.core import COLOURS
-from ..regions import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
+from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
 from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
 
 KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}

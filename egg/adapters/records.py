@@ -1,0 +1,207 @@
+"""The records adapters hand to the method: where visual tokens sit (``TokenGrid``), a
+prepared prompt (``Prepared``), what a call cost (``Cost``), a decoder pass's output
+(``ForwardOutput``), and the cache of visual embeddings (``EmbeddingCache``)."""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..method.boxes import Box
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Where one 2-D grid of visual tokens sits in the sequence, and what it covers.
+
+    image_index: which image of the prompt (0 = the original, 1.. = appended crops).
+    start: sequence position of the grid's first (top-left) token.
+    shape: (rows, cols) of the grid.
+    footprint: (x0, y0, x1, y1), the pixel box of image ``image_index`` that the grid's
+        tokens cover (float; may reach outside the image when the processor pads, and
+        covers only the kept part when it centre-crops).
+    image_size: (width, height) of that image.
+    row_stride: sequence distance between the first tokens of consecutive rows (``cols``
+        for LLaVA; ``cols + 1`` for models that put a newline token after each row).
+    """
+
+    image_index: int
+    start: int
+    shape: tuple[int, int]
+    footprint: Box
+    image_size: tuple[int, int]
+    row_stride: int | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+    def positions(self) -> np.ndarray:
+        """Sequence positions of the grid's tokens, shape (rows, cols)."""
+        rows, cols = self.shape
+        stride = cols if self.row_stride is None else self.row_stride
+        return self.start + np.arange(rows)[:, None] * stride + np.arange(cols)[None, :]
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """(width, height) in pixels of the image covered by one grid cell."""
+        x0, y0, x1, y1 = self.footprint
+        return ((x1 - x0) / self.shape[1], (y1 - y0) / self.shape[0])
+
+
+@dataclass
+class Prepared:
+    """A model input for one prompt: images + question, tokenised, with its token layout.
+
+    images: the PIL images in prompt order (original first, then crops).
+    question: the question text.
+    inputs: the processor's output tensors (input_ids, attention_mask, pixel_values, ...).
+    grids: the visual token grids, grouped by image in prompt order (one per image for
+        LLaVA). When an image has several grids (tiles), its first grid is the one that
+        covers the whole image (LLaVA-NeXT's base grid, InternVL's thumbnail); the rest follow.
+    visual_positions: sorted sequence positions of every visual placeholder token; row j
+        of the visual-embeddings tensor goes to position ``visual_positions[j]``.
+    image_token_counts: number of visual placeholder tokens of each image.
+    suffix: token ids appended after the prompt (greedily decoded answer tokens, used to
+        differentiate a later answer token: ``relevance(token_index=n)``).
+    """
+
+    images: list
+    question: str
+    inputs: dict
+    grids: list[TokenGrid]
+    visual_positions: torch.Tensor
+    image_token_counts: list[int]
+    suffix: list[int] = field(default_factory=list)
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt ids followed by the suffix, shape (1, seq_len)."""
+        ids = self.inputs["input_ids"]
+        if not self.suffix:
+            return ids
+        extra = torch.tensor([self.suffix], dtype=ids.dtype, device=ids.device)
+        return torch.cat([ids, extra], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        mask = self.inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(self.inputs["input_ids"])
+        if not self.suffix:
+            return mask
+        return torch.cat([mask, torch.ones((1, len(self.suffix)), dtype=mask.dtype, device=mask.device)], dim=1)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.inputs["input_ids"].shape[1]) + len(self.suffix)
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.visual_positions.numel())
+
+    def with_suffix(self, token_ids: Sequence[int]) -> "Prepared":
+        """A copy with ``token_ids`` appended after the prompt (replacing any suffix)."""
+        return replace(self, suffix=[int(t) for t in token_ids])
+
+    def visual_rows(self, grid: TokenGrid) -> np.ndarray:
+        """Rows of the visual-embeddings tensor holding ``grid``'s tokens, shape (rows, cols)."""
+        pos = self.visual_positions.cpu().numpy()
+        want = grid.positions()
+        rows = np.searchsorted(pos, want)
+        if np.any(rows >= pos.size) or np.any(pos[np.minimum(rows, pos.size - 1)] != want):
+            raise ValueError(f"grid {grid} does not sit on visual placeholder tokens")
+        return rows
+
+
+@dataclass
+class Cost:
+    """Work counters. ``forward``: full-sequence decoder passes (incl. a generate's
+    prefill); ``backward``: backward passes; ``images_encoded``: images run through the
+    vision tower; ``generated_tokens``: tokens decoded by ``generate``; ``wall_time``: s."""
+
+    forward: int = 0
+    backward: int = 0
+    images_encoded: int = 0
+    generated_tokens: int = 0
+    wall_time: float = 0.0
+
+    def __sub__(self, other: "Cost") -> "Cost":
+        return Cost(**{k: getattr(self, k) - getattr(other, k) for k in asdict(self)})
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
+
+    def copy(self) -> "Cost":
+        return Cost(**asdict(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cost":
+        return cls(**{k: d[k] for k in asdict(cls()) if k in d})
+
+
+@dataclass
+class ForwardOutput:
+    """Next-token logits at the last position, shape (vocab,); and, when asked for, the
+    attention weights of one decoder layer, shape (1, heads, seq, seq) (in the graph)."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+
+
+class EmbeddingCache:
+    """Visual embeddings per image, keyed by the processed pixels (LRU, ``maxsize`` images).
+
+    The authors' release recomputes every image's embeddings at every zoom iteration; with
+    a cache shared across iterations only the newly appended crops are encoded. Entries
+    are detached tensors; keys are a hash of the pixel tensor's bytes, so two different
+    PIL objects with equal pixels share an entry.
+    """
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(pixels: torch.Tensor) -> str:
+        arr = pixels.detach().to("cpu").contiguous()
+        if arr.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw bits
+            arr = arr.view(torch.int16)
+        h = hashlib.sha1(arr.numpy().tobytes())
+        return f"{tuple(pixels.shape)}:{pixels.dtype}:{h.hexdigest()}"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        out = self._data.get(key)
+        if out is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return out
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self._data[key] = value.detach()
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+

@@ -1,0 +1,139 @@
+"""The entropy-gradient relevance map (METHOD.md section 1).
+
+    visual token embeddings (a leaf, requires grad; all parameters frozen)
+      -> decoder (optionally only its first L layers, then final norm + LM head)
+      -> next-token logits at the answer position
+      -> objective (entropy by default)
+      -> d objective / d visual embeddings
+      -> relevance of a token = L2 norm of its gradient over the hidden dimension
+      -> one 2-D map per token grid.
+
+>>> res = relevance(adapter, adapter.prepare([image], question))
+>>> res.maps[0].shape          # (rows, cols) of the image's token grid
+>>> res.entropy, res.max_prob   # of the differentiated next-token distribution
+
+``token_index=n`` differentiates the n-th answer token: the first n-1 are decoded
+greedily without grad (argmax, EOS included, no early stop) and appended to the prompt.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
+from .objectives import Objective, get_objective
+
+
+@dataclass
+class RelevanceResult:
+    """Maps and the statistics of the differentiated next-token distribution.
+
+    maps: one float64 array per ``prepared.grids`` entry, shape = that grid's (rows, cols).
+    entropy: next-token entropy (nats) at the differentiated position.
+    max_prob: max next-token probability there.
+    token_id / token: its argmax token.
+    objective: the objective's value.
+    prefix: the greedily decoded tokens placed before it (token_index - 1 of them).
+    degenerate: True when the gradient is zero or non-finite everywhere (e.g. an objective
+        that ignores the image); the maps are then all zero (non-finite entries -> 0).
+    gradient: the raw gradient w.r.t. the visual embeddings, (n_visual, hidden), only
+        when asked for (``keep_gradient=True``).
+    """
+
+    maps: list[np.ndarray]
+    entropy: float
+    max_prob: float
+    token_id: int
+    token: str
+    objective: float
+    prefix: list[int] = field(default_factory=list)
+    degenerate: bool = False
+    gradient: torch.Tensor | None = None
+
+
+def _distribution_stats(logits: torch.Tensor) -> tuple[float, float, int]:
+    with torch.no_grad():
+        lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        h = float(-(lp.exp() * lp).sum())
+        top = int(torch.argmax(lp))
+        return h, float(lp[top].exp()), top
+
+
+def relevance(
+    vlm,
+    prepared: Prepared,
+    objective: Union[str, Objective] = "entropy",
+    token_index: int = 1,
+    num_layers: int | None = None,
+    *,
+    visual_embeds: torch.Tensor | None = None,
+    cache: EmbeddingCache | None = None,
+    keep_gradient: bool = False,
+) -> RelevanceResult:
+    """Entropy-gradient relevance of every visual token of ``prepared``, as 2-D maps.
+
+    vlm: a VLM or VLMAdapter.
+    objective: a name of ``egg.objectives.OBJECTIVES`` or a callable logits -> scalar.
+    token_index: 1 = the first answer token (the paper's default).
+    num_layers: differentiate the model truncated to its first L decoder layers
+        (None = all layers, the unmodified model).
+    visual_embeds: precomputed visual embeddings (else computed, through ``cache``).
+    """
+    adapter: VLMAdapter = as_adapter(vlm)
+    if int(token_index) != token_index or token_index < 1:
+        raise ValueError(f"token_index must be an integer >= 1, got {token_index!r}")
+    fn = get_objective(objective)
+    if visual_embeds is None:
+        visual_embeds = adapter.visual_embeddings(prepared, cache)
+    base = visual_embeds.detach()
+    prefix: list[int] = []
+    if token_index > 1:
+        prefix = adapter.greedy_suffix(prepared, token_index - 1, base)
+    prep = prepared.with_suffix(prefix) if prefix else prepared
+
+    leaf = base.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = adapter.forward_from_embeddings(prep, leaf, num_layers=num_layers)
+        value = fn(logits)
+        if value.dim() != 0:
+            raise ValueError(f"objective must return a scalar, got shape {tuple(value.shape)}")
+        if value.requires_grad:
+            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
+            adapter.counter.backward += 1
+        else:  # the objective does not depend on the logits at all
+            grad = None
+    if grad is None:
+        grad = torch.zeros_like(leaf)
+    grad = grad.detach()
+    norms = torch.linalg.vector_norm(grad.to(torch.float64), dim=-1).cpu().numpy()
+    finite = np.isfinite(norms)
+    degenerate = not bool(np.any(norms[finite] > 0))
+    norms = np.where(finite, norms, 0.0)
+    maps = [norms[prepared.visual_rows(g)].astype(np.float64) for g in prepared.grids]
+
+    h, pmax, top = _distribution_stats(logits.detach())
+    val = float(value.detach())
+    return RelevanceResult(
+        maps=maps, entropy=h, max_prob=pmax, token_id=top, token=adapter.decode([top]),
+        objective=val if math.isfinite(val) else float("nan"), prefix=prefix,
+        degenerate=degenerate, gradient=grad if keep_gradient else None,
+    )
+
+
+def relevance_maps(
+    vlm,
+    prepared: Prepared,
+    objective: Union[str, Objective] = "entropy",
+    token_index: int = 1,
+    num_layers: int | None = None,
+    **kw,
+) -> list[np.ndarray]:
+    """Only the maps of ``relevance(...)``: one 2-D array per token grid."""
+    return relevance(vlm, prepared, objective, token_index, num_layers, **kw).maps
+
+
+__all__ = ["relevance", "relevance_maps", "RelevanceResult"]

@@ -1,0 +1,286 @@
+"""The EGG loop: map -> regions -> crops -> map over original + crops -> ... (METHOD.md 2-4).
+
+>>> g = ground(vlm, image, "what word is on the red sign?")
+>>> g.answer, g.boxes[0]        # answer from original + the chosen crops; best box first
+>>> g.trace[0].maps[0]          # the entropy-gradient map over the original image
+>>> g.plot()
+
+State i of the loop is the prompt "original + the crops of iteration i" (state 0: the
+original alone). At each state the entropy-gradient map is computed over the whole
+prompt; regions are extracted in the grids of the *newest* images only (state 0: the
+original; state i >= 1: the crops), ranked together by raw relevance mass (one backward
+pass, one scale), and the top k become the next state's crops -- replacing the previous
+ones; a region found in a crop is a further zoom (its box is composed back to original
+pixels, and the crop is always cut from the original image at full resolution). The
+stopping rule (``egg.stopping``) sees one ``IterationStats`` per state and picks the state
+whose crops the answer uses (``best_index``; 0 = the original alone).
+
+Cost: each state costs one vision encoding per *new* image (visual embeddings are cached
+across iterations unless ``cache_visual=False``, which recomputes every image at every
+state as the authors' release does), one forward and one backward pass (plus
+``token_index - 1`` forward passes for the greedy prefix) -- except a final state whose
+map the stopping rule cannot use, which is not mapped (see ``Iteration.maps``). The answer is generated once,
+for the chosen state, unless ``answer_every=True`` (one generation per state, for
+analysis).
+
+Documented fallbacks
+--------------------
+* Degenerate map (gradient zero or non-finite on every searched token, e.g. an objective
+  that ignores the image): the loop stops at that state and never chooses it; its
+  ``Iteration.degenerate`` is True and its proposal is the whole searched image
+  (``extract_regions``' flat-map fallback). At state 0 this answers from the original
+  alone, with the whole image as the box.
+* Converged: when a state (>= 1) proposes exactly its own crops again, the next state
+  would repeat it bit for bit; the loop stops there (every rule would choose the same
+  crops). ``params["converged"]`` records it.
+* Crops smaller than one patch of the vision tower's input (``adapter.min_crop_side``
+  pixels of the original) are grown about their centre to that side (clipped to the
+  image); ``clamp_aspect`` also rounds boxes outwards to whole pixels.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence, Union
+
+import numpy as np
+
+from ..adapters import EmbeddingCache, VLMAdapter, as_adapter
+from .boxes import Box
+from ..images import check_question, load_image
+from .objectives import Objective, objective_name
+from .boxes import as_box, box_area, box_intersection, clamp_aspect, compose
+from .regions import extract_regions, rank_by_mass, smooth
+from .relevance import relevance
+from .result import Grounding, Iteration
+from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_stopping(stopping: Union[str, StoppingRule] = "spatial-entropy", max_iterations: int = 4,
+                  fixed_n: int | None = None, min_crop_area: float | None = None) -> StoppingRule:
+    """A stopping rule from ``ground``'s arguments (a rule instance passes through)."""
+    if isinstance(stopping, StoppingRule):
+        return stopping
+    if stopping == "fixed":
+        return FixedRule(n=1 if fixed_n is None else fixed_n)
+    if stopping == "resolution":
+        kw = {} if min_crop_area is None else {"min_area": float(min_crop_area)}
+        return ResolutionRule(cap=max_iterations, **kw)
+    return make_rule(stopping, cap=max_iterations)
+
+
+def _map_unused(rule: StoppingRule, state: int, min_crop_area: float) -> bool:
+    """True when the rule will stop at ``state`` whatever its map says, so the map (one
+    forward + backward pass) can be skipped: a fixed rule's last state, and a resolution
+    rule's state whose crops are below the floor or that reaches the cap. (Spatial-entropy
+    and confidence rules need the last state's map to decide and to choose.)"""
+    if state == 0:
+        return False
+    if isinstance(rule, FixedRule):
+        return state >= rule.n
+    if isinstance(rule, ResolutionRule):
+        return state >= rule.cap or not min_crop_area >= rule.min_area
+    return False
+
+
+def _state_spatial_entropy(maps: Sequence[np.ndarray], sigma: float, threshold) -> float:
+    """Spatial entropy of the searched maps: one map -> its value; several (one per crop)
+    -> their mean weighted by each map's total raw relevance (plain mean if all zero)."""
+    values = [spatial_entropy(smooth(m, sigma), threshold=threshold, smoothed=True) for m in maps]
+    weights = np.array([float(np.nansum(np.abs(m))) for m in maps])
+    if len(values) == 1:
+        return float(values[0])
+    if not np.isfinite(weights).all() or weights.sum() <= 0:
+        return float(np.mean(values))
+    return float(np.dot(weights / weights.sum(), values))
+
+
+def propose_regions(
+    adapter: VLMAdapter,
+    prepared,
+    maps: Sequence[np.ndarray],
+    crops: Sequence[Box],
+    image_size: tuple[int, int],
+    search: Sequence[int],
+    *,
+    sigma: float = 1.5,
+    threshold="elbow",
+    k: int = 2,
+    max_ratio: float = 3.0,
+) -> tuple[list[Box], list[float]]:
+    """Top-k regions over the grids ``search`` (indices into ``prepared.grids``), as
+    croppable boxes in ORIGINAL pixels, ranked by raw mass. Grids with an all-zero map
+    propose nothing; if every searched map is zero the flat-map fallback (whole grid) of
+    the first searched grid is used. A box that mostly lies inside a better-ranked one is
+    the same region seen in another grid and is skipped."""
+    cands: list[tuple[float, int, Box]] = []
+    live = [gi for gi in search if np.any(np.asarray(maps[gi]) > 0)]
+    for gi in live or list(search)[:1]:
+        grid = prepared.grids[gi]
+        for r in extract_regions(maps[gi], sigma=sigma, threshold=threshold, k=k):
+            box = adapter.grid_box_to_pixels(grid, r.box)
+            if grid.image_index > 0:
+                box = compose(box, crops[grid.image_index - 1])
+            box = clamp_aspect(box, image_size, max_ratio=max_ratio, min_side=adapter.min_crop_side)
+            cands.append((float(r.mass), len(cands), box))
+    cands = rank_by_mass(cands, [c[0] for c in cands])
+    kept: list[tuple[float, int, Box]] = []
+    for c in cands:  # grids that overlap (a base view and its tiles) find the same spot twice
+        if all(_overlap(c[2], o[2]) < DUPLICATE_OVERLAP for o in kept):
+            kept.append(c)
+        if len(kept) == k:
+            break
+    return [c[2] for c in kept], [c[0] for c in kept]
+
+
+#: Two proposed boxes are the same region when this fraction of the smaller one lies in the other.
+DUPLICATE_OVERLAP = 0.8
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Intersection over the smaller box's area."""
+    small = min(box_area(a), box_area(b))
+    return box_area(box_intersection(a, b)) / small if small > 0 else 0.0
+
+
+def map_boxes(prepared, crops: Sequence[Box]) -> list[Box]:
+    """For each grid, the original-image box its footprint covers."""
+    out = []
+    for g in prepared.grids:
+        fp = g.footprint
+        out.append(as_box(compose(fp, crops[g.image_index - 1]) if g.image_index > 0 else fp))
+    return out
+
+
+def cut(image, boxes: Sequence[Box]) -> list:
+    """Crops of ``image`` at integer-pixel ``boxes``."""
+    return [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+
+
+def answer_with_crops(adapter: VLMAdapter, image, question: str, crops: Sequence[Box],
+                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None) -> str:
+    """Generate the answer from the original + crops (boxes in original pixels)."""
+    prep = adapter.prepare([image] + cut(image, crops), question)
+    return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def ground(
+    vlm,
+    image,
+    question: str,
+    *,
+    objective: Union[str, Objective] = "entropy",
+    token_index: int = 1,
+    num_layers: int | None = None,
+    sigma: float = 1.5,
+    threshold="elbow",
+    k: int = 2,
+    max_ratio: float = 3.0,
+    stopping: Union[str, StoppingRule] = "spatial-entropy",
+    max_iterations: int = 4,
+    fixed_n: int | None = None,
+    min_crop_area: float | None = None,
+    max_new_tokens: int = 8,
+    answer_every: bool = False,
+    cache_visual: bool = True,
+) -> Grounding:
+    """Entropy-Gradient Grounding: find the evidence for ``question`` and answer with it.
+
+    vlm: a VLM (``egg.load_model``) or a VLMAdapter.
+    image: PIL image, numpy array or path (converted to RGB, see ``egg.images``).
+    objective, token_index, num_layers: the map (see ``egg.relevance.relevance``).
+    sigma, threshold, k, max_ratio: regions (see ``egg.regions``); k crops per state.
+    stopping: "spatial-entropy" (paper), "confidence", "fixed" (``fixed_n`` iterations,
+        default 1), "resolution" (stop when a crop is below ``min_crop_area`` px; default
+        the rule's), or a ``StoppingRule``; ``max_iterations`` caps the zoom iterations.
+    max_new_tokens: answer length.
+    answer_every: also generate the answer at every state (stored in the trace).
+    cache_visual: reuse visual embeddings across states (False = re-encode every image
+        every state, as the authors' release does; same result, more cost).
+    Deterministic: the same call gives the same answer and boxes.
+    """
+    adapter = as_adapter(vlm)
+    img = load_image(image)
+    q = check_question(question)
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
+    counter = adapter.counter
+    total0 = counter.copy()
+    t_start = time.perf_counter()
+    cache = EmbeddingCache() if cache_visual else None
+
+    trace: list[Iteration] = []
+    history: list[IterationStats] = []
+    crops: list[Box] = []
+    degenerate_stop = converged = False
+    while True:
+        c0, t0 = counter.copy(), time.perf_counter()
+        state = len(trace)
+        area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
+        if _map_unused(rule, state, area):
+            it = Iteration(index=state, crops=list(crops), min_crop_area=area)
+            if answer_every:
+                it.answer = answer_with_crops(adapter, img, q, crops, max_new_tokens, cache)
+            it.cost = counter.copy() - c0
+            it.cost.wall_time = time.perf_counter() - t0
+            trace.append(it)
+            history.append(it.stats())
+            break
+        prep = adapter.prepare([img] + cut(img, crops), q)
+        rel = relevance(adapter, prep, objective, token_index, num_layers, cache=cache)
+        search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
+        boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search,
+                                        sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio)
+        degenerate = not any(np.any(rel.maps[gi] > 0) for gi in search)
+        it = Iteration(
+            index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops),
+            boxes=boxes, masses=masses,
+            spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], sigma, threshold),
+            entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
+            min_crop_area=area, degenerate=degenerate,
+        )
+        if answer_every:
+            it.answer = adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
+        it.cost = counter.copy() - c0
+        it.cost.wall_time = time.perf_counter() - t0
+        trace.append(it)
+        if degenerate:
+            degenerate_stop = True
+            break
+        history.append(it.stats())
+        if rule.should_stop(history):
+            break
+        if state > 0 and boxes == crops:
+            converged = True  # the next state would repeat this one exactly
+            break
+        crops = boxes
+
+    best = rule.best_index(history) if history else 0
+    chosen = trace[best]
+    if chosen.answer is None:
+        c0, t0 = counter.copy(), time.perf_counter()
+        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, max_new_tokens, cache)
+        extra = counter.copy() - c0
+        extra.wall_time = time.perf_counter() - t0
+        chosen.cost = chosen.cost + extra
+    evidence = list(chosen.crops) if best > 0 else list(trace[0].boxes)
+    cost = counter.copy() - total0
+    cost.wall_time = time.perf_counter() - t_start
+    params = dict(
+        objective=objective_name(objective), token_index=token_index, num_layers=num_layers, sigma=sigma,
+        threshold=threshold if isinstance(threshold, str) else getattr(threshold, "__name__", "custom"),
+        k=k, max_ratio=max_ratio, stopping=getattr(rule, "name", str(stopping)), rule=repr(rule),
+        max_iterations=max_iterations, max_new_tokens=max_new_tokens, cache_visual=cache_visual,
+        degenerate_stop=degenerate_stop, converged=converged, model=adapter.describe(),
+    )
+    return Grounding(answer=chosen.answer, boxes=evidence, trace=trace, cost=cost, best_index=best,
+                     method="egg", question=q, image_size=tuple(img.size), params=params, image=img)
+
+
+__all__ = ["ground", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]
