@@ -4,6 +4,7 @@
         --out results/run.jsonl [--resume] [--split test] [--seed 0] [--data DIR] [--option k=2]
     python -m egg merge results/run.rank*-of-4.jsonl --out results/run.jsonl
     python -m egg benchmarks
+    python -m egg cost [--model PATH_OR_ID] [--device cuda] [--n 4] [--repeats 3] [--json FILE]
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def _parse_option(text: str):
 
 
 def main(argv=None) -> int:
-    from . import bench
-    from .experiments import METHODS
+    from . import synthetic as bench
+    from .runs.registry import METHODS
 
     p = argparse.ArgumentParser(prog="python -m egg", description="egg batch runs")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -55,9 +56,22 @@ def main(argv=None) -> int:
 
     sub.add_parser("benchmarks", help="list the real benchmarks")
 
+    c = sub.add_parser("cost", help="what grounding costs: each method as a multiple of the base answer, "
+                                    "measured in one run (egg.runs.cost)")
+    c.add_argument("--model", default=None, help="checkpoint dir or Hub id (default: the reference model)")
+    c.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    c.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: the checkpoint's)")
+    c.add_argument("--n", type=int, default=4, help="questions per family (default 4)")
+    c.add_argument("--families", default="text,vstar,doc", help="comma-separated families (default text,vstar,doc)")
+    c.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
+    c.add_argument("--iterations", type=int, default=3, help="depth of the fixed-depth EGG runs (default 3)")
+    c.add_argument("--repeats", type=int, default=1, help="timing rounds; later rounds interleave the methods")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    c.add_argument("--json", default=None, help="also write the numbers to this file")
+
     a = p.parse_args(argv)
     if a.cmd == "run":
-        from . import runner
+        from .runs import runner
 
         df = runner.run(a.model, a.benchmark, method=a.method, n=a.n, start=a.start, out=a.out, resume=a.resume,
                         split=a.split, seed=a.seed, options=dict(a.option), data=a.data, device=a.device,
@@ -66,7 +80,7 @@ def main(argv=None) -> int:
             print(runner.summary(df).to_string(index=False))
         return 0
     if a.cmd == "merge":
-        from . import runner
+        from .runs import runner
 
         df = runner.merge(a.shards, out=a.out)
         print(f"merged {len(df)} records into {a.out}")
@@ -74,13 +88,44 @@ def main(argv=None) -> int:
             print(runner.summary(df).to_string(index=False))
         return 0
     if a.cmd == "benchmarks":
-        from . import benchmarks
+        from . import datasets as benchmarks
 
         for b in benchmarks.BENCHMARKS.values():
             cfg = f" ({b.config})" if b.config else ""
             print(f"{b.name:18s} {b.dataset}{cfg} [{b.split}]  metric={b.metric}  lmms-eval task={b.lmms_task}")
         return 0
+    if a.cmd == "cost":
+        return _cost(a)
     return 2  # pragma: no cover
+
+
+def _cost(a) -> int:
+    """The cost benchmark's command line (its measurement is egg.runs.cost, shared with notebook 08)."""
+    from pathlib import Path
+
+    import torch
+
+    from .api import REFERENCE_DIR
+    from .runs import cost
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.model is None and not REFERENCE_DIR.is_dir():
+        print(f"[cost] no trained reference at {REFERENCE_DIR}; using a random-init reference model")
+    vlm = cost.reference_or_random(a.model, device=a.device, dtype=a.dtype)
+    items = [bench_item for f in a.families.split(",") for bench_item in _items(f, a.n, a.seed)]
+    print(f"[cost] {vlm!r}; {len(items)} questions; torch threads {torch.get_num_threads()}")
+    report = cost.run(vlm, items, iterations=a.iterations, repeats=a.repeats)
+    print(report.format())
+    if a.json:
+        Path(a.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _items(family: str, n: int, seed: int) -> list:
+    from . import synthetic
+
+    return [synthetic.item(family, "test", i, seed) for i in range(n)]
 
 
 if __name__ == "__main__":

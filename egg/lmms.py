@@ -52,7 +52,7 @@ class EGG(lmms):
     def __init__(self, pretrained: str | None = None, method: str = "egg", device: str | None = None,
                  dtype: str | None = None, max_new_tokens: int = 32, batch_size: int = 1, vlm=None, **options):
         super().__init__()
-        from .experiments import METHODS, effective_options
+        from .runs.registry import METHODS, effective_options
 
         if method not in METHODS:
             raise ValueError(f"unknown egg method {method!r}; valid: {list(METHODS)}")
@@ -90,7 +90,7 @@ class EGG(lmms):
         return 1
 
     def _answer(self, image, question: str, max_new_tokens: int) -> str:
-        from .experiments import METHODS
+        from .runs.registry import METHODS
 
         item = SimpleNamespace(image=image, question=question, boxes=[], answers=[], options=[], family="lmms",
                                meta={"split": "lmms", "index": 0, "seed": 0})

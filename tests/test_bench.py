@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from egg import bench
-from egg.bench.core import rng_for
+from egg.synthetic.core import rng_for
 
 
 @pytest.mark.parametrize("family", bench.families())

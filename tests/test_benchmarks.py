@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("datasets", reason="pip install -e .[data]")
 
-from egg import bench, benchmarks  # noqa: E402
+from egg import bench  # noqa: E402
+from egg import datasets as benchmarks  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,7 @@ def test_pope_aggregate(tmp_path):
 
 def test_offline_error_names_dataset_and_parameter(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = ("from egg import benchmarks\n"
+    code = ("from egg import datasets as benchmarks\n"
             "try:\n    benchmarks.load('docvqa', n=1)\n"
             "except FileNotFoundError as e:\n    print('ERR', e)\n")
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

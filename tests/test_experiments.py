@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from egg import bench, metrics
-from egg import experiments as ex
-from egg import plots
+from egg import runs as ex
+from egg.figures import results as plots
 
 # --------------------------------------------------------------------------- hand-built records
 
@@ -71,7 +71,7 @@ def test_run_every_method_on_every_family(vlm):
 def test_run_on_a_real_benchmark_uses_its_metric_and_skips_bounds_without_boxes(vlm, tmp_path):
     """Notebook 02's path for real benchmarks: rows named by the benchmark, scored with its
     official metric; the oracle / random bounds need boxes, which plain TextVQA lacks."""
-    from egg import benchmarks
+    from egg import datasets as benchmarks
 
     roots = {name: benchmarks.write_fixture(name, tmp_path / name, n=2) for name in ("textvqa", "textvqa-boxes")}
     with pytest.warns(UserWarning, match="oracle on textvqa"):

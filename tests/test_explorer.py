@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 pytest.importorskip("ipywidgets")
 
 import egg  # noqa: E402
-from egg import viz  # noqa: E402
-from egg.explorer import Explorer  # noqa: E402
+from egg.figures import method as viz  # noqa: E402
+from egg.figures.explorer import Explorer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

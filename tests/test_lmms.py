@@ -21,7 +21,7 @@ pytest.importorskip("lmms_eval", reason="pip install -e .[lmms]")
 pytest.importorskip("datasets", reason="pip install -e .[lmms]")
 Instance = pytest.importorskip("lmms_eval.api.instance").Instance
 
-from egg import benchmarks  # noqa: E402
+from egg import datasets as benchmarks  # noqa: E402
 from egg.lmms import EGG, manifest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def _requests(items, task="fixture", split="validation"):
 @pytest.mark.parametrize("method", ["base", "egg", "vicrop-rel-att"])
 def test_generate_until_matches_egg(vlm, method):
     from egg import bench
-    from egg.experiments import METHODS, effective_options
+    from egg.runs.registry import METHODS, effective_options
 
     items = [bench.item("text", "test", i, 0) for i in range(2)]
     model = EGG(method=method, vlm=vlm, max_iterations=1) if method == "egg" else EGG(method=method, vlm=vlm)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from egg import runner
+from egg.runs import runner
 
 REPO = Path(__file__).resolve().parent.parent
 DROP = ["seconds"]  # wall time: the only field that differs between identical runs
@@ -78,7 +78,7 @@ def test_errors(vlm, tmp_path):
 
 def test_real_benchmark_fixture_run(vlm, tmp_path):
     pytest.importorskip("datasets")
-    from egg import benchmarks
+    from egg import datasets as benchmarks
 
     data = benchmarks.write_fixture("docvqa", tmp_path / "docvqa", n=3)
     out = tmp_path / "docvqa.jsonl"
@@ -170,7 +170,7 @@ def test_env_sharding_in_process(vlm, tmp_path, monkeypatch):
 def test_cli_benchmarks_lists_all():
     r = _cli("benchmarks")
     assert r.returncode == 0, r.stderr[-2000:]
-    from egg import benchmarks
+    from egg import datasets as benchmarks
 
     for name in benchmarks.names():
         assert name in r.stdout

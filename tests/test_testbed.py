@@ -6,7 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from egg import bench, testbed
+from egg import bench
+from egg.synthetic import checks as testbed
+from egg.figures.card import plot_card
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_plot_card_marks_where_the_curriculum_ends_and_draws_every_condition():
     df = pd.DataFrame([_row(f, 0.01, 0.2, 0.9, i % 2 == 0) for f in ("text", "rwqa") for i in range(6)])
     record = {"loss": [{"step": s, "lm": 1.0 / s, "look": 0.5, "phase": "read" if s <= 30 else "mix"}
                        for s in range(10, 101, 10)]}
-    fig = testbed.plot_card(testbed.summary(df, n_boot=50), record)
+    fig = plot_card(testbed.summary(df, n_boot=50), record)
     train, acc, point = fig.axes
     assert [line.get_xdata()[0] for line in train.lines if line.get_linestyle() == ":"] == [30]
     assert [t.get_text() for t in acc.get_legend().get_texts()] == ["base", "oracle", "box_crop", "peak_crop",

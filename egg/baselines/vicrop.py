@@ -1,5 +1,5 @@
 """ViCrop (Zhang et al., ICLR 2025, "MLLMs know where to look"): one crop from the model's
-own attention or gradients, appended as a second image (METHOD.md section 5).
+own attention or gradients, appended as a second image (docs/method.md section 5).
 
 Maps (all over the original image's token grid):
 
@@ -253,7 +253,7 @@ def vicrop(
     grid = prep.grids[0]
     sizes = window_sizes_for(adapter, img.size, window_sizes)
     box, score, size = choose_window(m, grid, sizes)
-    it0 = Iteration(index=0, maps=[m], map_boxes=map_boxes(prep, []), boxes=[box], masses=[score],
+    it0 = Iteration(index=0, maps=[m], map_boxes=map_boxes(prep, []), boxes=[box], masses=[score], searched=[0],
                     entropy=info["entropy"], max_prob=info["max_prob"])
     it0.cost = counter.copy() - c_start
     it0.cost.wall_time = time.perf_counter() - t_start

@@ -1,4 +1,4 @@
-"""Objectives: next-token logits -> a scalar to differentiate (METHOD.md section 1.3).
+"""Objectives: next-token logits -> a scalar to differentiate (docs/method.md section 1.3).
 
 Every objective takes logits of shape (vocab,) or (batch, vocab) and returns a scalar
 tensor (summed over the batch), computed in at least float32 so that a bfloat16 model does

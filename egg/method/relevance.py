@@ -1,4 +1,4 @@
-"""The entropy-gradient relevance map (METHOD.md section 1).
+"""The entropy-gradient relevance map (docs/method.md section 1).
 
     visual token embeddings (a leaf, requires grad; all parameters frozen)
       -> decoder (optionally only its first L layers, then final norm + LM head)

@@ -34,6 +34,9 @@ class Iteration:
     min_crop_area: area (px) of the smallest crop in this state; inf for state 0.
     answer: the answer at this state, when generated (``answer_every`` or chosen state).
     degenerate: the searched maps were all zero (see module docstring).
+    searched: indices into ``maps`` of the grids this state searched for regions (the
+        newest images': the original's grids at state 0, the crops' after), as the loop
+        decided them; figures read them from here instead of guessing.
     cost: work done for this state.
     """
 
@@ -43,6 +46,7 @@ class Iteration:
     map_boxes: list[Box] = field(default_factory=list)
     boxes: list[Box] = field(default_factory=list)
     masses: list[float] = field(default_factory=list)
+    searched: list[int] = field(default_factory=list)
     spatial_entropy: float = float("nan")
     entropy: float = float("nan")
     max_prob: float = float("nan")

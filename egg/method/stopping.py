@@ -1,4 +1,4 @@
-"""Spatial entropy of a relevance map, and the zoom loop's stopping rules (METHOD.md s. 4).
+"""Spatial entropy of a relevance map, and the zoom loop's stopping rules (docs/method.md section 4).
 
 How the zoom loop uses a rule
 -----------------------------
@@ -160,7 +160,7 @@ class SpatialEntropyRule(StoppingRule):
     other than the cap, and the answer then uses at least that state's crops. The default
     follows the authors' release, which always appends the first map's crops and only then
     lets spatial entropy decide whether to refine further (inference_llava.py,
-    ``run_refinement_loop``). ``min_zooms=0`` is the literal rule of METHOD.md section 4,
+    ``run_refinement_loop``). ``min_zooms=0`` is the literal rule of docs/method.md section 4,
     under which an original-image map that is already one blob answers without crops.
     """
 

@@ -1,4 +1,4 @@
-"""The EGG loop: map -> regions -> crops -> map over original + crops -> ... (METHOD.md 2-4).
+"""The EGG loop: map -> regions -> crops -> map over original + crops -> ... (docs/method.md sections 2-4).
 
 >>> g = ground(vlm, image, "what word is on the red sign?")
 >>> g.answer, g.boxes[0]        # answer from original + the chosen crops; best box first
@@ -240,7 +240,7 @@ def ground(
         degenerate = not any(np.any(rel.maps[gi] > 0) for gi in search)
         it = Iteration(
             index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops),
-            boxes=boxes, masses=masses,
+            boxes=boxes, masses=masses, searched=list(search),
             spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], sigma, threshold),
             entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
             min_crop_area=area, degenerate=degenerate,

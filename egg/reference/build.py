@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..bench.core import COLOURS, GLYPHS, LETTERS, POSITIONS, SHAPES
+from ..synthetic.core import COLOURS, GLYPHS, LETTERS, POSITIONS, SHAPES
 
 IMAGE_TOKEN = "<image>"
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", IMAGE_TOKEN]
@@ -33,7 +33,7 @@ class ReferenceConfig:
 
     96/12 rather than 64/8: the same 64 tokens per image (so the same cost), but a zoomed crop
     keeps a glyph at about 20 px, which a CPU-trained vision tower learns to read and at 64 px
-    did not (shared/TESTBED.md; measured again in this project's training record).
+    did not (docs/method.md section 8; measured again in this project's training record).
     """
 
     image_size: int = 96

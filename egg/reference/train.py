@@ -1,6 +1,6 @@
 """Train the reference VLM on the procedural benchmark's train split.
 
-The mixture matters more than the model (see shared/TESTBED.md): a model that only ever
+The mixture matters more than the model (see docs/method.md section 8): a model that only ever
 reads answers off evidence crops learns to ignore the full image, and then its entropy
 gradient over the full image is noise. So every item yields several examples:
 
@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import bench
-from ..bench.core import Item, rng_for
-from ..bench.core import COLOURS
+from .. import synthetic as bench
+from ..synthetic.core import Item, rng_for
+from ..synthetic.core import COLOURS
 from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
 from .build import IMAGE_TOKEN, ReferenceConfig, build_model, build_processor
 
@@ -550,7 +550,7 @@ def quick_eval(model, processor, n: int, seed: int, size: int) -> dict:
     """Val accuracy per family: full image alone, and with the oracle crop(s) appended."""
     import torch
 
-    from ..bench import score
+    from ..synthetic import score
 
     col = Collator(processor)
     res = {}

@@ -1,0 +1,241 @@
+"""Batch runs: one method over one benchmark, resumable, shardable, as JSON lines.
+
+>>> from egg.runs import runner
+>>> df = runner.run("data/reference", "text", method="egg", n=50, out="results/text-egg.jsonl")
+>>> df = runner.run("llava-hf/llava-1.5-7b-hf", "docvqa", method="egg", out="results/docvqa.jsonl",
+...                 resume=True)                                # real benchmark (egg.benchmarks)
+
+Command line (same arguments)::
+
+    python -m egg run --model PATH_OR_ID --benchmark docvqa --method egg --out results/docvqa.jsonl --resume
+    accelerate launch --multi_gpu --num_processes 8 -m egg run ... --out results/docvqa.jsonl   # 8 shards
+    torchrun --standalone --nproc_per_node 8 -m egg run ... --out results/docvqa.jsonl         # the same
+    python -m egg merge results/docvqa.rank*-of-8.jsonl --out results/docvqa.jsonl
+
+Each finished item is one ``egg.experiments.Record`` JSON line (plus "benchmark" and
+"item_id"), appended, flushed and fsync'd before the next item starts, so a run killed
+at any moment (even SIGKILL) loses at most the item in flight. ``resume=True`` keeps the
+records already in ``out`` (matched on the record key: model fingerprint, benchmark,
+split, seed, item index, method, effective options), drops a torn last line, and runs
+only what is missing. Without ``resume`` an existing ``out`` is an error.
+
+Sharding: with world_size > 1 (arguments, or the RANK / WORLD_SIZE environment set by
+``accelerate launch --multi_gpu`` and ``torchrun``) process ``rank`` takes items i with
+i % world_size == rank and writes ``<out stem>.rank<r>-of-<w>.jsonl``; each process uses
+``cuda:<LOCAL_RANK>`` when a GPU is present. ``merge`` joins shards into the table a
+single-process run writes (same records, same order). ``accelerate launch --multi_gpu
+--num_processes N`` shards on a CPU-only machine too (tested with 2 processes); ``--cpu
+--num_processes N`` would start a single process on a machine without MPI.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from . import (METHODS, ItemSource, Record, effective_options, model_fingerprint, read_json_lines,
+                          record_key, records_frame)
+
+METHOD_NAMES = list(METHODS)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _repair(path: Path) -> None:
+    """Cut a torn (unterminated) last line left by a killed writer."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path) -> list[dict]:
+    """The records (JSON objects with a key) of a records file; blank, torn or corrupt lines are skipped."""
+    return [d for d in read_json_lines(path) if "key" in d]
+
+
+def _append(f, rec: Record, extra: Mapping) -> None:
+    import json
+
+    d = {**rec.to_dict(), **extra}
+    f.write(json.dumps(d, allow_nan=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def shard_path(out, rank: int, world_size: int) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix or '.jsonl'}")
+
+
+def _dist_env() -> tuple[int, int, int]:
+    def geti(*names, default=0):
+        for n in names:
+            v = os.environ.get(n)
+            if v not in (None, ""):
+                return int(v)
+        return default
+
+    return (geti("RANK", "ACCELERATE_PROCESS_INDEX"), geti("WORLD_SIZE", "ACCELERATE_NUM_PROCESSES", default=1),
+            geti("LOCAL_RANK", "ACCELERATE_LOCAL_PROCESS_INDEX"))
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=None, resume: bool = False,
+        split: str | None = None, seed: int = 0, options: Mapping | None = None, data=None,
+        rank: int | None = None, world_size: int | None = None, device: str | None = None,
+        progress: bool = True, start: int = 0) -> pd.DataFrame:
+    """Run ``method`` on items start .. start+n-1 of ``benchmark``; returns the records
+    (``egg.experiments.records_frame``) of this process's items, in index order.
+
+    model: a loaded VLM, or a path / Hub id for ``egg.load_model`` (None: the reference).
+    benchmark: a procedural family ("text", "doc", ...) or a real benchmark
+        (``egg.benchmarks.names()``: "textvqa", "docvqa", "pope-random", ...).
+    method: one of METHOD_NAMES; options: its keyword options (e.g. {"k": 1}).
+    n: number of items (None: 300 for a family, the whole split for a real benchmark).
+    out: JSON-lines file (per-process shard file when world_size > 1); None: keep in memory.
+    resume: reuse finished records in ``out`` (otherwise an existing non-empty file is an error).
+    split/seed: procedural split ("train" / "val" / "test") and seed; real benchmarks have one split.
+    data: local copy of a real benchmark's dataset (see ``egg.benchmarks.load``).
+    rank/world_size: sharding (None: from RANK / WORLD_SIZE, default 0 / 1).
+    """
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {METHOD_NAMES}")
+    params = effective_options(method, options)
+    env_rank, env_world, local_rank = _dist_env()
+    rank = env_rank if rank is None else int(rank)
+    world_size = env_world if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+    src = ItemSource(benchmark, split, seed, data)
+    if n is None:
+        n = 300 if src.size is None else src.size - start
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    stop = int(start) + int(n)
+    if src.size is not None and stop > src.size:
+        raise ValueError(f"benchmark {benchmark!r} has {src.size} items; asked for items {start}..{stop - 1}")
+    indices = [i for i in range(int(start), stop) if i % world_size == rank]
+
+    if isinstance(model, (str, os.PathLike)) or model is None:
+        import torch
+
+        from . import load_vlm
+
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
+        vlm = load_vlm(model, device=device)
+    else:
+        vlm = model
+    if method == "oracle" and src.kind == "real" and not _has_boxes(src, indices):
+        raise ValueError(f"method 'oracle' needs ground-truth boxes; benchmark {benchmark!r} has none "
+                         "(use 'textvqa-boxes' or 'vstar' with its annotation files)")
+    fp = model_fingerprint(vlm)
+
+    path = None
+    done: dict[str, dict] = {}
+    if out is not None:
+        path = shard_path(out, rank, world_size) if world_size > 1 else Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size > 0:
+            if not resume:
+                raise FileExistsError(f"{str(path)!r} exists; pass resume=True (--resume) to continue it, "
+                                      "or choose another output file")
+            _repair(path)
+            for d in read_lines(path):
+                done.setdefault(d["key"], d)
+
+    records: list[Record] = []
+    fh = open(path, "a", encoding="utf-8") if path is not None else None
+    try:
+        bar = tqdm(indices, disable=not progress, desc=f"{benchmark}/{method}" + (
+            f" [{rank}/{world_size}]" if world_size > 1 else ""), position=rank if world_size > 1 else None,
+            file=sys.stderr)
+        for i in bar:
+            key = record_key(fp, src.name, src.split, src.seed, i, method, params)
+            if key in done:
+                records.append(Record.from_dict(done[key]))
+                continue
+            item = src.item(i)
+            g = METHODS[method](vlm, item, **params)
+            rec = src.record(g, item, index=i, method=method, params=params, model=fp)
+            extra = {"benchmark": src.name, "item_id": str(item.meta.get("id", i))}
+            if fh is not None:
+                _append(fh, rec, extra)
+            done[key] = {}
+            records.append(rec)
+    finally:
+        if fh is not None:
+            fh.close()
+    return records_frame(records)
+
+
+def _has_boxes(src: ItemSource, indices: Sequence[int]) -> bool:
+    return bool(indices) and bool(src.item(indices[0]).boxes)
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def merge(shards: Sequence, out=None) -> pd.DataFrame:
+    """Join shard files (or any records files) into one table: records deduplicated on
+    their key, sorted by (benchmark, method, index) -- the order a single-process run
+    writes. With ``out`` the merged records are written there (atomically)."""
+    import json
+
+    seen: dict[str, dict] = {}
+    for s in shards:
+        if not Path(s).is_file():
+            raise FileNotFoundError(f"shard file not found: {str(s)!r}")
+        for d in read_lines(s):
+            seen.setdefault(d["key"], d)
+    rows = sorted(seen.values(), key=lambda d: (d.get("family", ""), d.get("method", ""),
+                                                json.dumps(d.get("params", {}), sort_keys=True),
+                                                d.get("model", ""), int(d.get("index", 0))))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for d in rows:
+                f.write(json.dumps(d, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    return records_frame([Record.from_dict(d) for d in rows])
+
+
+def load(path) -> pd.DataFrame:
+    """A records file (a run's output or a merge) as a DataFrame."""
+    return records_frame([Record.from_dict(d) for d in read_lines(path)])
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean score (points) and n per (benchmark, method); POPE rows add F1."""
+    from .. import metrics
+
+    rows = []
+    for (fam, meth), g in df.groupby(["family", "method"], sort=False):
+        row = {"benchmark": fam, "method": meth, "n": len(g), "score": g["score"].mean() * 100}
+        if fam.startswith("pope"):
+            row["pope_f1"] = metrics.pope(list(g["prediction"]), [a[0] for a in g["answers"]])["f1"] * 100
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = ["run", "merge", "load", "summary", "shard_path", "read_lines", "METHOD_NAMES"]

@@ -1,0 +1,198 @@
+"""Does the testbed support grounding at all? The checks to run before any accuracy table.
+
+For each test item (docs/method.md section 8, lessons 3 and 4):
+
+- base: the answer from the full image alone; oracle: with crops at the ground-truth boxes;
+- the next-token entropy of the base answer, against its maximum log|V|;
+- pointing: the first entropy-gradient map (answer token's entropy, gradient w.r.t. the full
+  image's visual tokens, L2 per token) smoothed, and whether its peak cell lies in a
+  ground-truth box or within one cell of it; chance = the area fraction that counts as a hit;
+- peak crop vs random crop: append a crop of 2 x 2 grid cells centred on that peak, or a
+  crop of the same size at a random place, and score both answers;
+- box crop: a crop of the same size centred on the (first) evidence box, what a perfect peak
+  would give: it separates a map that points wrong from a zoom too weak to read the detail.
+
+`measure` returns one row per item; `summary` aggregates per family with bootstrap CIs;
+`by_evidence_size` splits each family by the size of its evidence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import synthetic as bench
+from ..adapters import EmbeddingCache, as_adapter
+from ..method.boxes import box_center, clamp_aspect, grid_box_to_pixels
+from ..method.regions import first_argmax_2d, smooth
+from ..method.relevance import relevance
+from ..method.zoom import answer_with_crops
+
+
+@dataclass
+class TestbedRow:
+    family: str
+    index: int
+    multi_evidence: bool
+    evidence_fraction: float
+    base: float
+    oracle: float
+    entropy: float
+    max_entropy: float
+    pointing: bool
+    chance: float
+    peak_crop: float
+    random_crop: float
+    box_crop: float
+    base_answer: str
+    oracle_answer: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hit_region(box, W: int, H: int, cw: float, ch: float) -> tuple[float, float, float, float]:
+    return (max(0.0, box[0] - cw), max(0.0, box[1] - ch), min(W, box[2] + cw), min(H, box[3] + ch))
+
+
+def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
+    """A w x h crop centred on `box` (a point is a box of zero size); clamped later, by the caller."""
+    cx, cy = box_center(box)
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> TestbedRow:
+    """All testbed diagnostics for one item."""
+    adapter = as_adapter(vlm)
+    img, q = item.image, item.question
+    W, H = img.size
+    cache = EmbeddingCache()  # the full image is encoded once for all six questions
+    prep = adapter.prepare([img], q)
+    res = relevance(adapter, prep, cache=cache)
+    grid = prep.grids[0]
+    rows, cols = grid.shape
+    sm = smooth(res.maps[0], sigma)
+    r, c = first_argmax_2d(sm)
+    cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
+    cw, ch = cell[2] - cell[0], cell[3] - cell[1]
+    px, py = box_center(cell)
+    hits = [_hit_region(b, W, H, cw, ch) for b in item.boxes]
+    pointing = any(h[0] <= px <= h[2] and h[1] <= py <= h[3] for h in hits)
+    # chance: fraction of cell centres that would count as a hit
+    centres = [((j + 0.5) * W / cols, (i + 0.5) * H / rows) for i in range(rows) for j in range(cols)]
+    chance = float(np.mean([any(h[0] <= x <= h[2] and h[1] <= y <= h[3] for h in hits) for x, y in centres]))
+
+    def ask(crops) -> str:
+        crops = [clamp_aspect(b, (W, H), min_side=adapter.min_crop_side) for b in crops]
+        return answer_with_crops(adapter, img, q, crops, cache=cache)
+
+    base_answer, oracle_answer = ask([]), ask(item.boxes)
+    pw, ph = min(2 * cw, W), min(2 * ch, H)  # peak, random and box crops share this size
+    peak = centred_crop(cell, pw, ph)
+    rng = np.random.default_rng([seed, int(item.meta.get("index", 0))])
+    x0, y0 = rng.uniform(0, W - pw), rng.uniform(0, H - ph)
+    peak_answer, random_answer = ask([peak]), ask([(x0, y0, x0 + pw, y0 + ph)])
+    box_answer = ask([centred_crop(item.boxes[0], pw, ph)])
+    score = lambda a: bench.score(item.family, a, item)  # noqa: E731
+    return TestbedRow(
+        family=item.family, index=int(item.meta.get("index", -1)), multi_evidence=item.multi_evidence,
+        evidence_fraction=item.evidence_fraction, base=score(base_answer), oracle=score(oracle_answer),
+        entropy=res.entropy, max_entropy=math.log(adapter.model.config.get_text_config().vocab_size),
+        pointing=bool(pointing), chance=chance, peak_crop=score(peak_answer), random_crop=score(random_answer),
+        box_crop=score(box_answer),
+        base_answer=base_answer, oracle_answer=oracle_answer,
+    )
+
+
+def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0, progress: bool = True):
+    """One TestbedRow per item, as a DataFrame."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    families = families or bench.families()
+    rows = []
+    for fam in families:
+        for item in tqdm(bench.load(fam, split, n, seed), desc=fam, disable=not progress, leave=False):
+            rows.append(measure_item(vlm, item, seed=seed).to_dict())
+    return pd.DataFrame(rows)
+
+
+def summary(df, n_boot: int = 2000, seed: int = 0):
+    """Per family: accuracies with 95% bootstrap CIs, the oracle gap, entropy, pointing vs chance."""
+    import pandas as pd
+
+    from ..stats import bootstrap_ci, paired_bootstrap
+
+    out = []
+    for fam, g in df.groupby("family", sort=False):
+        gap, glo, ghi = paired_bootstrap(g.base.values, g.oracle.values, n_boot=n_boot, seed=seed)
+        crop, clo, chi = paired_bootstrap(g.random_crop.values, g.peak_crop.values, n_boot=n_boot, seed=seed)
+        p, plo, phi = bootstrap_ci(g.pointing.values.astype(float), n_boot=n_boot, seed=seed)
+        right, wrong = g.entropy[g.base >= 0.5], g.entropy[g.base < 0.5]
+        out.append({
+            "family": fam, "n": len(g), "base": g.base.mean(), "oracle": g.oracle.mean(),
+            "gap": gap, "gap_lo": glo, "gap_hi": ghi,
+            "H_right": right.mean() if len(right) else float("nan"),
+            "H_wrong": wrong.mean() if len(wrong) else float("nan"),
+            "H_max": g.max_entropy.iloc[0],
+            "pointing": p, "pointing_lo": plo, "pointing_hi": phi, "chance": g.chance.mean(),
+            "peak_crop": g.peak_crop.mean(), "random_crop": g.random_crop.mean(),
+            "peak_minus_random": crop, "pmr_lo": clo, "pmr_hi": chi,
+            "box_crop": g.box_crop.mean(), "box_minus_random": (g.box_crop - g.random_crop).mean(),
+        })
+    return pd.DataFrame(out)
+
+
+def by_evidence_size(df, bins: int = 3):
+    """Per family and evidence-size tercile (single-evidence items, so that the size is one
+    object's): where does the full view start to be read, and where does the map start to point?"""
+    import pandas as pd
+
+    single = df[~df.multi_evidence.astype(bool)].copy()
+    labels = ["small", "mid", "large"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
+    single["size"] = single.groupby("family", sort=False).evidence_fraction.transform(
+        lambda x: pd.qcut(x.rank(method="first"), bins, labels=labels).astype(str))
+    cols = ["evidence_fraction", "base", "oracle", "entropy", "pointing", "chance", "peak_crop", "random_crop", "box_crop"]
+    g = single.groupby(["family", "size"], sort=False)
+    out = g[cols].mean().join(g.size().rename("n")).reset_index()
+    out.insert(2, "evidence_pct", 100 * out.pop("evidence_fraction"))
+    out["size"] = pd.Categorical(out["size"], labels, ordered=True)
+    order = {f: i for i, f in enumerate(single.family.unique())}
+    return out.sort_values(["family", "size"], key=lambda c: c.map(order) if c.name == "family" else c).reset_index(drop=True)
+
+
+def acceptance(s) -> list[tuple[str, bool, str]]:
+    """The foundation issue's targets, each as (target, met, what was measured)."""
+    detail = s[s.family.isin(bench.DETAIL_FAMILIES)]
+    control = s[s.family == bench.CONTROL_FAMILY]
+    big_gap = detail[detail.gap >= 0.30]
+    wrong_higher = s.dropna(subset=["H_right", "H_wrong"])
+    point_ok = detail[detail.pointing >= 0.5]
+    crop_ok = s[s.peak_minus_random >= 0.15]
+    fmt = lambda d, col: ", ".join(f"{r.family} {100 * getattr(r, col):+.0f}" for r in d.itertuples())  # noqa: E731
+    return [
+        ("oracle - base >= 30 points on >= 4 detail families", len(big_gap) >= 4, fmt(detail, "gap")),
+        ("control family: |oracle - base| <= 5 points",
+         bool(len(control)) and bool((control.gap.abs() <= 0.05).all()), fmt(control, "gap")),
+        ("entropy higher on wrong than right base answers (every family with both)",
+         bool(len(wrong_higher)) and bool((wrong_higher.H_wrong > wrong_higher.H_right).all()),
+         ", ".join(f"{r.family} {r.H_wrong:.2f} vs {r.H_right:.2f}" for r in wrong_higher.itertuples())),
+        ("map peak in evidence on >= half of the items, >= 4 detail families", len(point_ok) >= 4,
+         ", ".join(f"{r.family} {100 * r.pointing:.0f}% (chance {100 * r.chance:.0f}%)" for r in detail.itertuples())),
+        ("peak crop beats random crop by >= 15 points on >= 4 families", len(crop_ok) >= 4,
+         fmt(s, "peak_minus_random")),
+    ]
+
+
+def training_record(path=None) -> dict:
+    """The training log saved beside the reference weights; {} for a model without one (a hub id)."""
+    import json
+    from pathlib import Path
+
+    from ..api import REFERENCE_DIR
+
+    p = Path(path or REFERENCE_DIR) / "training_log.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
