@@ -538,3 +538,23 @@ def test_load_model_offline_error_names_download_and_parameter(monkeypatch):
     for repo in ("egg-tests/not-cached-llava-v1.6", "egg-tests/not-cached-qwen2.5-vl", "egg-tests/not-cached-internvl3.5"):
         with pytest.raises(FileNotFoundError, match=r"download.*path_or_id"):
             egg.load_model(repo)
+
+
+def test_mass_shares_read_the_searched_grids_on_a_tiled_model(image):
+    """A tiled model (LLaVA-NeXT: a base view and tiles) gives the original several grids.
+    The figures' mass shares must use the grids the loop searched (``Iteration.searched``),
+    not "grid 0 at state 0, the rest later": that guess reported shares above 100 %."""
+    from egg.figures.method import mass_shares, searched_grids
+
+    model, proc = build_llava_next()
+    vlm = VLM.from_model(model, proc, source="random-init llava_next")
+    g = egg.ground(vlm, image, "what shape is red ?", stopping="fixed", fixed_n=2, max_new_tokens=1)
+    prep = vlm.adapter.prepare([image] + [image.crop(tuple(int(v) for v in b)) for b in g.trace[1].crops],
+                               "what shape is red ?")
+    originals = [i for i, grid in enumerate(prep.grids) if grid.image_index == 0]
+    assert len(originals) > 1  # base view + tiles
+    assert searched_grids(g.trace[0]) == originals
+    assert searched_grids(g.trace[1]) == [i for i in range(len(prep.grids)) if i not in originals]
+    for state in (0, 1):
+        shares = mass_shares(g, state)
+        assert shares and all(0 <= s <= 1 for s in shares) and sum(shares) <= 1 + 1e-9
