@@ -145,10 +145,10 @@ def _clip_processor(**kw):
 def test_squash_grid_box_round_trip_non_square(adapter):
     from egg.method.boxes import pixels_to_grid_box
 
-    fp = adapter.footprint((300, 120))
-    assert fp == pytest.approx((0, 0, 300, 120))
     prep = adapter.prepare([Image.new("RGB", (300, 120))], "what shape ?")
     g = prep.grids[0]
+    fp = g.footprint
+    assert fp == pytest.approx((0, 0, 300, 120))
     assert g.cell_size == pytest.approx((37.5, 15.0))
     box = adapter.grid_box_to_pixels(g, (2, 1, 5, 4))
     assert box == pytest.approx((75.0, 15.0, 187.5, 60.0))

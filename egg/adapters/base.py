@@ -20,13 +20,14 @@ Conventions: one prompt at a time (batch size 1); boxes are ``(x0, y0, x1, y1)``
 pixels of the image named by ``TokenGrid.image_index``, x1/y1 exclusive; grid shapes are
 ``(rows, cols)``; image sizes are PIL ``(width, height)``.
 
-Subclasses implement the model hooks (``image_token_id``, ``decoder_layers``,
-``final_norm``, ``lm_head``, ``language_model``, ``encode``, ``layout``); the rest is
-shared. Constructing an adapter freezes the model's parameters (``requires_grad_(False)``):
+Subclasses implement the abstract hooks of ``VLMAdapter`` (``encode``, ``layout``,
+``patch_size``, ``input_resolution``) and override the defaulted ones where their
+architecture differs; the rest is shared. Constructing an adapter freezes the model's parameters (``requires_grad_(False)``):
 no method in this package ever needs a parameter gradient.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Iterator, Sequence
 
@@ -47,8 +48,14 @@ class _EarlyExit(Exception):
 # --------------------------------------------------------------------------- adapter
 
 
-class VLMAdapter:
+class VLMAdapter(abc.ABC):
     """Model-agnostic operations on a transformers VLM and its processor.
+
+    Required hooks (abstract): ``encode``, ``layout``, ``patch_size``, ``input_resolution``.
+    Hooks with defaults for the layout transformers VLMs share, overridden where an
+    architecture differs: ``image_token_id``, ``language_model``, ``decoder_layers``,
+    ``final_norm``, ``lm_head``, ``image_inputs``, ``pixel_image``, ``decoder_inputs``,
+    ``generation_inputs``, ``attention_module``, ``grid_box_to_pixels``.
 
     Subclasses register themselves with ``egg.adapters.register`` for the config classes /
     ``model_type`` values they handle; ``egg.adapters.adapter_for(model, processor)``
@@ -96,11 +103,13 @@ class VLMAdapter:
     def lm_head(self) -> torch.nn.Module:
         return self.model.lm_head
 
+    @abc.abstractmethod
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         """Visual token embeddings of ONE image, shape (n_tokens, hidden); differentiable
         w.r.t. ``pixel_values`` (no ``no_grad`` here: callers choose)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def layout(self, inputs: dict, images: list) -> list[TokenGrid]:
         """The token grids of a processed prompt, in sequence order."""
         raise NotImplementedError
@@ -136,11 +145,13 @@ class VLMAdapter:
         return self.decoder_layers[layer].self_attn
 
     @property
+    @abc.abstractmethod
     def patch_size(self) -> int:
         """Side in processed pixels of one visual token."""
         raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def input_resolution(self) -> tuple[int, int]:
         """(width, height) of the processed image the vision tower sees."""
         raise NotImplementedError
@@ -386,10 +397,6 @@ class VLMAdapter:
         return self.decode(self.generate_ids(prepared, max_new_tokens, visual_embeds, cache))
 
     # ---- geometry ----------------------------------------------------------------------
-
-    def footprint(self, image_size: tuple[int, int]) -> Box:
-        """Pixel box of an image of ``image_size`` covered by its (single) token grid."""
-        raise NotImplementedError
 
     def grid_box_to_pixels(self, grid: TokenGrid, box: Box) -> Box:
         """A box in grid cells (c0, r0, c1, r1) -> pixels of the grid's image, clipped to it

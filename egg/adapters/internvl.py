@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters.base import Box, VLMAdapter
+from ..adapters.base import VLMAdapter
 from ..adapters.records import TokenGrid
 from .llava import _get
 
@@ -140,5 +140,3 @@ class InternVLAdapter(VLMAdapter):
                                        footprint=tuple(round(v, 6) for v in fp), image_size=size))
         return grids
 
-    def footprint(self, image_size: tuple[int, int]) -> Box:
-        return (0.0, 0.0, float(image_size[0]), float(image_size[1]))

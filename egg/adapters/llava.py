@@ -147,7 +147,3 @@ class LlavaAdapter(VLMAdapter):
                                    image_size=size))
         return grids
 
-    def footprint(self, image_size: tuple[int, int]) -> Box:
-        w, h = self.input_resolution
-        p = self.patch_size
-        return processed_footprint(image_size, self.processor.image_processor, covered=((w // p) * p, (h // p) * p))

@@ -188,5 +188,3 @@ class LlavaNextAdapter(VLMAdapter):
             raise ValueError(f"token layout covers {sum(counts)} visual tokens but the prompt has {int(visual.numel())}")
         return counts
 
-    def footprint(self, image_size: tuple[int, int]) -> Box:
-        return self._base_footprint(image_size)

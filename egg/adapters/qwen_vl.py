@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from ..adapters.base import Box, VLMAdapter
+from ..adapters.base import VLMAdapter
 from ..adapters.records import Prepared, TokenGrid
 
 #: Tokens per side of the nominal square input used for ``input_resolution`` (Qwen has no
@@ -161,8 +161,6 @@ class Qwen2_5_VLAdapter(VLMAdapter):  # noqa: N801 - after the transformers clas
                             min_pixels=int(lo), max_pixels=int(hi))
         return int(w), int(h)
 
-    def footprint(self, image_size: tuple[int, int]) -> Box:
-        return (0.0, 0.0, float(image_size[0]), float(image_size[1]))
 
 
 class Qwen3VLAdapter(Qwen2_5_VLAdapter):

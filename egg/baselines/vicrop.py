@@ -37,9 +37,10 @@ import torch
 from scipy import ndimage
 
 from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
-from ..adapters.base import Box
+from ..method.boxes import Box
 from ..adapters.records import TokenGrid
 from ..images import check_question, load_image
+from ..method.objectives import argmax_log_prob, next_token_stats
 from ..method.regions import TIE_RTOL, first_argmax_2d
 from ..method.result import Grounding, Iteration
 from ..method.zoom import answer_with_crops, map_boxes
@@ -52,11 +53,6 @@ _EPS = 1e-12
 
 
 # --------------------------------------------------------------------------- maps
-
-
-def _argmax_logprob(logits: torch.Tensor) -> torch.Tensor:
-    lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    return lp[int(torch.argmax(lp))]
 
 
 def _grid_values(vec: torch.Tensor, grid: TokenGrid) -> np.ndarray:
@@ -77,7 +73,7 @@ def _grad_attention_map(adapter: VLMAdapter, prep: Prepared, layer: int, cache) 
     vis = adapter.visual_embeddings(prep, cache).detach().clone().requires_grad_(True)
     with torch.enable_grad():
         out = adapter.forward(prep, vis, attention_layer=layer)
-        loss = _argmax_logprob(out.logits)
+        loss = argmax_log_prob(out.logits)
         (g,) = torch.autograd.grad(loss, out.attention)
     adapter.counter.backward += 1
     ga = (out.attention.detach() * torch.relu(g))[0, :, -1, :].mean(0)
@@ -94,7 +90,7 @@ def _pixel_gradient(adapter: VLMAdapter, prep: Prepared) -> tuple[np.ndarray, to
         emb = adapter.encode(leaf, **extra)
         adapter.counter.images_encoded += 1
         logits = adapter.forward_from_embeddings(prep, emb)
-        loss = _argmax_logprob(logits)
+        loss = argmax_log_prob(logits)
         (g,) = torch.autograd.grad(loss, leaf)
     adapter.counter.backward += 1
     g = adapter.pixel_image(g, **extra)
@@ -160,9 +156,7 @@ def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int |
         ratio = ratio * high_pass_mask(pix, resolution=max(adapter.input_resolution))
         m = _pool(ratio, prep.grids[0], adapter.patch_size)
     if logits is not None:
-        lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        info["entropy"] = float(-(lp.exp() * lp).sum())
-        info["max_prob"] = float(lp.max().exp())
+        info["entropy"], info["max_prob"], _ = next_token_stats(logits)
     m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     return m, prep, info
 

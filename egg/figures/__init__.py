@@ -3,5 +3,6 @@ pictures (maps, regions, states); ``results``: the notebooks' result figures; ``
 the interactive explorer; ``cost`` and ``card``: the cost benchmark's and the reference
 card's figures."""
 from .base import figure_png, notebook_setup, save_figure
+from .draw import overlay
 
-__all__ = ["notebook_setup", "save_figure", "figure_png"]
+__all__ = ["notebook_setup", "save_figure", "figure_png", "overlay"]

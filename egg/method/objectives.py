@@ -26,6 +26,21 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(x, dim=-1)
 
 
+def next_token_stats(logits: torch.Tensor) -> tuple[float, float, int]:
+    """(entropy in nats, max probability, argmax token id) of one next-token distribution,
+    without grad: what every method records about the distribution it looked at."""
+    with torch.no_grad():
+        lp = _log_probs(logits).reshape(-1)
+        top = int(torch.argmax(lp))
+        return float(-(lp.exp() * lp).sum()), float(lp[top].exp()), top
+
+
+def argmax_log_prob(logits: torch.Tensor) -> torch.Tensor:
+    """log p of the most likely next token, in the graph (ViCrop's loss)."""
+    lp = _log_probs(logits).reshape(-1)
+    return lp[int(torch.argmax(lp.detach()))]
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """H(p) = -sum p log p of the next-token distribution (nats). The paper's objective."""
     lp = _log_probs(logits)

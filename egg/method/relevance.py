@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
-from .objectives import Objective, get_objective
+from .objectives import Objective, get_objective, next_token_stats
 
 
 @dataclass
@@ -53,14 +53,6 @@ class RelevanceResult:
     prefix: list[int] = field(default_factory=list)
     degenerate: bool = False
     gradient: torch.Tensor | None = None
-
-
-def _distribution_stats(logits: torch.Tensor) -> tuple[float, float, int]:
-    with torch.no_grad():
-        lp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        h = float(-(lp.exp() * lp).sum())
-        top = int(torch.argmax(lp))
-        return h, float(lp[top].exp()), top
 
 
 def relevance(
@@ -115,7 +107,7 @@ def relevance(
     norms = np.where(finite, norms, 0.0)
     maps = [norms[prepared.visual_rows(g)].astype(np.float64) for g in prepared.grids]
 
-    h, pmax, top = _distribution_stats(logits.detach())
+    h, pmax, top = next_token_stats(logits.detach())
     val = float(value.detach())
     return RelevanceResult(
         maps=maps, entropy=h, max_prob=pmax, token_id=top, token=adapter.decode([top]),

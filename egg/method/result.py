@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from ..adapters.records import Cost
-from ..images import load_image
 from .boxes import Box, as_box
 from .stopping import IterationStats
 
@@ -67,7 +66,7 @@ class Iteration:
         d["map_boxes"] = [list(b) for b in self.map_boxes]
         d["boxes"] = [list(b) for b in self.boxes]
         d["cost"] = self.cost.to_dict()
-        return {k: _jsonable(v) for k, v in d.items()}
+        return {k: jsonable(v) for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Iteration":
@@ -132,7 +131,7 @@ class Grounding:
             "method": self.method,
             "question": self.question,
             "image_size": list(self.image_size),
-            "params": _jsonable(self.params),
+            "params": jsonable(self.params),
         }
 
     @classmethod
@@ -157,7 +156,48 @@ class Grounding:
     def from_json(cls, line: str) -> "Grounding":
         return cls.from_dict(json.loads(line))
 
-    # ---- plotting -------------------------------------------------------------------------
+    # ---- display --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        boxes = ", ".join("(" + ", ".join(f"{v:g}" for v in b) + ")" for b in self.boxes[:3])
+        more = f", +{len(self.boxes) - 3}" if len(self.boxes) > 3 else ""
+        return (f"Grounding(method={self.method!r}, answer={self.answer!r}, boxes=[{boxes}{more}], "
+                f"states={len(self.trace)}, best_index={self.best_index}, image_size={tuple(self.image_size)})")
+
+    def heatmap(self, state: int = 0, size: tuple[int, int] | None = None) -> np.ndarray:
+        """State ``state``'s searched maps upsampled to image pixels, as one float array of
+        shape (height, width) scaled to [0, 1] (zero where no searched grid lies), ready to
+        overlay the way pytorch-grad-cam users overlay a CAM (``egg.figures.overlay``).
+
+        size: (width, height) of the output (default: the image's). Each grid is resized
+        bilinearly onto the pixel box it covers (``Iteration.map_boxes``); where grids
+        overlap (a crop's over the original's place) the larger value is kept.
+        """
+        from PIL import Image
+
+        W, H = (int(v) for v in (size or self.image_size))
+        if W < 1 or H < 1:
+            raise ValueError(f"heatmap size must be positive (width, height), got {(W, H)}")
+        it = self.trace[state]
+        if not it.maps:
+            raise ValueError(f"state {state} has no map (the stopping rule did not need it)")
+        sx, sy = W / float(self.image_size[0]), H / float(self.image_size[1])
+        out = np.zeros((H, W), dtype=np.float64)
+        for gi in (it.searched or range(len(it.maps))):
+            m = np.nan_to_num(np.asarray(it.maps[gi], dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            x0, y0, x1, y1 = it.map_boxes[gi]
+            c0, r0 = max(0, int(round(x0 * sx))), max(0, int(round(y0 * sy)))
+            c1, r1 = min(W, int(round(x1 * sx))), min(H, int(round(y1 * sy)))
+            if c1 <= c0 or r1 <= r0:
+                continue
+            full = (int(round((x1 - x0) * sx)) or 1, int(round((y1 - y0) * sy)) or 1)
+            up = np.asarray(Image.fromarray(m.astype(np.float32)).resize(full, Image.BILINEAR))
+            ox, oy = c0 - int(round(x0 * sx)), r0 - int(round(y0 * sy))
+            patch = up[oy:oy + (r1 - r0), ox:ox + (c1 - c0)]
+            out[r0:r0 + patch.shape[0], c0:c0 + patch.shape[1]] = np.maximum(
+                out[r0:r0 + patch.shape[0], c0:c0 + patch.shape[1]], patch)
+        peak = out.max()
+        return out / peak if peak > 0 else out
 
     def plot(self, ax=None, image=None, iteration: int | None = None, alpha: float = 0.5, cmap: str = "inferno"):
         """Image, the relevance map(s) of one state overlaid, and the boxes (best = solid).
@@ -167,52 +207,46 @@ class Grounding:
             plus its crops' maps if any). Returns the matplotlib Axes.
         """
         import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
+
+        from ..figures.draw import _clean_axes, draw_boxes, overlay_map, show_image
 
         img = image if image is not None else self.image
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 6))
         if img is not None:
-            img = load_image(img)
-            ax.imshow(img)
-            W, H = img.size
+            show_image(ax, img)
         else:
-            W, H = self.image_size
-            ax.set_xlim(0, W)
-            ax.set_ylim(H, 0)
+            ax.set_xlim(0, self.image_size[0])
+            ax.set_ylim(self.image_size[1], 0)
+            _clean_axes(ax)
         if self.trace:
             it = self.trace[0 if iteration is None else iteration]
             for m, mb in zip(it.maps, it.map_boxes):
-                m = np.asarray(m, dtype=np.float64)
-                if m.size == 0 or not np.isfinite(m).all() or m.max() <= 0:
-                    continue
-                x0, y0, x1, y1 = mb
-                ax.imshow(m / m.max(), extent=(x0, x1, y1, y0), alpha=alpha, cmap=cmap, interpolation="bilinear")
-        colours = ["#00e5ff", "#76ff03", "#ffea00", "#ff4081"]
-        for i, b in enumerate(self.boxes):
-            x0, y0, x1, y1 = b
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.5 if i == 0 else 1.5,
-                                   ls="-" if i == 0 else "--", ec=colours[i % len(colours)]))
-        ax.set_xlim(0, W)
-        ax.set_ylim(H, 0)
+                overlay_map(ax, m, mb, alpha=alpha, cmap=cmap, interpolation="bilinear")
+        draw_boxes(ax, self.boxes)
         ax.set_title(f"{self.question}\n-> {self.answer!r}  ({self.method}, state {self.best_index})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
         return ax
 
 
-def _jsonable(v):
+def jsonable(v):
+    """``v`` as plain JSON values: numpy scalars and arrays unwrapped, non-finite floats as
+    "inf" / "-inf" / "nan" (strict JSON has none), callables by name, anything else by repr.
+    The one converter for results, records and record keys."""
+    if isinstance(v, (str, bool, int)) or v is None:
+        return v
     if isinstance(v, float):
         return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
-    if isinstance(v, (np.floating, np.integer)):
-        return _jsonable(v.item())
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return jsonable(v.item())
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    return v
+        return jsonable(v.tolist())
+    if callable(v):
+        return getattr(v, "name", None) or getattr(v, "__name__", None) or repr(v)
+    return repr(v)
 
 
 def _unjson_float(v) -> float:

@@ -142,6 +142,12 @@ class StoppingRule:
     def best_index(self, history: list[IterationStats]) -> int:
         raise NotImplementedError
 
+    def needs_map(self, state: int, min_crop_area: float) -> bool:
+        """Does the rule need state ``state``'s map (one forward + backward pass) to decide
+        whether to stop and which state to choose? A rule that stops there whatever the map
+        says returns False, and the loop skips the pass. Default: every map is needed."""
+        return True
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -244,6 +250,10 @@ class FixedRule(StoppingRule):
     def should_stop(self, history: list[IterationStats]) -> bool:
         return _check_history(history) >= self.n
 
+    def needs_map(self, state: int, min_crop_area: float) -> bool:
+        """The last state's map is never read: the answer uses its crops whatever it shows."""
+        return state == 0 or state < self.n
+
     def best_index(self, history: list[IterationStats]) -> int:
         return min(self.n, _check_history(history))
 
@@ -272,6 +282,10 @@ class ResolutionRule(StoppingRule):
     def should_stop(self, history: list[IterationStats]) -> bool:
         n = _check_history(history)
         return n >= self.cap or not self._ok(history[-1])
+
+    def needs_map(self, state: int, min_crop_area: float) -> bool:
+        """A state at the cap, or whose crops fall below the floor, ends the loop whatever its map."""
+        return state == 0 or (state < self.cap and min_crop_area >= self.min_area)
 
     def best_index(self, history: list[IterationStats]) -> int:
         n = _check_history(history)

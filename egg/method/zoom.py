@@ -71,20 +71,6 @@ def make_stopping(stopping: Union[str, StoppingRule] = "spatial-entropy", max_it
     return make_rule(stopping, cap=max_iterations)
 
 
-def _map_unused(rule: StoppingRule, state: int, min_crop_area: float) -> bool:
-    """True when the rule will stop at ``state`` whatever its map says, so the map (one
-    forward + backward pass) can be skipped: a fixed rule's last state, and a resolution
-    rule's state whose crops are below the floor or that reaches the cap. (Spatial-entropy
-    and confidence rules need the last state's map to decide and to choose.)"""
-    if state == 0:
-        return False
-    if isinstance(rule, FixedRule):
-        return state >= rule.n
-    if isinstance(rule, ResolutionRule):
-        return state >= rule.cap or not min_crop_area >= rule.min_area
-    return False
-
-
 def _state_spatial_entropy(maps: Sequence[np.ndarray], sigma: float, threshold) -> float:
     """Spatial entropy of the searched maps: one map -> its value; several (one per crop)
     -> their mean weighted by each map's total raw relevance (plain mean if all zero)."""
@@ -223,7 +209,7 @@ def ground(
         c0, t0 = counter.copy(), time.perf_counter()
         state = len(trace)
         area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
-        if _map_unused(rule, state, area):
+        if not rule.needs_map(state, area):
             it = Iteration(index=state, crops=list(crops), min_crop_area=area)
             if answer_every:
                 it.answer = answer_with_crops(adapter, img, q, crops, max_new_tokens, cache)

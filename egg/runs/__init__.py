@@ -38,13 +38,19 @@ reused, and different notebooks sharing one file reuse each other's work.
 """
 from __future__ import annotations
 
-from .files import *  # noqa: F401,F403
-from .loop import *  # noqa: F401,F403
-from .records import *  # noqa: F401,F403
-from .registry import *  # noqa: F401,F403
-from .tables import *  # noqa: F401,F403
-from .verdicts import *  # noqa: F401,F403
-from ..outputs import REPO_ROOT  # noqa: F401
+from .files import load_vlm, quiet, results_path, save_table, to_markdown
+from .loop import Spec, make_specs, records_frame, run
+from .records import (Record, code_fingerprint, load_records, make_record, model_fingerprint, read_json_lines,
+                      record_key, save_records)
+from .registry import (FE_BACKWARD, FE_FORWARD, MAIN_METHODS, METHODS, NEUTRAL_BAND, SIZE_BUCKETS, VICROP_METHODS,
+                       effective_options)
+from .configs import (MULTI_FAMILIES, PAPER_CHOICES, ablation_configs, layer_values, multi_configs,
+                      stopping_configs)
+from .tables import (Delta, ablation_table, accuracy_table, bucket_legend, cost_table, delta_summary, delta_table,
+                     localisation_table, multi_evidence_table, paired_delta, pareto_front, reference_point,
+                     size_bucket, stopping_table)
+from .verdicts import Verdict, verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_multi
+from ..outputs import REPO_ROOT, resolve_dir
 from .tables import _ci, _family_order, _order  # noqa: F401  (used by egg.figures.results and tests)
 
 __all__ = [

@@ -15,7 +15,8 @@ import numpy as np
 from .. import synthetic as bench
 from ..adapters import as_adapter
 from ..method.boxes import box_center, evidence_iou, point_in_box
-from .registry import FE_BACKWARD, FE_FORWARD, _jsonable
+from ..method.result import jsonable
+from .registry import FE_BACKWARD, FE_FORWARD
 
 
 @dataclass
@@ -160,7 +161,7 @@ def _append(path: Path, rec: Record) -> None:
 
 
 def record_key(model: str, family: str, split: str, seed: int, index: int, method: str, params: Mapping) -> str:
-    blob = json.dumps([model, family, split, int(seed), int(index), method, _jsonable(dict(params))],
+    blob = json.dumps([model, family, split, int(seed), int(index), method, jsonable(dict(params))],
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 

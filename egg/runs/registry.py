@@ -7,9 +7,9 @@ import inspect
 import math
 from typing import Callable, Mapping
 
-import numpy as np
 
 from ..adapters import Cost, as_adapter
+from ..method.result import jsonable
 
 
 FE_FORWARD = 1.0
@@ -131,20 +131,6 @@ def effective_options(method: str, options: Mapping | None = None) -> dict:
     if unknown:
         raise TypeError(f"method {method!r} has no option(s) {unknown}; valid: {sorted(defaults)}")
     out = {**defaults, **options}
-    return {k: _jsonable(v) for k, v in sorted(out.items())}
+    return {k: jsonable(v) for k, v in sorted(out.items())}
 
 
-def _jsonable(v):
-    if isinstance(v, (str, bool, int)) or v is None:
-        return v
-    if isinstance(v, float):
-        return v
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if callable(v):
-        return getattr(v, "name", None) or getattr(v, "__name__", None) or repr(v)
-    return repr(v)

@@ -10,7 +10,8 @@ import pandas as pd
 from .. import synthetic as bench
 from .loop import family_of
 from .registry import NEUTRAL_BAND, VICROP_METHODS
-from .tables import C4_AXES, Delta, _family_order, evidence_kind, paired_delta, stopping_table
+from .configs import C4_AXES
+from .tables import Delta, _family_order, evidence_kind, paired_delta, stopping_table
 
 
 SUPPORTED, INCONCLUSIVE, NOT_SUPPORTED = "supported", "inconclusive", "not supported"
