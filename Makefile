@@ -17,6 +17,7 @@ OUT    ?= out
 help:
 	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
+	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~36 min on 2 cores)"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -45,7 +46,7 @@ test: setup
 	$(NBVAL)
 
 test-fast: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not slow"
 
 nbval: setup
 	$(NBVAL)

@@ -48,6 +48,7 @@ def paired_scores(family, n, base_correct, method_correct, method="egg", start=0
 # --------------------------------------------------------------------------- running (tiny model)
 
 
+@pytest.mark.slow
 def test_run_every_method_on_every_family(vlm):
     df = ex.run(vlm, ex.MAIN_METHODS, families=None, n=1, progress=False)
     assert len(df) == len(bench.families()) * len(ex.MAIN_METHODS)

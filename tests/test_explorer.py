@@ -128,6 +128,7 @@ def test_objective_and_layer_change_the_map(ex):
     assert ex.updates == n, "setting the same values again must not recompute"
 
 
+@pytest.mark.slow
 def test_iterations_and_stopping(ex):
     _reset(ex, stopping="fixed", iterations=0)
     g0 = ex.grounding
@@ -148,6 +149,7 @@ def test_iterations_and_stopping(ex):
     assert len(ex.grounding.trace) <= 3
 
 
+@pytest.mark.slow
 def test_item_picker_changes_image_and_question(ex):
     _reset(ex)
     img0, q0 = ex.image, ex.question.value

@@ -58,6 +58,7 @@ def _requests(items, task="fixture", split="validation"):
     return {task: {split: docs}}, reqs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["base", "egg", "vicrop-rel-att"])
 def test_generate_until_matches_egg(vlm, method):
     from egg import bench
@@ -115,6 +116,7 @@ lmms_eval_specific_kwargs:
 """
 
 
+@pytest.mark.slow
 def test_lmms_eval_cli_runs_egg(ref_dir, tmp_path):
     """lmms-eval's own CLI, loader and textvqa scoring (its textvqa_val task with the dataset
     swapped for a TextVQA-format fixture), with --model egg."""

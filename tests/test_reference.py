@@ -1,10 +1,13 @@
 """The reference VLM's pieces: tokenizer, processor, the training data path."""
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import torch
 
 from egg import bench
+from egg.reference import data as D
 from egg.reference import train as T
 
 
@@ -32,17 +35,17 @@ def test_training_pixels_equal_processor_pixels(ref_processor):
     W, H = it.image.size
     crop = (10, 20, 300, 200)
     S = ref_processor.image_processor.size["height"]
-    ims = np.stack([T._resize(it.image, (0, 0, W, H), S), T._resize(it.image, crop, S)])
-    batch = T.Collator(ref_processor)([T.Example(ims, [(it.question, it.answers[0])], "doc", "evidence")])
+    ims = np.stack([D._resize(it.image, (0, 0, W, H), S), D._resize(it.image, crop, S)])
+    batch = D.Collator(ref_processor)([D.Example(ims, [(it.question, it.answers[0])], "doc", "evidence")])
     ref = ref_processor.image_processor([it.image, it.image.crop(crop)], return_tensors="pt")["pixel_values"]
     assert torch.allclose(batch["pixel_values"], ref, atol=1e-5)
 
 
 def test_collator_prompt_matches_processor_and_masks_answers(ref_processor):
-    col = T.Collator(ref_processor)
+    col = D.Collator(ref_processor)
     it = bench.item("text", "val", 1)
-    ims = np.stack([T._resize(it.image, (0, 0, *it.image.size), ref_processor.image_processor.size["height"])])
-    batch = col([T.Example(ims, [(it.question, "k"), ("where is the red sign ?", "top left")], "text", "full")])
+    ims = np.stack([D._resize(it.image, (0, 0, *it.image.size), ref_processor.image_processor.size["height"])])
+    batch = col([D.Example(ims, [(it.question, "k"), ("where is the red sign ?", "top left")], "text", "full")])
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.question}]}]
     prompt = ref_processor.apply_chat_template(msgs, add_generation_prompt=True)
     ref_ids = ref_processor(images=[it.image], text=prompt, return_tensors="pt")["input_ids"][0]
@@ -54,11 +57,11 @@ def test_collator_prompt_matches_processor_and_masks_answers(ref_processor):
 def test_examples_cover_every_kind_and_crop_contains_evidence():
     it = bench.item("text", "train", 5)
     rng = np.random.default_rng(0)
-    exs = T.examples_for(it, rng, 60, 64)
-    assert {e.kind for e in exs} == set(T.KINDS)
+    exs = D.examples_for(it, rng, 60, 64)
+    assert {e.kind for e in exs} == set(D.KINDS)
     for _ in range(50):
         b = it.boxes[0]
-        c = T.crop_around(b, it.image.size, rng)
+        c = D.crop_around(b, it.image.size, rng)
         assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
 
 
@@ -68,7 +71,7 @@ def test_exact_crops_are_the_oracle_box():
 
     it = bench.item("doc", "train", 2)
     b, rng = it.boxes[0], np.random.default_rng(0)
-    crops = {T.crop_around(b, it.image.size, rng, exact_p=0.5) for _ in range(40)}
+    crops = {D.crop_around(b, it.image.size, rng, exact_p=0.5) for _ in range(40)}
     assert tuple(int(v) for v in clamp_aspect(b, it.image.size)) in crops and len(crops) > 2
 
 
@@ -77,47 +80,47 @@ def test_window_view_keeps_inner_facts_with_window_relative_positions():
     q, a, b = next(f for f in it.facts if f[1] is not None)
     rng = np.random.default_rng(1)
     for _ in range(20):
-        ims, turns, win = T.window_view(it, b, rng, 96)
+        ims, turns, win = D.window_view(it, b, rng, 96)
         assert ims.shape == (1, 96, 96, 3)
         assert (q, a, [b]) in turns  # the fact the window was taken around is always inside it
         assert win[0] <= b[0] and win[1] <= b[1] and win[2] >= b[2] and win[3] >= b[3]
         where = {t[0]: t for t in turns}[q.replace("what letter is on", "where is")]
-        assert where[1] in {f"{r} {c}" for r in T.ROWS for c in T.COLS} and where[2] is None
+        assert where[1] in {f"{r} {c}" for r in D.ROWS for c in D.COLS} and where[2] is None
 
 
 def test_unreadable_details_are_asked_but_not_taught(ref_processor):
     """A detail shown below READABLE_PX in every image carries no loss; positions always do."""
     box = (100, 100, 120, 110)  # 20 x 10 px on a 1000 px canvas: 1 px high in a 96 px full view
     full, tight = (0, 0, 1000, 1000), (95, 95, 125, 115)
-    assert T.shown_side(box, full, 96) < 1 and T.shown_side(box, tight, 96) > 40
-    assert T.shown_side(box, (105, 95, 125, 115), 96) == 0  # the view cuts the box
+    assert D.shown_side(box, full, 96) < 1 and D.shown_side(box, tight, 96) > 40
+    assert D.shown_side(box, (105, 95, 125, 115), 96) == 0  # the view cuts the box
     turns = [("what is the value of the red field ?", "4", [box]), ("where is the red field ?", "top left", None)]
-    assert T.untaught(turns, [full], 96, 6.0) == (0,)
-    assert T.untaught(turns, [full, tight], 96, 6.0) == ()
-    col = T.Collator(ref_processor)
+    assert D.untaught(turns, [full], 96, 6.0) == (0,)
+    assert D.untaught(turns, [full, tight], 96, 6.0) == ()
+    col = D.Collator(ref_processor)
     ids, labels, _ = col.encode(1, [(q, a) for q, a, _ in turns], untrained=(0,))
     taught = ref_processor.tokenizer.decode([t for t in labels if t != -100])
     assert taught.split() == ["top", "left", "</s>"] and len(ids) == len(labels)
     # in the mixture: every untaught turn is a detail too small in each of its example's images
     it = bench.item("doc", "train", 4)
-    exs = T.examples_for(it, np.random.default_rng(0), 40, 96)
+    exs = D.examples_for(it, np.random.default_rng(0), 40, 96)
     assert any(e.untrained for e in exs) and any(not e.untrained for e in exs)
-    assert all(not e.untrained for e in T.examples_for(it, np.random.default_rng(0), 40, 96, readable_px=0))
+    assert all(not e.untrained for e in D.examples_for(it, np.random.default_rng(0), 40, 96, readable_px=0))
 
 
 def test_look_tokens_are_the_patches_under_the_box_in_every_view():
     full, crop = (0, 0, 960, 960), (100, 100, 220, 220)
     box = (130, 130, 160, 150)  # full view (x0.1): 13-16 x 13-15 px -> patch (1, 1) only
-    assert T.look_tokens([box], [full], 96, 12) == (9,)
+    assert D.look_tokens([box], [full], 96, 12) == (9,)
     # in the crop (x0.8): 24-48 x 24-40 px -> rows 2-3, cols 2-3, offset by the first image's 64
-    assert T.look_tokens([box], [full, crop], 96, 12) == (9, 64 + 18, 64 + 19, 64 + 26, 64 + 27)
-    assert T.look_tokens([(500, 500, 510, 510)], [crop], 96, 12) == ()  # outside the crop
-    assert T.look_tokens([(0, 0, 960, 960)], [full], 96, 12) == tuple(range(64))
+    assert D.look_tokens([box], [full, crop], 96, 12) == (9, 64 + 18, 64 + 19, 64 + 26, 64 + 27)
+    assert D.look_tokens([(500, 500, 510, 510)], [crop], 96, 12) == ()  # outside the crop
+    assert D.look_tokens([(0, 0, 960, 960)], [full], 96, 12) == tuple(range(64))
 
 
 def test_examples_say_where_the_named_object_is(ref_processor):
     it = bench.item("text", "train", 5)
-    exs = T.examples_for(it, np.random.default_rng(0), 40, 96)
+    exs = D.examples_for(it, np.random.default_rng(0), 40, 96)
     where = {q: b for q, _, b in it.facts}
     n_looks = 0
     for ex in exs:
@@ -131,7 +134,7 @@ def test_examples_say_where_the_named_object_is(ref_processor):
                 n_looks += 1
     assert n_looks > 20
     # the collator's query is the position whose logits predict each answer's first token
-    col = T.Collator(ref_processor)
+    col = D.Collator(ref_processor)
     ex = next(e for e in exs if len(e.turns) >= 3)
     looked = [(a, toks) for (_, a), toks in zip(ex.turns, ex.looks)]
     batch = col([ex])
@@ -170,7 +173,7 @@ def test_position_probe_targets_are_each_tokens_row_and_column():
         aux.where.bias.zero_()
         aux.where.weight[:g, :g] = 30 * torch.eye(g)  # row logits read the row one-hot
         aux.where.weight[g:, g:] = 30 * torch.eye(g)  # column logits read the column one-hot
-    colour = torch.zeros(3, g * g, len(T.COLOURS))
+    colour = torch.zeros(3, g * g, len(D.COLOURS))
     read = torch.full((3, 2), -100)
     assert aux.loss(feats, colour, read)[2].item() < 1e-6
     assert aux.loss(feats.flip(1), colour, read)[2].item() > 5  # tokens in the wrong places
@@ -179,11 +182,12 @@ def test_position_probe_targets_are_each_tokens_row_and_column():
 def test_patch_colours_finds_a_red_patch():
     img = np.full((1, 64, 64, 3), 230, dtype=np.uint8)
     img[0, 8:16, 24:32] = (220, 30, 30)  # patch row 1, col 3
-    lab = T.patch_colours(img, 8).reshape(8, 8, -1)
-    red = list(T.COLOURS).index("red")
+    lab = D.patch_colours(img, 8).reshape(8, 8, -1)
+    red = list(D.COLOURS).index("red")
     assert lab[1, 3, red] == 1 and lab[:, :, red].sum() == 1 and lab.sum() == 1
 
 
+@pytest.mark.slow
 def test_training_with_max_steps_is_reproducible(tmp_path):
     """A tiny run of the real training loop twice: same seed and step count, same weights;
     a third run without the position probe differs."""

@@ -35,6 +35,7 @@ def _ids(path):
     return [d["index"] for d in runner.read_lines(path)]
 
 
+@pytest.mark.slow
 def test_run_resume_and_refuse_overwrite(vlm, tmp_path):
     out = tmp_path / "run.jsonl"
     df = runner.run(vlm, "text", method="base", n=3, out=out, progress=False)
@@ -95,6 +96,7 @@ def test_real_benchmark_fixture_run(vlm, tmp_path):
         runner.run(vlm, "docvqa", method="oracle", n=1, data=data, progress=False)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(ref_dir, tmp_path):
     n = 8
     out = tmp_path / "killed.jsonl"
@@ -132,6 +134,7 @@ def _launcher():
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "egg"]
 
 
+@pytest.mark.slow
 def test_sharded_run_merges_to_single_process_table(ref_dir, tmp_path):
     n = 5
     out = tmp_path / "sharded.jsonl"

@@ -98,7 +98,7 @@ def plot_grid(ax, grid_map: np.ndarray, title: str | None = None, cmap: str = MA
     return im
 
 
-def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = MAP_CMAP) -> "Image.Image":
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = MAP_CMAP):
     """The image with a pixel heatmap (``Grounding.heatmap``, values in [0, 1]) blended over
     it through a colour map, as an RGB PIL image: pytorch-grad-cam's ``show_cam_on_image``."""
     import matplotlib

@@ -39,7 +39,7 @@ reused, and different notebooks sharing one file reuse each other's work.
 from __future__ import annotations
 
 from .files import load_vlm, quiet, results_path, save_table, to_markdown
-from .loop import Spec, make_specs, records_frame, run
+from .loop import ItemSource, Spec, family_of, make_specs, records_frame, run
 from .records import (Record, code_fingerprint, load_records, make_record, model_fingerprint, read_json_lines,
                       record_key, save_records)
 from .registry import (FE_BACKWARD, FE_FORWARD, MAIN_METHODS, METHODS, NEUTRAL_BAND, SIZE_BUCKETS, VICROP_METHODS,
@@ -55,6 +55,7 @@ from .tables import _ci, _family_order, _order  # noqa: F401  (used by egg.figur
 
 __all__ = [
     "METHODS", "MAIN_METHODS", "VICROP_METHODS", "Record", "Spec", "Verdict", "Delta", "run", "make_specs",
+    "ItemSource", "family_of",
     "effective_options", "make_record", "record_key", "records_frame", "load_records", "save_records", "read_json_lines",
     "model_fingerprint", "code_fingerprint", "accuracy_table", "delta_table", "delta_summary", "localisation_table", "cost_table",
     "stopping_table", "reference_point", "ablation_table", "multi_evidence_table", "pareto_front", "paired_delta", "size_bucket",

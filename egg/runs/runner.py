@@ -36,8 +36,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from . import (METHODS, ItemSource, Record, effective_options, model_fingerprint, read_json_lines,
-                          record_key, records_frame)
+from .loop import ItemSource, records_frame
+from .records import Record, model_fingerprint, read_json_lines, record_key
+from .registry import METHODS, effective_options
 
 METHOD_NAMES = list(METHODS)
 
@@ -135,7 +136,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     if isinstance(model, (str, os.PathLike)) or model is None:
         import torch
 
-        from . import load_vlm
+        from .files import load_vlm
 
         if device is None and torch.cuda.is_available():
             device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"

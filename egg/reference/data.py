@@ -1,0 +1,369 @@
+"""The reference model's training data: examples rendered from the procedural benchmark's
+train split, and the collator that turns them into LLaVA inputs.
+
+What the examples are, and why (the mixture matters more than the model), is in the
+docstring of ``egg.reference.train``; every number that shapes the mixture is a named
+constant here or a field of ``TrainConfig``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from .. import synthetic as bench
+from ..synthetic.core import Item, rng_for
+from ..synthetic.core import COLOURS
+from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
+
+from .build import IMAGE_TOKEN, ReferenceConfig, build_processor
+
+if TYPE_CHECKING:  # the config lives with the training loop, which imports this module
+    from .train import TrainConfig
+
+KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}
+# Families whose items yield twice the examples: where a crop must not override the full view.
+FAMILY_WEIGHT = {"rwqa": 2, "gqa": 2}
+EXACT_P = 0.35  # share of evidence crops that are the exact box, as the oracle crops
+READABLE_PX = 12.0  # smaller side, input pixels, below which a detail's answer is not taught (see above)
+WINDOW_SCALE = (2.5, 12.0)  # window side / detail side
+ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
+
+
+@dataclass
+class Example:
+    images: np.ndarray  # (n, S, S, 3) uint8, already resized to the model input
+    turns: list[tuple[str, str]]  # (question, answer), asked in one conversation about the images
+    family: str
+    kind: str
+    enc: tuple[list[int], list[int], list[int]] | None = None  # Collator.encode, computed while rendering
+    untrained: tuple[int, ...] = ()  # turns whose answer is not readable in any image: no loss
+    looks: tuple[tuple[int, ...], ...] = ()  # per turn: visual tokens (all images, in order) on the named object
+
+
+
+# ---------------------------------------------------------------- crops and examples
+def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0) -> tuple[int, int, int, int]:
+    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect;
+    with probability `exact_p` the box itself, made croppable as the oracle makes it."""
+    W, H = image_size
+    if exact_p and rng.random() < exact_p:
+        return tuple(int(v) for v in clamp_aspect(box, (W, H)))
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    side = max(bw, bh) * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
+    cw, ch = max(bw + 2, side * math.sqrt(aspect)), max(bh + 2, side / math.sqrt(aspect))
+    cw, ch = min(cw, W), min(ch, H)
+    x0 = rng.uniform(max(0, box[2] - cw), min(box[0], W - cw) + 1e-6)
+    y0 = rng.uniform(max(0, box[3] - ch), min(box[1], H - ch) + 1e-6)
+    return int(x0), int(y0), int(min(W, x0 + cw)), int(min(H, y0 + ch))
+
+
+def random_crop(image_size, rng) -> tuple[int, int, int, int]:
+    W, H = image_size
+    side = min(W, H) * float(np.exp(rng.uniform(np.log(0.05), np.log(0.5))))
+    x0, y0 = rng.uniform(0, W - side), rng.uniform(0, H - side)
+    return int(x0), int(y0), int(x0 + side), int(y0 + side)
+
+
+def oracle_crop(box, image_size, context: float = 2.0) -> tuple[int, int, int, int]:
+    """The ground-truth crop used as the upper bound: the box with `context` x its side, centred."""
+    W, H = image_size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1]) * context
+    x0, y0 = max(0, cx - side / 2), max(0, cy - side / 2)
+    return int(x0), int(y0), int(min(W, x0 + side)), int(min(H, y0 + side))
+
+
+def position_words(box, image_size) -> str:
+    W, H = image_size
+    cx, cy = (box[0] + box[2]) / 2 / W, (box[1] + box[3]) / 2 / H
+    return f"{ROWS[min(2, int(cy * 3))]} {COLS[min(2, int(cx * 3))]}"
+
+
+def _resize(img: Image.Image, box, size: int) -> np.ndarray:
+    return np.asarray(img.crop(box).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def target_answer(item: Item) -> str:
+    """What the reference model is taught to say: option text for multiple choice, else the answer."""
+    return item.meta.get("truth") or item.answers[0] if item.options else item.answers[0]
+
+
+def shown_side(box, view, size: int) -> float:
+    """`box`'s smaller side in input pixels once `view` is resized to the input square; 0 if
+    `view` does not contain it."""
+    if not box_contains(view, box):
+        return 0.0
+    return min((box[2] - box[0]) * size / (view[2] - view[0]), (box[3] - box[1]) * size / (view[3] - view[1]))
+
+
+def untaught(turns, views, size: int, readable_px: float) -> tuple[int, ...]:
+    """Indices of the turns that ask to read a detail (`boxes` not None) that no view shows
+    at `readable_px` or more; `turns` are (question, answer, boxes)."""
+    return tuple(i for i, (_, _, boxes) in enumerate(turns) if boxes is not None and not all(
+        any(shown_side(b, v, size) >= readable_px for v in views) for b in boxes))
+
+
+def look_tokens(boxes, views, size: int, patch: int) -> tuple[int, ...]:
+    """Indices of the visual tokens, over all `views` in order (each resized to the input square,
+    (size/patch)^2 tokens), whose patch overlaps one of `boxes`."""
+    g = size // patch
+    out = set()
+    for i, v in enumerate(views):
+        for b in boxes:
+            seen = box_intersection(b, v)
+            if box_area(seen) == 0:
+                continue
+            c0, r0, c1, r1 = pixels_to_grid_box(seen, (g, g), v)
+            out.update(i * g * g + r * g + c for r in range(int(r0), min(g, math.ceil(r1)))
+                       for c in range(int(c0), min(g, math.ceil(c1))))
+    return tuple(sorted(out))
+
+
+def _is_read(answer) -> bool:
+    """A fact that has to be read off the detail (a position or yes/no is seen at low resolution)."""
+    return answer is not None and answer not in ("yes", "no")
+
+
+def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WINDOW_SCALE):
+    """A window of the canvas around `box` (`scale` x its side), resized to the model input, with
+    the facts that lie inside it as (question, answer, boxes to read or None); positions are
+    re-expressed relative to the window. Returns the image, the facts and the window."""
+    img, W, H = item.image, *item.image.size
+    win = crop_around(box, (W, H), rng, scale=scale)
+    wx, wy, ww, wh = win[0], win[1], win[2] - win[0], win[3] - win[1]
+    inside = [(q, a, b) for q, a, b in item.facts  # not yes/no: presence depends on the whole canvas
+              if box_contains(win, b) and (a is None or _is_read(a))]
+    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)),
+              [b] if _is_read(a) else None) for q, a, b in inside]
+    return _resize(img, win, size)[None], turns, win
+
+
+def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
+                 readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1],
+                 patch: int = 12) -> list[Example]:
+    """`n` training conversations of random kinds from one rendered item.
+
+    The first turn is the item's own question or another fact about the same image (the crop,
+    if any, is taken around that fact's evidence); up to `max_turns - 1` further facts follow.
+    Asking several questions whose answers differ only by which object is named is what forces
+    the model to look at the image instead of answering from priors. Answers that must be read
+    off a detail no image shows at `readable_px` are asked but not taught (`Example.untrained`).
+    Each turn carries the visual tokens of the object it names (`Example.looks`).
+    """
+    img, W, H = item.image, *item.image.size
+    full_view = (0, 0, W, H)
+    full = _resize(img, full_view, size)
+    # facts as (question, answer, boxes to read or None)
+    facts = [(q, a if a is not None else position_words(b, (W, H)), [b] if _is_read(a) else None)
+             for q, a, b in item.facts]
+    where = {q: b for q, _, b in item.facts}
+    named = {**{q: [b] for q, b in where.items()}, item.question: list(item.boxes)}
+    reads = [f for f, (_, a, _) in zip(facts, item.facts) if a is not None]
+    details = [f for f in facts if f[2] is not None]  # readable in a window on their own
+    own = (item.question, target_answer(item), list(item.boxes) if _is_read(target_answer(item)) else None)
+    kinds, probs = list(KINDS), np.array(list(KINDS.values()))
+    out = []
+    for kind in map(str, rng.choice(kinds, size=n, p=probs / probs.sum())):
+        if kind == "window" and details:
+            first = details[int(rng.integers(0, len(details)))]
+            ims, turns, win = window_view(item, where[first[0]], rng, size, (WINDOW_SCALE[0], window_max))
+            rest = [t for t in turns if t[0] != first[0]]
+            turns = [first] + [rest[i] for i in rng.permutation(len(rest))][: max_turns - 1]
+            views = [win]
+        else:
+            if kind == "locate":
+                pool = [f for f in facts if f not in reads] or facts
+                first = pool[int(rng.integers(0, len(pool)))]
+                boxes = [where[first[0]]]
+            elif rng.random() < 0.5 or not reads:
+                first, boxes = own, item.boxes
+            else:
+                first = reads[int(rng.integers(0, len(reads)))]
+                boxes = [where[first[0]]]
+            crops = []
+            if kind == "evidence":
+                crops = [crop_around(boxes[int(rng.integers(0, len(boxes)))], (W, H), rng, exact_p=EXACT_P)]
+            elif kind == "random":
+                crops = [random_crop((W, H), rng)]
+            elif kind == "two":
+                crops = [crop_around(b, (W, H), rng, exact_p=EXACT_P) for b in boxes[:2]]
+                if len(crops) < 2:
+                    crops.append(random_crop((W, H), rng))
+                crops = [crops[i] for i in rng.permutation(2)]
+            others = [facts[i] for i in rng.permutation(len(facts)) if facts[i][0] != first[0]][: max_turns - 1]
+            turns = [first] + others
+            views = [full_view] + crops
+            ims = np.stack([full] + [_resize(img, c, size) for c in crops])
+            kind = "full" if kind == "window" else kind
+        skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
+        looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns)
+        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=looks))
+    return out
+
+
+def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int) -> list[Example]:
+    """Tight crops around evidence with what they read: the vision tower's warm-up task."""
+    img, W, H = item.image, *item.image.size
+    reads = [(q, a, b) for q, a, b in item.facts if _is_read(a)]
+    out = []
+    for k in rng.permutation(len(reads))[:n]:
+        q, a, b = reads[k]
+        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.0, 2.0), exact_p=EXACT_P), size)[None]
+        out.append(Example(ims, [(q, a)], item.family, "read"))
+    return out
+
+
+_COLLATOR = None  # one per rendering process
+
+
+def _render_chunk(args) -> tuple[list[Example], list[Example]]:
+    global _COLLATOR
+    family, split, start, n, seed, per_item, model, mix = args
+    if _COLLATOR is None:
+        _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
+    size = model["image_size"]
+    out, reads = [], []
+    for i in range(start, start + n):
+        item = bench.item(family, split, i, seed)
+        rng = rng_for(family + "/train-mix", split, i, seed)
+        out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
+        reads.extend(reading_crops(item, rng, 3, size))
+    for ex in out:  # tokenising in the workers keeps the chat template off the training loop
+        ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
+    return out, reads
+
+
+def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
+    """Render all training items (parallel over `workers` processes); deterministic order."""
+    chunk = 100
+    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size}
+    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix)
+            for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
+    data: list[Example] = []
+    reads: list[Example] = []
+    t0 = time.time()
+    with get_context("fork").Pool(cfg.workers) as pool:
+        for k, (part, rd) in enumerate(pool.imap(_render_chunk, jobs)):
+            data.extend(part)
+            reads.extend(rd)
+            if (k + 1) % 14 == 0 or k + 1 == len(jobs):
+                log(f"rendered {k + 1}/{len(jobs)} chunks, {len(data)} examples, {time.time() - t0:.0f}s")
+    return data, reads
+
+
+# ---------------------------------------------------------------- batching
+def batches(data: list[Example], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of examples with the same number of images: no padding to 3 images."""
+    groups: dict[int, list[int]] = {}
+    for i, ex in enumerate(data):
+        groups.setdefault(len(ex.images), []).append(i)
+    out = []
+    for n in sorted(groups):
+        idx = rng.permutation(groups[n])
+        out.extend(idx[k:k + size] for k in range(0, len(idx) - size + 1, size))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+class Collator:
+    """Turns conversations into LLaVA inputs, exactly as LlavaProcessor would (same prompt, same pixels).
+
+    Prompt text comes from the processor's own chat template, rendered turn by turn so that only
+    the assistant's answers (and their end-of-sequence tokens) carry a loss.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        ip = processor.image_processor
+        self.mean = np.array(ip.image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.array(ip.image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.patch = processor.patch_size
+        self.tokens_per_image = (ip.size["height"] // self.patch) * (ip.size["width"] // self.patch)
+
+    def _ids(self, text: str) -> list[int]:
+        text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, n_images: int, turns: list[tuple[str, str]], untrained=()) -> tuple[list[int], list[int], list[int]]:
+        """Token ids, labels and, per turn, the position whose logits predict its answer; an empty
+        last answer leaves a generation prompt; the answers of the turns in `untrained` carry no loss."""
+        msgs, done, ids, labels, queries = [], "", [], [], []
+        render = self.processor.apply_chat_template
+        for i, (q, a) in enumerate(turns):
+            content = ([{"type": "image"}] * n_images if i == 0 else []) + [{"type": "text", "text": q}]
+            msgs.append({"role": "user", "content": content})
+            prompt = render(msgs, add_generation_prompt=True)
+            part = self._ids(prompt[len(done):])
+            ids += part
+            labels += [-100] * len(part)
+            queries.append(len(ids) - 1)
+            if not a:
+                break
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+            done = render(msgs)
+            part = self._ids(done[len(prompt):])
+            ids += part
+            labels += [-100] * len(part) if i in untrained else part
+        return ids, labels, queries
+
+    def __call__(self, batch: list[Example]):
+        import torch
+
+        enc = [ex.enc or self.encode(len(ex.images), ex.turns, ex.untrained) for ex in batch]
+        L = max(len(x) for x, _, _ in enc)
+        pad = self.tok.pad_token_id
+        input_ids = torch.full((len(batch), L), pad, dtype=torch.long)
+        lab = torch.full((len(batch), L), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        # where each turn's answer should look: (example, query position) -> its visual tokens
+        n_vis = max(len(ex.images) for ex in batch) * self.tokens_per_image
+        look_at, look_q = [], []
+        for i, (x, y, qs) in enumerate(enc):
+            input_ids[i, : len(x)] = torch.tensor(x)
+            lab[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+            for pos, toks in zip(qs, batch[i].looks):
+                if toks:
+                    row = torch.zeros(n_vis, dtype=torch.bool)
+                    row[list(toks)] = True
+                    look_q.append((i, pos))
+                    look_at.append(row)
+        raw = np.concatenate([ex.images for ex in batch])
+        pix = raw.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        pix = (pix - self.mean) / self.std
+        # auxiliary targets for the vision tower (training only; the saved model is plain LLaVA):
+        # which key colours each patch shows, and what the evidence crop reads (first turn's answer).
+        read = np.full((len(raw), 2), -100, dtype=np.int64)
+        k = 0
+        for ex in batch:
+            if ex.kind in ("evidence", "read", "window") and 0 not in ex.untrained:
+                toks = self._ids(" " + ex.turns[0][1])[:2]
+                read[k + (ex.kind == "evidence"), : len(toks)] = toks
+            k += len(ex.images)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": lab,
+                "look_q": torch.tensor(look_q, dtype=torch.long).reshape(-1, 2),
+                "look_at": torch.stack(look_at) if look_at else torch.zeros((0, n_vis), dtype=torch.bool),
+                "pixel_values": torch.from_numpy(pix),
+                "colour_targets": torch.from_numpy(patch_colours(raw, self.patch)),
+                "read_targets": torch.from_numpy(read)}
+
+
+KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
+
+
+def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
+    import torch
+
+    im = torch.from_numpy(images).to(torch.int16)
+    d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
+    n, H, W, C = d.shape
+    d = d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4))
+    return (d >= min_pixels).reshape(n, -1, C).float().numpy()
