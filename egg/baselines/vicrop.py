@@ -46,7 +46,6 @@ from ..method.result import Grounding, Iteration
 from ..method.zoom import answer_with_crops, map_boxes
 
 GENERIC_PROMPT = "Write a general description of the image."
-VARIANTS = ("rel-att", "grad-att", "pure-grad")
 #: ViCrop's window sizes, as multiples of the vision tower's input resolution.
 DEFAULT_WINDOW_SCALES = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 _EPS = 1e-12
@@ -122,6 +121,37 @@ def _pool(values: np.ndarray, grid: TokenGrid, patch: int) -> np.ndarray:
     return v.reshape(rows, patch, cols, patch).mean(axis=(1, 3))
 
 
+# One signature for every variant, as captum's attribution methods share one:
+# (adapter, prepared prompt, image, layer, cache) -> (map over the original's grid, the
+# full model's next-token logits or None when the variant does not compute them).
+
+
+def rel_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, None]:
+    """Attention to the image at ``layer``, divided by the generic prompt's (no backward pass)."""
+    general = adapter.prepare([image], GENERIC_PROMPT)
+    a = _attention_map(adapter, prep, layer, cache)
+    b = _attention_map(adapter, general, layer, cache)
+    return a / (b + _EPS), None
+
+
+def grad_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
+    """Attention at ``layer`` times relu(d log p(argmax) / d attention), heads averaged."""
+    return _grad_attention_map(adapter, prep, layer, cache)
+
+
+def pure_grad_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
+    """|d log p(argmax) / d pixels| over the generic prompt's, on high-frequency areas, per patch."""
+    general = adapter.prepare([image], GENERIC_PROMPT)
+    ga, logits, pix = _pixel_gradient(adapter, prep)
+    gb, _, _ = _pixel_gradient(adapter, general)
+    ratio = ga / (gb + _EPS) * high_pass_mask(pix, resolution=max(adapter.input_resolution))
+    return _pool(ratio, prep.grids[0], adapter.patch_size), logits
+
+
+#: variant name -> its map function (the signature above).
+VARIANTS = {"rel-att": rel_att_map, "grad-att": grad_att_map, "pure-grad": pure_grad_map}
+
+
 def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int | None = None,
                cache: EmbeddingCache | None = None) -> tuple[np.ndarray, Prepared, dict]:
     """The ViCrop map of ``variant`` over the original image's token grid.
@@ -140,21 +170,7 @@ def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int |
         raise ValueError(f"layer must be in [0, {n - 1}], got {layer}")
     prep = adapter.prepare([img], q)
     info: dict = {"layer": layer, "entropy": float("nan"), "max_prob": float("nan")}
-    if variant == "rel-att":
-        general = adapter.prepare([img], GENERIC_PROMPT)
-        a = _attention_map(adapter, prep, layer, cache)
-        b = _attention_map(adapter, general, layer, cache)
-        m = a / (b + _EPS)
-        logits = None
-    elif variant == "grad-att":
-        m, logits = _grad_attention_map(adapter, prep, layer, cache)
-    else:
-        general = adapter.prepare([img], GENERIC_PROMPT)
-        ga, logits, pix = _pixel_gradient(adapter, prep)
-        gb, _, _ = _pixel_gradient(adapter, general)
-        ratio = ga / (gb + _EPS)
-        ratio = ratio * high_pass_mask(pix, resolution=max(adapter.input_resolution))
-        m = _pool(ratio, prep.grids[0], adapter.patch_size)
+    m, logits = VARIANTS[variant](adapter, prep, img, layer, cache)
     if logits is not None:
         info["entropy"], info["max_prob"], _ = next_token_stats(logits)
     m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -264,4 +280,4 @@ def vicrop(
                      method=f"vicrop:{variant}", question=q, image_size=tuple(img.size), params=params, image=img)
 
 
-__all__ = ["vicrop", "vicrop_map", "choose_window", "high_pass_mask", "window_sizes_for", "GENERIC_PROMPT", "VARIANTS"]
+__all__ = ["vicrop", "vicrop_map", "rel_att_map", "grad_att_map", "pure_grad_map", "choose_window", "high_pass_mask", "window_sizes_for", "GENERIC_PROMPT", "VARIANTS"]

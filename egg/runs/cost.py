@@ -82,42 +82,32 @@ class PeakRSS:
 MethodFn = Callable[[object, object], tuple]
 
 
-def methods(iterations: int = 3) -> dict[str, MethodFn]:
-    """name -> fn(vlm, item) -> (answer, Cost, boxes): base, EGG (one step, full, fixed
-    depth), and the three ViCrop variants."""
-    from ..api import answer, ground, vicrop
-
-    def base(vlm, item):
-        from ..adapters import as_adapter
-
-        a = as_adapter(vlm)
-        c0 = a.counter.copy()
-        text = answer(vlm, item.image, item.question)
-        return text, a.counter.copy() - c0, []
-
-    def egg_fn(**kw) -> MethodFn:
-        def fn(vlm, item):
-            r = ground(vlm, item.image, item.question, **kw)
-            return r.answer, r.cost, r.boxes
-
-        return fn
-
-    def vicrop_fn(variant) -> MethodFn:
-        def fn(vlm, item):
-            r = vicrop(vlm, item.image, item.question, variant=variant)
-            return r.answer, r.cost, r.boxes
-
-        return fn
-
+def configs(iterations: int = 3) -> dict[str, tuple[str, dict]]:
+    """label -> (method of the registry ``egg.runs.registry.METHODS``, options): the base
+    answer, EGG (one step, the paper's rule, fixed depth) and the three ViCrop variants."""
     return {
-        "base": base,
-        "egg-1-step": egg_fn(stopping="fixed", fixed_n=1),
-        "egg-full": egg_fn(),  # the paper's rule: spatial entropy, cap 4
-        f"egg-fixed-{iterations}": egg_fn(stopping="fixed", fixed_n=iterations),
-        "vicrop-rel-att": vicrop_fn("rel-att"),
-        "vicrop-grad-att": vicrop_fn("grad-att"),
-        "vicrop-pure-grad": vicrop_fn("pure-grad"),
+        "base": ("base", {}),
+        "egg-1-step": ("egg", {"stopping": "fixed", "fixed_n": 1}),
+        "egg-full": ("egg", {}),  # the paper's rule: spatial entropy, cap 4
+        f"egg-fixed-{iterations}": ("egg", {"stopping": "fixed", "fixed_n": iterations}),
+        "vicrop-rel-att": ("vicrop-rel-att", {}),
+        "vicrop-grad-att": ("vicrop-grad-att", {}),
+        "vicrop-pure-grad": ("vicrop-pure-grad", {}),
     }
+
+
+def methods(iterations: int = 3) -> dict[str, MethodFn]:
+    """label -> fn(vlm, item) -> (answer, Cost, boxes), each calling the registry's method."""
+    from .registry import METHODS
+
+    def call(name: str, options: dict) -> MethodFn:
+        def fn(vlm, item):
+            g = METHODS[name](vlm, item, **options)
+            return g.answer, g.cost, g.boxes
+
+        return fn
+
+    return {label: call(name, opts) for label, (name, opts) in configs(iterations).items()}
 
 
 def _timed(fn: MethodFn, vlm, item) -> tuple[float, float, tuple]:
