@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     r.add_argument("--start", type=int, default=0)
     r.add_argument("--out", required=True, help="JSON-lines output (per-rank shard files when sharded)")
     r.add_argument("--resume", action="store_true", help="keep finished items in --out, run the rest")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run again the items an earlier run recorded as failed")
     r.add_argument("--split", default=None, help="procedural split: train/val/test (default test)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--data", default=None, help="local copy of a real benchmark's dataset")
@@ -70,23 +72,35 @@ def main(argv=None) -> int:
     c.add_argument("--json", default=None, help="also write the numbers to this file")
 
     a = p.parse_args(argv)
-    if a.cmd == "run":
-        from .runs import runner
+    try:
+        return _dispatch(a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-        df = runner.run(a.model, a.benchmark, method=a.method, n=a.n, start=a.start, out=a.out, resume=a.resume,
-                        split=a.split, seed=a.seed, options=dict(a.option), data=a.data, device=a.device,
-                        progress=not a.no_progress)
-        if len(df):
-            print(runner.summary(df).to_string(index=False))
-        return 0
-    if a.cmd == "merge":
-        from .runs import runner
 
-        df = runner.merge(a.shards, out=a.out)
-        print(f"merged {len(df)} records into {a.out}")
-        if len(df):
-            print(runner.summary(df).to_string(index=False))
-        return 0
+class UserError(Exception):
+    """A mistake in the command line or its files: one line on stderr, exit status 2."""
+
+
+def _dispatch(a) -> int:
+    from .runs.store import StoreLocked
+
+    try:
+        if a.cmd == "run":
+            return _run(a)
+        if a.cmd == "merge":
+            from .runs import runner
+
+            df = runner.merge(a.shards, out=a.out)
+            print(f"merged {len(df)} records into {a.out}")
+            return _report(df)
+    except (OSError, StoreLocked) as e:  # files: exists, missing, locked, not writable
+        raise UserError(str(e)) from None
+    except (ValueError, TypeError) as e:  # bad names, options, sizes: egg's own messages
+        if a.cmd in ("run", "merge"):
+            raise UserError(str(e)) from None
+        raise
     if a.cmd == "benchmarks":
         from . import datasets as benchmarks
 
@@ -97,6 +111,47 @@ def main(argv=None) -> int:
     if a.cmd == "cost":
         return _cost(a)
     return 2  # pragma: no cover
+
+
+def _run(a) -> int:
+    from .runs import runner
+
+    _check_writable(a.out)
+    df = runner.run(a.model, a.benchmark, method=a.method, n=a.n, start=a.start, out=a.out, resume=a.resume,
+                    split=a.split, seed=a.seed, options=dict(a.option), data=a.data, device=a.device,
+                    progress=not a.no_progress, retry_failed=a.retry_failed)
+    return _report(df)
+
+
+def _report(df) -> int:
+    """Print the summary (with CIs and failures); exit status 1 when items failed."""
+    from .runs import runner
+
+    failures = df.attrs.get("failures", [])
+    if len(df) or failures:
+        print(runner.summary(df).to_string(index=False))
+    if failures:
+        first = failures[0]
+        print(f"{len(failures)} item(s) failed (first: {first.get('family')} item {first.get('index')}: "
+              f"{first.get('error')}); fix the cause and rerun with --resume --retry-failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_writable(out) -> None:
+    """Fail before the model loads when --out cannot be written."""
+    import os
+    from pathlib import Path
+
+    p = Path(out)
+    if p.is_dir():
+        raise UserError(f"--out {out!r} is a directory; give a file path such as {str(p / 'run.jsonl')!r}")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"--out {out!r} is not writable (no write permission on {str(probe)!r})")
 
 
 def _cost(a) -> int:

@@ -300,6 +300,15 @@ class BenchmarkData:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def item_id(self, i: int) -> str:
+        """Item ``i``'s id without decoding its image (for records of items that fail)."""
+        b = self.benchmark
+        try:
+            v = self.rows[b.id][int(i)] if b.id else None
+        except Exception:  # noqa: BLE001 - an id is a courtesy; the index always works
+            v = None
+        return str(v) if v is not None else str(i)
+
     def __getitem__(self, i: int) -> Item:
         if not 0 <= i < len(self):
             raise IndexError(i)

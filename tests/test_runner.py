@@ -50,9 +50,11 @@ def test_run_resume_and_refuse_overwrite(vlm, tmp_path):
     assert out.read_text().startswith(before)  # old lines untouched, 2 new appended
     assert _ids(out) == [0, 1, 2, 3, 4] and list(df2["index"]) == [0, 1, 2, 3, 4]
     assert list(df2["prediction"][:3]) == list(df["prediction"])
-    # a different method in the same file is a different record
-    runner.run(vlm, "text", method="base", n=2, out=out, resume=True, progress=False, options={"max_new_tokens": 4})
-    assert len(runner.read_lines(out)) == 7
+    # another configuration in the same file is refused, naming the difference, never pooled
+    with pytest.raises(ValueError, match=r"another configuration \(params: file \{'max_new_tokens': 8\}, this run "):
+        runner.run(vlm, "text", method="base", n=2, out=out, resume=True, progress=False,
+                   options={"max_new_tokens": 4})
+    assert len(runner.read_lines(out)) == 5
 
 
 def test_torn_last_line_is_tolerated(vlm, tmp_path):

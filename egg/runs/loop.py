@@ -1,14 +1,15 @@
 """The run loop: methods over benchmark items, resumable from a records file."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
 from .. import synthetic as bench
-from .records import Record, _append, code_fingerprint, load_records, make_record, model_fingerprint, record_key
+from .records import Record, code_fingerprint, make_record, model_fingerprint, record_key
+from .store import maybe_store, read_lines, split_outcomes
 from .registry import METHODS, NEEDS_BOXES, effective_options
 
 
@@ -74,9 +75,16 @@ class ItemSource:
     def item(self, i: int):
         if self.kind == "procedural":
             return bench.item(self.family, self.split, i, self.seed)
-        it = self.data[i]
+        try:
+            it = self.data[i]
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable image bytes
+            raise ValueError(f"{self.name} item {i}: could not be read ({type(e).__name__}: {e})") from e
         it.meta.update(split=self.split, index=int(i), seed=self.seed)
         return it
+
+    def item_id(self, i: int) -> str:
+        """The item's id (real benchmarks: the dataset's; procedural: the index)."""
+        return str(i) if self.kind == "procedural" else self.data.item_id(i)
 
     def score(self, prediction: str, item) -> float:
         if self.kind == "procedural":
@@ -104,66 +112,142 @@ def family_of(name: str) -> str:
     return benchmarks.get(name).family if name in benchmarks.names() else name
 
 
+@dataclass
+class Job:
+    """One (item, method configuration) of a run, with its resume key."""
+
+    source: ItemSource
+    index: int
+    spec: Spec
+    key: str
+
+
+@dataclass
+class Outcome:
+    """What a run produced: the records in job order, and the failures (this run's and
+    earlier ones that were not retried)."""
+
+    records: list
+    failures: list
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+
+def jobs_for(sources, counts_or_indices, specs: Sequence[Spec], model: str) -> list[Job]:
+    """Every (source, item, spec) in order, keyed by ``record_key`` with ``model`` (model and
+    code fingerprints): the one resume key of every run."""
+    out = []
+    for src, idx in zip(sources, counts_or_indices):
+        for i in (range(idx) if isinstance(idx, int) else idx):
+            for s in specs:
+                out.append(Job(src, int(i), s, record_key(model, src.name, src.split, src.seed, int(i), s.method,
+                                                             s.params)))
+    return out
+
+
+def _failure(job: Job, model: str, error: BaseException, extra: Mapping) -> dict:
+    return {"key": job.key, "failed": True, "error": f"{type(error).__name__}: {error}", "family": job.source.name,
+            "split": job.source.split, "seed": job.source.seed, "index": job.index, "method": job.spec.method,
+            "params": job.spec.params, "variant": job.spec.label, "model": model, **extra}
+
+
+def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | None = None,
+            failed: Mapping | None = None, retry_failed: bool = False, progress: bool = True,
+            desc: str = "egg.run", extra=None) -> Outcome:
+    """The run loop: compute each job not in ``done`` and append it to ``store``.
+
+    done / failed: {key: line} already in the store. A job whose earlier attempt failed is
+    kept as failed unless ``retry_failed``. An item whose method raises is recorded as a
+    failure (its error and item id) and the run goes on; KeyboardInterrupt stops it.
+    extra: a function (job, item or None when the item could not be loaded) -> dict of
+        fields added to each written line.
+    Progress goes to the process's real stderr, so a notebook's outputs stay clean.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    done, failed = dict(done or {}), dict(failed or {})
+    records, failures, skipped = [], [], set()
+    items: dict[tuple[str, int], object] = {}
+    with tqdm(total=len(jobs), disable=not progress, desc=desc, file=sys.__stderr__ or sys.stderr) as bar:
+        for job in jobs:
+            bar.update(1)
+            if job.key in done:
+                records.append(replace(Record.from_dict(done[job.key]), variant=job.spec.label))
+                continue
+            if job.key in failed and not retry_failed:
+                failures.append(failed[job.key])
+                continue
+            fields_ = extra(job, None) if extra else {}
+            try:
+                ik = (job.source.name, job.index)
+                if ik not in items:
+                    items.clear()  # one item at a time: its specs follow each other
+                    items[ik] = job.source.item(job.index)
+                item = items[ik]
+                fields_ = extra(job, item) if extra else {}
+                if job.spec.method in NEEDS_BOXES and not item.boxes:
+                    skipped.add(f"{job.spec.label} on {job.source.name}")
+                    continue
+                g = METHODS[job.spec.method](vlm, item, **job.spec.params)
+                rec = job.source.record(g, item, index=job.index, method=job.spec.method, params=job.spec.params,
+                                        variant=job.spec.label, model=model)
+            except Exception as e:  # noqa: BLE001 - one bad item must not stop a batch
+                line = _failure(job, model, e, fields_)
+                if store is not None:
+                    store.append(line)
+                failed[job.key] = line
+                failures.append(line)
+                continue
+            if store is not None:
+                store.append({**rec.to_dict(), **fields_})
+            done[job.key] = rec.to_dict()
+            records.append(rec)
+    if skipped:
+        warnings.warn("skipped (no ground-truth boxes): " + ", ".join(sorted(skipped)), stacklevel=3)
+    return Outcome(records, failures)
+
+
 def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int = 0,
         method_options: Mapping | None = None, path=None, progress: bool = True,
-        data: Mapping | None = None) -> pd.DataFrame:
+        data: Mapping | None = None, retry_failed: bool = False) -> pd.DataFrame:
     """Run ``methods`` on items 0..n-1 of each family; one row per (item, configuration).
 
     families: procedural family names (None: all, ``bench.families()``) and/or real
-        benchmarks (``egg.benchmarks.names()``, e.g. "textvqa", "pope-adversarial"), which
+        benchmarks (``egg.datasets.names()``, e.g. "textvqa", "pope-adversarial"), which
         are scored with their official metrics; n is capped at a benchmark's size.
     data: {benchmark: local copy of its dataset} for real benchmarks (else the Hub cache).
     methods / method_options: see ``make_specs``.
-    path: JSON-lines file; each new record is appended and flushed as soon as it exists,
-        and records already there (same model, family, split, seed, index, method and
-        effective options) are reused instead of recomputed -- so an interrupted run
-        resumes, and notebooks sharing a file share work.
-    progress: a tqdm progress bar (``tqdm.auto``).
-    Returns a DataFrame (``records_frame``) in a fixed order: family, item, configuration.
+    path: JSON-lines file (``egg.runs.store``), locked while the run writes it. Records
+        already there with the same key (model and code fingerprints, family, split, seed,
+        index, method, effective options) are reused, so an interrupted run resumes and
+        notebooks sharing a file share work. Items that raise are recorded as failures and
+        left out of the table (a warning counts them); ``retry_failed`` runs them again.
+    progress: a progress bar on the process's stderr (not in a notebook's outputs).
+    Returns a DataFrame (``records_frame``) in a fixed order: family, item, configuration;
+    ``df.attrs["failures"]`` holds the failure lines.
     """
-    from tqdm.auto import tqdm
-
     specs = make_specs(methods, method_options)
     fams = list(bench.families() if families is None else ([families] if isinstance(families, str) else families))
-    if int(n) != n or n < 0:
+    if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     sources = [ItemSource(f, split, seed, (data or {}).get(f)) for f in fams]
     counts = [int(n) if s.size is None else min(int(n), s.size) for s in sources]
     fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
-    p = Path(path) if path is not None else None
-    done: dict[str, Record] = {}
-    if p is not None:
-        for r in load_records(p):
-            done.setdefault(r.key, r)
-    out: list[Record] = []
-    skipped: set[str] = set()
-    with tqdm(total=sum(counts) * len(specs), disable=not progress, desc="egg.run") as bar:
-        for src, count in zip(sources, counts):
-            for i in range(count):
-                item = None
-                for s in specs:
-                    key = record_key(fp, src.name, src.split, seed, i, s.method, s.params)
-                    rec = done.get(key)
-                    if rec is None:
-                        if item is None:
-                            item = src.item(i)
-                        if s.method in NEEDS_BOXES and not item.boxes:
-                            skipped.add(f"{s.label} on {src.name}")
-                            bar.update(1)
-                            continue
-                        g = METHODS[s.method](vlm, item, **s.params)
-                        rec = src.record(g, item, index=i, method=s.method, params=s.params, variant=s.label,
-                                         model=fp)
-                        if p is not None:
-                            _append(p, rec)
-                        done[key] = rec
-                    out.append(replace(rec, variant=s.label))
-                    bar.update(1)
-    if skipped:
-        import warnings
-
-        warnings.warn("skipped (no ground-truth boxes): " + ", ".join(sorted(skipped)), stacklevel=2)
-    return records_frame(out)
+    done, failed = split_outcomes(read_lines(path)[0]) if path is not None else ({}, {})
+    with maybe_store(path) as store:
+        out = execute(vlm, jobs_for(sources, counts, specs, fp), fp, store, done, failed,
+                      retry_failed=retry_failed, progress=progress)
+    if out.failures:
+        first = out.failures[0]
+        warnings.warn(f"{out.n_failed} item(s) failed and are left out (first: {first['family']} item "
+                      f"{first['index']}, {first['method']}: {first['error']})", stacklevel=2)
+    df = records_frame(out.records)
+    df.attrs["failures"] = out.failures
+    return df
 
 
 COLUMNS = [f.name for f in fields(Record)]

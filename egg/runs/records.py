@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -117,47 +116,24 @@ def save_records(records: Iterable[Record], path) -> None:
 
 
 def read_json_lines(path) -> list[dict]:
-    """The JSON objects of a JSON-lines file; blank, torn (an interrupted write) or corrupt
-    lines are skipped. A missing file gives []."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(d, dict):
-                out.append(d)
-    return out
+    """The JSON objects of a JSON-lines file (``egg.runs.store.read_lines``: torn, corrupt
+    and non-UTF-8 lines are skipped with a warning that counts them). A missing file gives []."""
+    from .store import read_lines
+
+    return read_lines(path)[0]
 
 
 def load_records(path) -> list[Record]:
-    """Records from a JSON-lines file (``read_json_lines``); lines that are not records are skipped."""
+    """The records of a records file: the first per key, failures and other lines left out."""
+    from .store import read_lines, split_outcomes
+
     out = []
-    for d in read_json_lines(path):
+    for d in split_outcomes(read_lines(path)[0])[0].values():
         try:
             out.append(Record.from_dict(d))
         except (ValueError, TypeError, KeyError):
             continue
     return out
-
-
-def _append(path: Path, rec: Record) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # make sure a previous interrupted write does not glue onto this line
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            needs_nl = f.read(1) != b"\n"
-    else:
-        needs_nl = False
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if needs_nl else "") + rec.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def record_key(model: str, family: str, split: str, seed: int, index: int, method: str, params: Mapping) -> str:

@@ -12,12 +12,18 @@ Command line (same arguments)::
     torchrun --standalone --nproc_per_node 8 -m egg run ... --out results/docvqa.jsonl         # the same
     python -m egg merge results/docvqa.rank*-of-8.jsonl --out results/docvqa.jsonl
 
-Each finished item is one ``egg.experiments.Record`` JSON line (plus "benchmark" and
-"item_id"), appended, flushed and fsync'd before the next item starts, so a run killed
-at any moment (even SIGKILL) loses at most the item in flight. ``resume=True`` keeps the
-records already in ``out`` (matched on the record key: model fingerprint, benchmark,
-split, seed, item index, method, effective options), drops a torn last line, and runs
-only what is missing. Without ``resume`` an existing ``out`` is an error.
+The loop is ``egg.runs.loop.execute``, the one the notebooks use, writing through
+``egg.runs.store``: each finished item is one ``Record`` JSON line (plus "benchmark" and
+"item_id"), appended, flushed and fsync'd before the next item starts, so a run killed at
+any moment (even SIGKILL) loses at most the item in flight; a lock keeps a second writer
+out. An item whose method raises is written as a failure line (its error and item id) and
+the run goes on; the summary and the exit status say how many failed. ``resume=True``
+keeps the records already in ``out`` (matched on the record key: model and code
+fingerprints, benchmark, split, seed, item index, method, effective options), drops a torn
+last line, and runs only what is missing; failed items are retried only with
+``retry_failed``. A file that holds another configuration (model, code, method, options,
+benchmark, split or seed) is refused with the difference named, never pooled. Without
+``resume`` an existing ``out`` is an error.
 
 Sharding: with world_size > 1 (arguments, or the RANK / WORLD_SIZE environment set by
 ``accelerate launch --multi_gpu`` and ``torchrun``) process ``rank`` takes items i with
@@ -30,15 +36,16 @@ single-process run writes (same records, same order). ``accelerate launch --mult
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .loop import ItemSource, records_frame
-from .records import Record, model_fingerprint, read_json_lines, record_key
+from .loop import ItemSource, Spec, execute, jobs_for, records_frame
+from .records import Record, code_fingerprint, model_fingerprint
 from .registry import METHODS, effective_options
+from .store import maybe_store, split_outcomes
+from .store import read_lines as store_read
 
 METHOD_NAMES = list(METHODS)
 
@@ -46,32 +53,29 @@ METHOD_NAMES = list(METHODS)
 # --------------------------------------------------------------------------- files
 
 
-def _repair(path: Path) -> None:
-    """Cut a torn (unterminated) last line left by a killed writer."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_lines(path) -> list[dict]:
-    """The records (JSON objects with a key) of a records file; blank, torn or corrupt lines are skipped."""
-    return [d for d in read_json_lines(path) if "key" in d]
+    """The lines of a records file that carry a key (records and failures); blank, torn,
+    corrupt and non-UTF-8 lines are skipped, with a warning that counts them."""
+    return [d for d in store_read(path)[0] if "key" in d]
 
 
-def _append(f, rec: Record, extra: Mapping) -> None:
-    import json
+CONFIG_FIELDS = ("model", "family", "split", "seed", "method", "params")
 
-    d = {**rec.to_dict(), **extra}
-    f.write(json.dumps(d, allow_nan=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+
+def config_of(line: Mapping) -> dict:
+    """The configuration a record or failure line belongs to (everything in its key but the item)."""
+    return {k: line.get(k) for k in CONFIG_FIELDS}
+
+
+def check_one_config(lines: Sequence[Mapping], want: Mapping, path) -> None:
+    """Refuse a file that holds records of another configuration, naming the difference."""
+    for d in lines:
+        have = config_of(d)
+        diff = [f"{k}: file {have[k]!r}, this run {want[k]!r}" for k in CONFIG_FIELDS if have[k] != want[k]]
+        if diff:
+            raise ValueError(f"{path} holds records of another configuration ({'; '.join(diff)}); "
+                             "write this run to another --out (a file holds one configuration, so that its "
+                             "summary never pools two)")
 
 
 def shard_path(out, rank: int, world_size: int) -> Path:
@@ -97,7 +101,7 @@ def _dist_env() -> tuple[int, int, int]:
 def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=None, resume: bool = False,
         split: str | None = None, seed: int = 0, options: Mapping | None = None, data=None,
         rank: int | None = None, world_size: int | None = None, device: str | None = None,
-        progress: bool = True, start: int = 0) -> pd.DataFrame:
+        progress: bool = True, start: int = 0, retry_failed: bool = False) -> pd.DataFrame:
     """Run ``method`` on items start .. start+n-1 of ``benchmark``; returns the records
     (``egg.experiments.records_frame``) of this process's items, in index order.
 
@@ -111,9 +115,10 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     split/seed: procedural split ("train" / "val" / "test") and seed; real benchmarks have one split.
     data: local copy of a real benchmark's dataset (see ``egg.benchmarks.load``).
     rank/world_size: sharding (None: from RANK / WORLD_SIZE, default 0 / 1).
+    retry_failed: run again the items a previous run recorded as failed.
+    Returns the records of this process's items in index order; ``df.attrs["failures"]``
+    holds the failure lines (items whose method raised).
     """
-    from tqdm.auto import tqdm
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {METHOD_NAMES}")
     params = effective_options(method, options)
@@ -146,44 +151,32 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     if method == "oracle" and src.kind == "real" and not _has_boxes(src, indices):
         raise ValueError(f"method 'oracle' needs ground-truth boxes; benchmark {benchmark!r} has none "
                          "(use 'textvqa-boxes' or 'vstar' with its annotation files)")
-    fp = model_fingerprint(vlm)
-
-    path = None
-    done: dict[str, dict] = {}
+    fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
+    spec = Spec(method, method, params)
+    path, lines = None, []
     if out is not None:
         path = shard_path(out, rank, world_size) if world_size > 1 else Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file() and path.stat().st_size > 0:
             if not resume:
                 raise FileExistsError(f"{str(path)!r} exists; pass resume=True (--resume) to continue it, "
                                       "or choose another output file")
-            _repair(path)
-            for d in read_lines(path):
-                done.setdefault(d["key"], d)
+            lines = read_lines(path)
+            check_one_config(lines, {"model": fp, "family": src.name, "split": src.split, "seed": src.seed,
+                                     "method": method, "params": params}, path)
+    done, failed = split_outcomes(lines)
+    jobs = jobs_for([src], [indices], [spec], fp)
+    desc = f"{benchmark}/{method}" + (f" [{rank}/{world_size}]" if world_size > 1 else "")
 
-    records: list[Record] = []
-    fh = open(path, "a", encoding="utf-8") if path is not None else None
-    try:
-        bar = tqdm(indices, disable=not progress, desc=f"{benchmark}/{method}" + (
-            f" [{rank}/{world_size}]" if world_size > 1 else ""), position=rank if world_size > 1 else None,
-            file=sys.stderr)
-        for i in bar:
-            key = record_key(fp, src.name, src.split, src.seed, i, method, params)
-            if key in done:
-                records.append(Record.from_dict(done[key]))
-                continue
-            item = src.item(i)
-            g = METHODS[method](vlm, item, **params)
-            rec = src.record(g, item, index=i, method=method, params=params, model=fp)
-            extra = {"benchmark": src.name, "item_id": str(item.meta.get("id", i))}
-            if fh is not None:
-                _append(fh, rec, extra)
-            done[key] = {}
-            records.append(rec)
-    finally:
-        if fh is not None:
-            fh.close()
-    return records_frame(records)
+    def extra(job, item) -> dict:
+        item_id = src.item_id(job.index) if item is None else str(item.meta.get("id", job.index))
+        return {"benchmark": src.name, "item_id": item_id}
+
+    with maybe_store(path) as store:
+        outcome = execute(vlm, jobs, fp, store, done, failed, retry_failed=retry_failed, progress=progress,
+                          desc=desc, extra=extra)
+    df = records_frame(outcome.records)
+    df.attrs["failures"] = outcome.failures
+    return df
 
 
 def _has_boxes(src: ItemSource, indices: Sequence[int]) -> bool:
@@ -199,13 +192,13 @@ def merge(shards: Sequence, out=None) -> pd.DataFrame:
     writes. With ``out`` the merged records are written there (atomically)."""
     import json
 
-    seen: dict[str, dict] = {}
+    lines: list[dict] = []
     for s in shards:
         if not Path(s).is_file():
             raise FileNotFoundError(f"shard file not found: {str(s)!r}")
-        for d in read_lines(s):
-            seen.setdefault(d["key"], d)
-    rows = sorted(seen.values(), key=lambda d: (d.get("family", ""), d.get("method", ""),
+        lines += read_lines(s)
+    done, failed = split_outcomes(lines)
+    rows = sorted([*done.values(), *failed.values()], key=lambda d: (d.get("family", ""), d.get("method", ""),
                                                 json.dumps(d.get("params", {}), sort_keys=True),
                                                 d.get("model", ""), int(d.get("index", 0))))
     if out is not None:
@@ -218,24 +211,41 @@ def merge(shards: Sequence, out=None) -> pd.DataFrame:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    return records_frame([Record.from_dict(d) for d in rows])
+    df = records_frame([Record.from_dict(d) for d in rows if not d.get("failed")])
+    df.attrs["failures"] = [d for d in rows if d.get("failed")]
+    return df
 
 
 def load(path) -> pd.DataFrame:
-    """A records file (a run's output or a merge) as a DataFrame."""
-    return records_frame([Record.from_dict(d) for d in read_lines(path)])
+    """A records file (a run's output or a merge) as a DataFrame of its records (one per
+    key); ``df.attrs["failures"]`` holds its failure lines."""
+    done, failed = split_outcomes(read_lines(path))
+    df = records_frame([Record.from_dict(d) for d in done.values()])
+    df.attrs["failures"] = list(failed.values())
+    return df
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean score (points) and n per (benchmark, method); POPE rows add F1."""
+    """Per (benchmark, method): n, mean score in points with its 95 % bootstrap CI (rounded
+    to 0.1), failed items (from ``df.attrs["failures"]``); POPE rows add F1."""
     from .. import metrics
+    from ..stats import bootstrap_ci
 
+    failures = df.attrs.get("failures", [])
     rows = []
     for (fam, meth), g in df.groupby(["family", "method"], sort=False):
-        row = {"benchmark": fam, "method": meth, "n": len(g), "score": g["score"].mean() * 100}
+        mean, lo, hi = bootstrap_ci(g["score"].to_numpy(float) * 100)
+        row = {"benchmark": fam, "method": meth, "n": len(g), "score": round(mean, 1),
+               "ci_lo": round(lo, 1), "ci_hi": round(hi, 1),
+               "failed": sum(1 for d in failures if d.get("family") == fam and d.get("method") == meth)}
         if fam.startswith("pope"):
-            row["pope_f1"] = metrics.pope(list(g["prediction"]), [a[0] for a in g["answers"]])["f1"] * 100
+            row["pope_f1"] = round(metrics.pope(list(g["prediction"]), [a[0] for a in g["answers"]])["f1"] * 100, 1)
         rows.append(row)
+    seen = {(r["benchmark"], r["method"]) for r in rows}
+    for fam, meth in sorted({(d.get("family"), d.get("method")) for d in failures} - seen):
+        rows.append({"benchmark": fam, "method": meth, "n": 0, "score": float("nan"), "ci_lo": float("nan"),
+                     "ci_hi": float("nan"),
+                     "failed": sum(1 for d in failures if d.get("family") == fam and d.get("method") == meth)})
     return pd.DataFrame(rows)
 
 
