@@ -150,6 +150,8 @@ def _check_writable(out) -> None:
     probe = parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out {out!r} cannot be created: {str(probe)!r} is a file, not a directory")
     if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UserError(f"--out {out!r} is not writable (no write permission on {str(probe)!r})")
 

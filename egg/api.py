@@ -17,11 +17,14 @@ gradient_checkpointing=True)``.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 from .adapters import VLM, adapter_class, as_adapter
 from .baselines import oracle, random_box, vicrop
 from .images import check_question, load_image
+from .method import checks
 from .method.result import Grounding, Iteration
 from .method.zoom import ground
 
@@ -76,7 +79,22 @@ def _finish(model, device: str, device_map, gradient_checkpointing: bool):
     return model
 
 
-def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkpointing=False, **kw) -> VLM:
+def _check_loading(info: dict, where: str, strict: bool) -> None:
+    """Refuse weights that did not load as saved: a missing tensor would stay at its random
+    initialisation, and the model would answer garbage without an error."""
+    problems = {k: sorted(map(str, info.get(k) or [])) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems and strict:
+        parts = [f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(v[:3])})" for k, v in problems.items()]
+        raise ValueError(f"the checkpoint in {where} does not match its model: {'; '.join(parts)}. Those weights "
+                         "would be random. Fix the checkpoint, or pass load_model(..., strict=False) to load anyway")
+    if problems:
+        warnings.warn(f"loading {where} with strict=False: {sorted(problems)} present; those weights are random",
+                      stacklevel=3)
+
+
+def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkpointing=False, strict=True,
+                **kw) -> VLM:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if not (path / "config.json").is_file():
@@ -96,7 +114,8 @@ def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkp
     probe.config = config
     adapter_class(probe)  # raises a clear NotImplementedError for unsupported families early
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, **_model_kwargs(dtype, device_map=device_map, **kw))
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path, output_loading_info=True, **_model_kwargs(dtype, device_map=device_map, **kw))
         processor = AutoProcessor.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
         hint = ""
@@ -106,13 +125,14 @@ def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkp
         raise ValueError(
             f"cannot load the checkpoint in {str(path)!r} (missing or corrupt files?){hint}: {type(e).__name__}: {e}"
         ) from e
+    _check_loading(info, repr(str(path)), strict)
     _finish(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=str(path))
 
 
 def load_model(path_or_id: str | os.PathLike | None = None, device: str | None = None, dtype=None, *,
                attn_implementation: str | None = None, device_map=None, gradient_checkpointing: bool = False,
-               **model_kwargs) -> VLM:
+               strict: bool = True, **model_kwargs) -> VLM:
     """Load a VLM (model + processor + adapter), in eval mode with frozen parameters.
 
     path_or_id: None = the embedded reference model at ``REFERENCE_DIR``
@@ -128,6 +148,8 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
         GPUs); the model is then not moved to ``device``.
     gradient_checkpointing: recompute decoder activations in the backward pass (saves
         memory on long inputs: many crops / high-resolution tiles; costs one extra forward).
+    strict: refuse a checkpoint whose tensors do not match the model (missing, unexpected
+        or mis-shaped weights would be random); False loads it with a warning.
     model_kwargs: any other ``from_pretrained`` keyword (e.g. ``quantization_config``).
     The model family (and so the adapter) is read from the checkpoint's config
     (``config.json``: config class / ``model_type``), never from its name.
@@ -143,7 +165,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
     device = str(device)
     dtype = _resolve_dtype(dtype, device)
     extra = dict(model_kwargs, attn_implementation=attn_implementation, device_map=device_map,
-                 gradient_checkpointing=gradient_checkpointing)
+                 gradient_checkpointing=gradient_checkpointing, strict=strict)
     if path_or_id is None:
         if not REFERENCE_DIR.is_dir():
             raise FileNotFoundError(
@@ -156,14 +178,24 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
     if path.is_dir():
         return _load_local(path, device, dtype, **extra)
     text = str(path_or_id)
+    if path.is_file():
+        raise ValueError(f"{text!r} is a file; load_model wants the checkpoint directory that holds config.json "
+                         f"and the weights (here perhaps {str(path.parent)!r})")
     # Hub ids are "name" or "owner/name"; anything else that is not a directory is a bad path.
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if looks_local or path.exists():
         raise FileNotFoundError(f"model checkpoint directory not found: {text!r}")
+    if not _HUB_ID.fullmatch(text):
+        raise ValueError(f"{text!r} is neither a local directory nor a valid Hugging Face id (\"name\" or "
+                         "\"owner/name\", letters, digits, '-', '_', '.'; e.g. 'llava-hf/llava-1.5-7b-hf')")
     return _load_hub(text, device, dtype, **extra)
 
 
-def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkpointing=False, **kw) -> VLM:
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkpointing=False, strict=True,
+              **kw) -> VLM:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     hint = (
@@ -184,12 +216,14 @@ def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkp
             f"disabled (HF_HUB_OFFLINE). {hint}"
         )
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            repo_id, local_files_only=in_cache, **_model_kwargs(dtype, device_map=device_map, **kw))
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            repo_id, local_files_only=in_cache, output_loading_info=True,
+            **_model_kwargs(dtype, device_map=device_map, **kw))
         processor = AutoProcessor.from_pretrained(repo_id, local_files_only=in_cache)
     except Exception as e:  # noqa: BLE001
         where = "the Hugging Face cache" if in_cache else "the Hugging Face Hub"
         raise FileNotFoundError(f"cannot load {repo_id!r} from {where}: {type(e).__name__}: {e}. {hint}") from e
+    _check_loading(info, repr(repo_id), strict)
     _finish(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=repo_id)
 
@@ -197,6 +231,7 @@ def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkp
 def answer(vlm, image, question: str, max_new_tokens: int = 8) -> str:
     """The model's own answer from the original image alone (no grounding), greedy."""
     adapter = as_adapter(vlm)
+    max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, lo=1)
     img = load_image(image)
     q = check_question(question)
     return adapter.generate(adapter.prepare([img], q), max_new_tokens=max_new_tokens)

@@ -11,21 +11,33 @@ Image conversions (``load_image``):
 * CMYK, YCbCr, HSV, P, L, 1: PIL's conversion to RGB.
 * 16/32-bit integer and float greyscale (I;16, I;16B, I, F): rescaled to 8 bits (16-bit
   by its full range, 32-bit / float by the image's own min..max), then grey -> RGB.
-* numpy arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 as is, other integer
-  types by their dtype range, floats assumed in [0, 1] (clipped).
+* numpy arrays: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4). Integers of any dtype are read
+  by value as 0..255 (values outside that range are an error that names it: rescale
+  first, e.g. ``(a / 257).astype(np.uint8)`` for 16-bit data); floats must be in [0, 1]
+  (a float array whose values go above 1.5 looks like 0..255 data and is an error; values
+  slightly outside [0, 1] are clipped); bool as black / white.
+* Size: an image above ``MAX_PIXELS`` pixels (default 25 megapixels, adjustable:
+  ``egg.images.MAX_PIXELS = ...``) is downscaled to that many pixels with a warning, so a
+  huge array cannot exhaust memory in the vision tower's preprocessing. Files above
+  PIL's decompression-bomb limit raise egg's ValueError naming the file.
 
 EXIF orientation is *not* applied: boxes of the usual benchmarks are given in the raw
 pixel grid of the file.
 """
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 _BACKGROUND = (255, 255, 255)
+#: Images with more pixels than this are downscaled (with a warning) before use. Real VLMs
+#: resize to at most a few megapixels anyway; 25 MP keeps a 5000 x 5000 scan intact.
+MAX_PIXELS = 25_000_000
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -59,16 +71,25 @@ def _from_array(arr: np.ndarray) -> Image.Image:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"image array is empty: shape {a.shape}")
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.floating):
-        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0)
-        a = np.rint(a * 255.0).astype(np.uint8)
+        f = np.nan_to_num(a.astype(np.float64))
+        lo, hi = float(f.min()), float(f.max())
+        if hi > 1.5 or lo < -0.5:
+            raise ValueError(f"float image array has values in [{lo:g}, {hi:g}]; egg reads float images as 0..1. "
+                             "For 0..255 data pass it as uint8 (a.astype(np.uint8)) or divide by 255")
+        a = np.rint(np.clip(f, 0.0, 1.0) * 255.0).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.integer) and a.dtype != np.uint8:
-        info = np.iinfo(a.dtype)
-        a = np.rint((a.astype(np.float64) - info.min) / (info.max - info.min) * 255.0).astype(np.uint8)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{a.dtype} image array has values in [{lo}, {hi}]; egg reads integer images by value "
+                             "as 0..255. Rescale to 0..255 first (e.g. (a / 257).astype(np.uint8) for 16-bit data)")
+        a = a.astype(np.uint8)
     elif a.dtype != np.uint8:
-        raise ValueError(f"unsupported image array dtype {a.dtype}")
+        raise ValueError(f"unsupported image array dtype {a.dtype}; pass uint8 (0..255) or float (0..1)")
     mode = "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA")
     return Image.fromarray(np.ascontiguousarray(a), mode)
 
@@ -80,6 +101,10 @@ def load_image(image) -> Image.Image:
     not a readable image, an empty (0-pixel) image, or an unsupported type.
     """
     if isinstance(image, (str, os.PathLike)):
+        text = os.fspath(image)
+        if isinstance(text, str) and "://" in text:
+            raise ValueError(f"image {text!r} is a URL; egg reads local files only. Download it first, then pass "
+                             "the file path (or a PIL image)")
         path = Path(image)
         if not path.exists():
             raise FileNotFoundError(f"image file not found: {str(path)!r}")
@@ -89,7 +114,7 @@ def load_image(image) -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 img = _to_rgb(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image file {str(path)!r}: {e}") from None
     elif isinstance(image, Image.Image):
         try:
@@ -106,6 +131,13 @@ def load_image(image) -> Image.Image:
     w, h = img.size
     if w < 1 or h < 1:
         raise ValueError(f"image is empty: size {w}x{h}")
+    if w * h > MAX_PIXELS:
+        scale = math.sqrt(MAX_PIXELS / float(w * h))
+        nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
+        warnings.warn(f"image of {w}x{h} pixels is above egg.images.MAX_PIXELS ({MAX_PIXELS}); downscaled to "
+                      f"{nw}x{nh}. Boxes refer to the downscaled image; raise MAX_PIXELS to keep full size",
+                      stacklevel=2)
+        img = img.resize((nw, nh), Image.BILINEAR)
     return img
 
 

@@ -558,3 +558,14 @@ def test_mass_shares_read_the_searched_grids_on_a_tiled_model(image):
     for state in (0, 1):
         shares = mass_shares(g, state)
         assert shares and all(0 <= s <= 1 for s in shares) and sum(shares) <= 1 + 1e-9
+
+
+def test_placeholders_typed_in_a_question_are_neutralised(family, image):
+    """Each family's own image placeholder in the question text must not become visual
+    tokens (the processor would count them and fail); the question is still answered."""
+    name, vlm = family
+    placeholders = {"<image>", getattr(vlm.processor, "image_token", None), "<|vision_start|>", "<img>"} - {None}
+    q = "what is " + " ".join(sorted(placeholders)) + " here ?"
+    assert isinstance(egg.answer(vlm, image, q, max_new_tokens=1), str)
+    prep = vlm.adapter.prepare([image], q)
+    assert len(prep.grids) >= 1 and all(g.image_index == 0 for g in prep.grids)

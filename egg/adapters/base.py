@@ -182,7 +182,41 @@ class VLMAdapter(abc.ABC):
         return [{"role": "user", "content": content}]
 
     def prompt(self, n_images: int, question: str) -> str:
-        return self.processor.apply_chat_template(self.messages(n_images, question), add_generation_prompt=True)
+        return self.processor.apply_chat_template(self.messages(n_images, self.neutralise(question)),
+                                                  add_generation_prompt=True)
+
+    def neutralise(self, question: str) -> str:
+        """The question with the tokenizer's special and added tokens (``<image>``,
+        ``<|image_pad|>``, ``<IMG_CONTEXT>``, ...) broken by a space after their first
+        character, so that text a user typed can never become a placeholder the processor
+        expands into visual tokens. Other text is unchanged."""
+        specials = getattr(self, "_specials", None)
+        if specials is None:
+            tok = self.tokenizer
+            names = set(getattr(tok, "all_special_tokens", []) or [])
+            try:
+                names |= set(tok.get_added_vocab())
+            except Exception:  # noqa: BLE001 - a tokenizer without added vocabulary
+                pass
+            for attr in ("image_token", "video_token", "boi_token", "eoi_token"):
+                t = getattr(self.processor, attr, None)
+                if isinstance(t, str):
+                    names.add(t)
+            specials = sorted((n for n in names if isinstance(n, str) and len(n) > 1 and not n.isspace()),
+                              key=len, reverse=True)
+            self._specials = specials
+        for t in specials:
+            if t in question:
+                question = question.replace(t, t[0] + " " + t[1:])
+        return question
+
+    @property
+    def max_positions(self) -> int | None:
+        """The decoder's context length (``max_position_embeddings``), or None when unknown."""
+        cfg = self.model.config
+        text = getattr(cfg, "text_config", None) or getattr(cfg, "llm_config", None) or cfg
+        n = getattr(text, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
 
     def prepare(self, images: Sequence, question: str) -> Prepared:
         """Tokenise ``question`` with ``images`` (original first, then crops) for the model."""
@@ -196,6 +230,12 @@ class VLMAdapter(abc.ABC):
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:
             raise ValueError(f"expected a single prompt, got batch of {ids.shape[0]}")
+        limit = self.max_positions
+        if limit is not None and ids.shape[1] > limit:
+            n_q = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+            raise ValueError(f"the prompt is {ids.shape[1]} tokens ({n_q} of them the question, the rest "
+                             f"{len(images)} image(s) and the chat template), above the model's context of {limit} "
+                             "positions; shorten the question or use fewer crops (k, max_iterations)")
         visual = (ids[0] == self.image_token_id).nonzero().flatten()
         grids = self.layout(inputs, images)
         counts = self._image_token_counts(grids, len(images), visual)

@@ -19,6 +19,7 @@ import numpy as np
 from ..adapters import EmbeddingCache, as_adapter
 from ..adapters.base import Box
 from ..images import check_question, load_image
+from ..method import checks
 from ..method.boxes import clamp_aspect
 from ..method.result import Grounding, Iteration
 from ..method.zoom import answer_with_crops
@@ -53,6 +54,8 @@ def _as_boxes(boxes) -> list[Box]:
 def oracle(vlm, image, question: str, boxes, *, max_ratio: float = 3.0, max_new_tokens: int = 8) -> Grounding:
     """Answer with crops at the ground-truth ``boxes`` (pixels of ``image``) appended."""
     adapter = as_adapter(vlm)
+    max_ratio = checks.number("max_ratio", max_ratio, lo=1)
+    max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, lo=1)
     img = load_image(image)
     q = check_question(question)
     crops = [clamp_aspect(b, img.size, max_ratio=max_ratio, min_side=adapter.min_crop_side) for b in _as_boxes(boxes)]
@@ -75,6 +78,8 @@ def random_box(
         fraction of the image area, with the image's aspect ratio.
     """
     adapter = as_adapter(vlm)
+    max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, lo=1)
+    seed = checks.integer("seed", seed, lo=0)
     img = load_image(image)
     q = check_question(question)
     W, H = img.size

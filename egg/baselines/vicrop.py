@@ -40,6 +40,7 @@ from ..adapters import EmbeddingCache, Prepared, VLMAdapter, as_adapter
 from ..method.boxes import Box
 from ..adapters.records import TokenGrid
 from ..images import check_question, load_image
+from ..method import checks
 from ..method.objectives import argmax_log_prob, next_token_stats
 from ..method.regions import TIE_RTOL, first_argmax_2d
 from ..method.result import Grounding, Iteration
@@ -165,9 +166,7 @@ def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int |
     img = load_image(image)
     q = check_question(question)
     n = adapter.num_layers
-    layer = n // 2 if layer is None else int(layer)
-    if not 0 <= layer < n:
-        raise ValueError(f"layer must be in [0, {n - 1}], got {layer}")
+    layer = n // 2 if layer is None else checks.integer("layer", layer, lo=0, hi=n - 1)
     prep = adapter.prepare([img], q)
     info: dict = {"layer": layer, "entropy": float("nan"), "max_prob": float("nan")}
     m, logits = VARIANTS[variant](adapter, prep, img, layer, cache)
@@ -187,13 +186,20 @@ def window_sizes_for(adapter: VLMAdapter, image_size: tuple[int, int], window_si
     if window_sizes is None:
         base = float(min(adapter.input_resolution))
         return [s * base for s in DEFAULT_WINDOW_SCALES]
-    out = []
-    for s in window_sizes:
-        s = float(s)
-        if not s > 0:
-            raise ValueError(f"window sizes must be positive, got {s}")
-        out.append(s * short if s <= 1 else s)
-    return out
+    return [s * short if s <= 1 else s for s in check_window_sizes(window_sizes)]
+
+
+def check_window_sizes(window_sizes) -> list[float]:
+    """A non-empty sequence of finite positive numbers (None passes through as None)."""
+    if window_sizes is None:
+        return None
+    if isinstance(window_sizes, (str, bytes)) or not hasattr(window_sizes, "__iter__"):
+        raise ValueError(f"window_sizes must be a non-empty list of positive numbers, got {window_sizes!r}")
+    sizes = list(window_sizes)
+    if not sizes:
+        raise ValueError("window_sizes is empty; pass None for ViCrop's sizes or a list of positive numbers "
+                         "(<= 1: fractions of the image's shorter side; > 1: pixels)")
+    return [checks.number("window size", v, lo=0, lo_open=True) for v in sizes]
 
 
 def choose_window(m: np.ndarray, grid: TokenGrid, sizes: Sequence[float]) -> tuple[Box, float, float]:
@@ -254,6 +260,11 @@ def vicrop(
     (original + crop, with the answer); ``best_index`` is 1.
     """
     adapter = as_adapter(vlm)
+    checks.choice("variant", variant, VARIANTS)
+    if layer is not None:
+        layer = checks.integer("layer", layer, lo=0, hi=adapter.num_layers - 1)
+    check_window_sizes(window_sizes)
+    max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, lo=1)
     img = load_image(image)
     q = check_question(question)
     counter = adapter.counter

@@ -51,8 +51,10 @@ from .objectives import Objective, objective_name
 from .boxes import as_box, box_area, box_intersection, clamp_aspect, compose
 from .regions import extract_regions, rank_by_mass, smooth
 from .relevance import relevance
+from . import checks
+from .checks import choice
 from .result import Grounding, Iteration
-from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
+from .stopping import RULES, FixedRule, IterationStats, ResolutionRule, StoppingRule, make_rule, spatial_entropy
 
 
 # --------------------------------------------------------------------------- helpers
@@ -60,15 +62,42 @@ from .stopping import FixedRule, IterationStats, ResolutionRule, StoppingRule, m
 
 def make_stopping(stopping: Union[str, StoppingRule] = "spatial-entropy", max_iterations: int = 4,
                   fixed_n: int | None = None, min_crop_area: float | None = None) -> StoppingRule:
-    """A stopping rule from ``ground``'s arguments (a rule instance passes through)."""
+    """A stopping rule from ``ground``'s arguments (a rule instance passes through).
+    ``max_iterations`` caps every named rule; a fixed ``fixed_n`` above it is an error."""
     if isinstance(stopping, StoppingRule):
         return stopping
+    choice("stopping", stopping, RULES)
+    cap = checks.integer("max_iterations", max_iterations, lo=0)
     if stopping == "fixed":
-        return FixedRule(n=1 if fixed_n is None else fixed_n)
+        n = 1 if fixed_n is None else checks.integer("fixed_n", fixed_n, lo=0)
+        if n > cap:
+            raise ValueError(f"fixed_n={n} is above max_iterations={cap}, the cap on zoom iterations; "
+                             f"pass max_iterations={n} as well")
+        return FixedRule(n=n)
     if stopping == "resolution":
-        kw = {} if min_crop_area is None else {"min_area": float(min_crop_area)}
-        return ResolutionRule(cap=max_iterations, **kw)
-    return make_rule(stopping, cap=max_iterations)
+        kw = {} if min_crop_area is None else {"min_area": checks.number("min_crop_area", min_crop_area, lo=0)}
+        return ResolutionRule(cap=cap, **kw)
+    return make_rule(stopping, cap=cap)
+
+
+def check_options(adapter: VLMAdapter, *, objective, token_index, num_layers, sigma, threshold, k, max_ratio,
+                  max_new_tokens) -> dict:
+    """``ground``'s map, region and answer options, checked before any model pass; returns
+    them normalised (ints as int, numbers as float)."""
+    from .objectives import OBJECTIVES
+    from .regions import THRESHOLDS
+
+    L = adapter.num_layers
+    return dict(
+        objective=choice("objective", objective, OBJECTIVES, allow_callable=True),
+        token_index=checks.integer("token_index", token_index, lo=1),
+        num_layers=None if num_layers is None else checks.integer("num_layers", num_layers, lo=1, hi=L),
+        sigma=checks.number("sigma", sigma, lo=0),
+        threshold=choice("threshold", threshold, THRESHOLDS, allow_callable=True),
+        k=checks.integer("k", k, lo=1),
+        max_ratio=checks.number("max_ratio", max_ratio, lo=1),
+        max_new_tokens=checks.integer("max_new_tokens", max_new_tokens, lo=1),
+    )
 
 
 def _state_spatial_entropy(maps: Sequence[np.ndarray], sigma: float, threshold) -> float:
@@ -191,11 +220,14 @@ def ground(
     Deterministic: the same call gives the same answer and boxes.
     """
     adapter = as_adapter(vlm)
+    opts = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers, sigma=sigma,
+                         threshold=threshold, k=k, max_ratio=max_ratio, max_new_tokens=max_new_tokens)
+    objective, token_index, num_layers, sigma, threshold, k, max_ratio, max_new_tokens = (
+        opts["objective"], opts["token_index"], opts["num_layers"], opts["sigma"], opts["threshold"], opts["k"],
+        opts["max_ratio"], opts["max_new_tokens"])
+    rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
     img = load_image(image)
     q = check_question(question)
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
     counter = adapter.counter
     total0 = counter.copy()
     t_start = time.perf_counter()

@@ -43,11 +43,10 @@ def save_table(df: pd.DataFrame, name: str, out_dir="results") -> tuple[Path, Pa
 
 
 def quiet() -> None:
-    """Silence progress bars and library warnings (notebook outputs must be reproducible)."""
+    """No progress bars or library logging in notebook outputs (they must be reproducible);
+    warnings are left alone: they are silenced only around the calls that need it."""
     import logging
-    import warnings
 
-    warnings.filterwarnings("ignore")
     silence_libraries()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     pd.set_option("display.precision", 2)
@@ -60,12 +59,16 @@ def load_vlm(model=None, device=None):
     working directory is looked up relative to the repository root."""
     from ..api import load_model
 
+    import warnings
+
     quiet()
     if model is not None:
         p = Path(os.path.expanduser(str(model)))
         if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
             model = str(REPO_ROOT / p)
-    return load_model(model, device=device)
+    with warnings.catch_warnings():  # transformers' deprecation chatter while loading; errors still raise
+        warnings.simplefilter("ignore")
+        return load_model(model, device=device)
 
 
 def results_path(results_dir="results", name: str = "records.jsonl") -> Path:
