@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -50,7 +51,9 @@ def main(argv=None) -> int:
     r.add_argument("--device", default=None)
     r.add_argument("--option", action="append", type=_parse_option, default=[],
                    help="method option NAME=VALUE (JSON value), repeatable, e.g. --option k=1")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: this process's share of the available cores)")
 
     m = sub.add_parser("merge", help="merge shard files into one records file")
     m.add_argument("shards", nargs="+")
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
     c.add_argument("--iterations", type=int, default=3, help="depth of the fixed-depth EGG runs (default 3)")
     c.add_argument("--repeats", type=int, default=1, help="timing rounds; later rounds interleave the methods")
-    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the available cores)")
     c.add_argument("--json", default=None, help="also write the numbers to this file")
 
     a = p.parse_args(argv)
@@ -115,8 +118,11 @@ def _dispatch(a) -> int:
 
 def _run(a) -> int:
     from .runs import runner
+    from .threads import set_threads
 
     _check_writable(a.out)
+    world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+    set_threads(a.threads, processes=world)
     df = runner.run(a.model, a.benchmark, method=a.method, n=a.n, start=a.start, out=a.out, resume=a.resume,
                     split=a.split, seed=a.seed, options=dict(a.option), data=a.data, device=a.device,
                     progress=not a.no_progress, retry_failed=a.retry_failed)
@@ -164,9 +170,9 @@ def _cost(a) -> int:
 
     from .api import REFERENCE_DIR
     from .runs import cost
+    from .threads import set_threads
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     if a.model is None and not REFERENCE_DIR.is_dir():
         print(f"[cost] no trained reference at {REFERENCE_DIR}; using a random-init reference model")
     vlm = cost.reference_or_random(a.model, device=a.device, dtype=a.dtype)

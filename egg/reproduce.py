@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import os
 import re
 import sys
 import time
@@ -93,6 +94,10 @@ def main(argv=None) -> int:
 
     import papermill as pm
 
+    from .threads import default_threads
+
+    # the kernels inherit this: torch in each notebook uses the cores this run may use
+    os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
     params = {k: v for k, v in {"n": a.n, "model": a.model, "device": a.device}.items() if v is not None}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -569,3 +569,21 @@ def test_placeholders_typed_in_a_question_are_neutralised(family, image):
     assert isinstance(egg.answer(vlm, image, q, max_new_tokens=1), str)
     prep = vlm.adapter.prepare([image], q)
     assert len(prep.grids) >= 1 and all(g.image_index == 0 for g in prep.grids)
+
+
+def test_cached_image_processing_equals_the_processor(family, image):
+    """The per-call image cache (the original processed once for every state) must give the
+    processor's own inputs bit for bit, on every family, with crops appended."""
+    from egg.adapters import EmbeddingCache
+
+    name, vlm = family
+    crops = _crops(image, 2)
+    cache = EmbeddingCache()
+    plain = vlm.adapter.prepare([image] + crops, "what shape is red ?")
+    for _ in range(2):  # second time: the original comes from the cache
+        cached = vlm.adapter.prepare([image] + crops, "what shape is red ?", cache=cache)
+        assert set(plain.inputs) == set(cached.inputs)
+        for k, v in plain.inputs.items():
+            assert torch.equal(v, cached.inputs[k]) if torch.is_tensor(v) else v == cached.inputs[k], (name, k)
+        assert [g.shape for g in plain.grids] == [g.shape for g in cached.grids]
+    assert cache.pixels.hits >= 1 or name == "llava_next"

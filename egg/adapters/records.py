@@ -172,6 +172,7 @@ class EmbeddingCache:
     def __init__(self, maxsize: int = 64):
         self.maxsize = int(maxsize)
         self._data: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.pixels = ImageCache()  # the processor's output per image, for the same call
         self.hits = 0
         self.misses = 0
 
@@ -205,3 +206,70 @@ class EmbeddingCache:
         self._data.clear()
 
 
+class ImageCache:
+    """The image processor's output per image object, for one ``ground`` / ``vicrop`` call.
+
+    Every state of the zoom loop, and the answer, prompt the model with the original image
+    again; with this cache the processor resizes and normalises it once. Keys are object
+    identities (the cache keeps the images alive, so an id cannot be reused), plus the
+    processor's keyword arguments. Images are processed one at a time and the outputs
+    concatenated along the first axis, which equals processing them together for every
+    processor whose outputs are per-image rows (LLaVA, Qwen-VL, InternVL); where they are
+    not (LLaVA-NeXT pads the tiles of a batch to one count), ``merge`` returns None and the
+    caller processes the batch as usual.
+    """
+
+    def __init__(self):
+        self._data: dict[tuple, tuple] = {}
+        self._crops: dict[tuple, tuple] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def crop(self, image, box: tuple[int, int, int, int]):
+        """``image.crop(box)``, the same object for the same image and box (so its processed
+        pixels are found again)."""
+        k = (id(image), tuple(box))
+        hit = self._crops.get(k)
+        if hit is None:
+            hit = (image, image.crop(box))
+            self._crops[k] = hit
+        return hit[1]
+
+    def process(self, image_processor, images, **kwargs):
+        """The processor's output for ``images``, or None when it cannot be assembled per image."""
+        key_kw = repr(sorted(kwargs.items()))
+        parts = []
+        for im in images:
+            k = (id(im), key_kw)
+            hit = self._data.get(k)
+            if hit is None:
+                hit = (im, image_processor([im], **kwargs))
+                self._data[k] = hit
+                self.misses += 1
+            else:
+                self.hits += 1
+            parts.append(hit[1])
+        return merge_features(parts)
+
+
+def merge_features(parts: Sequence) -> "dict | None":
+    """Per-image processor outputs joined as one batch's, or None if they do not stack."""
+    from transformers.feature_extraction_utils import BatchFeature
+
+    if not parts:
+        return None
+    keys = list(parts[0].keys())
+    if any(list(p.keys()) != keys for p in parts):
+        return None
+    out = {}
+    for k in keys:
+        vals = [p[k] for p in parts]
+        if all(torch.is_tensor(v) for v in vals):
+            if any(v.shape[1:] != vals[0].shape[1:] for v in vals):
+                return None
+            out[k] = torch.cat(vals, dim=0)
+        elif all(isinstance(v, list) for v in vals):
+            out[k] = [x for v in vals for x in v]
+        else:
+            return None
+    return BatchFeature(data=out)

@@ -129,7 +129,7 @@ def _pool(values: np.ndarray, grid: TokenGrid, patch: int) -> np.ndarray:
 
 def rel_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, None]:
     """Attention to the image at ``layer``, divided by the generic prompt's (no backward pass)."""
-    general = adapter.prepare([image], GENERIC_PROMPT)
+    general = adapter.prepare([image], GENERIC_PROMPT, cache=cache)
     a = _attention_map(adapter, prep, layer, cache)
     b = _attention_map(adapter, general, layer, cache)
     return a / (b + _EPS), None
@@ -142,7 +142,7 @@ def grad_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) 
 
 def pure_grad_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
     """|d log p(argmax) / d pixels| over the generic prompt's, on high-frequency areas, per patch."""
-    general = adapter.prepare([image], GENERIC_PROMPT)
+    general = adapter.prepare([image], GENERIC_PROMPT, cache=cache)
     ga, logits, pix = _pixel_gradient(adapter, prep)
     gb, _, _ = _pixel_gradient(adapter, general)
     ratio = ga / (gb + _EPS) * high_pass_mask(pix, resolution=max(adapter.input_resolution))
@@ -167,7 +167,7 @@ def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int |
     q = check_question(question)
     n = adapter.num_layers
     layer = n // 2 if layer is None else checks.integer("layer", layer, lo=0, hi=n - 1)
-    prep = adapter.prepare([img], q)
+    prep = adapter.prepare([img], q, cache=cache)
     info: dict = {"layer": layer, "entropy": float("nan"), "max_prob": float("nan")}
     m, logits = VARIANTS[variant](adapter, prep, img, layer, cache)
     if logits is not None:

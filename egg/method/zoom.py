@@ -169,15 +169,18 @@ def map_boxes(prepared, crops: Sequence[Box]) -> list[Box]:
     return out
 
 
-def cut(image, boxes: Sequence[Box]) -> list:
-    """Crops of ``image`` at integer-pixel ``boxes``."""
-    return [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+def cut(image, boxes: Sequence[Box], cache: EmbeddingCache | None = None) -> list:
+    """Crops of ``image`` at integer-pixel ``boxes``; with the call's ``cache`` the same box
+    gives the same crop object, whose processed pixels the cache then holds."""
+    if cache is None:
+        return [image.crop(tuple(int(round(v)) for v in b)) for b in boxes]
+    return [cache.pixels.crop(image, tuple(int(round(v)) for v in b)) for b in boxes]
 
 
 def answer_with_crops(adapter: VLMAdapter, image, question: str, crops: Sequence[Box],
                       max_new_tokens: int = 8, cache: EmbeddingCache | None = None) -> str:
     """Generate the answer from the original + crops (boxes in original pixels)."""
-    prep = adapter.prepare([image] + cut(image, crops), question)
+    prep = adapter.prepare([image] + cut(image, crops, cache), question, cache=cache)
     return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
 
 
@@ -250,7 +253,7 @@ def ground(
             trace.append(it)
             history.append(it.stats())
             break
-        prep = adapter.prepare([img] + cut(img, crops), q)
+        prep = adapter.prepare([img] + cut(img, crops, cache), q, cache=cache)
         rel = relevance(adapter, prep, objective, token_index, num_layers, cache=cache)
         search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
         boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search,

@@ -68,7 +68,7 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
     img, q = item.image, item.question
     W, H = img.size
     cache = EmbeddingCache()  # the full image is encoded once for all six questions
-    prep = adapter.prepare([img], q)
+    prep = adapter.prepare([img], q, cache=cache)
     res = relevance(adapter, prep, cache=cache)
     grid = prep.grids[0]
     rows, cols = grid.shape
