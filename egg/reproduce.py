@@ -58,13 +58,26 @@ def _sanitizers(cfg: Path = SANITIZE) -> list[tuple[re.Pattern, str]]:
     return [(re.compile(parser[s]["regex"]), parser[s]["replace"]) for s in parser.sections()]
 
 
+#: Widget views carry a fresh random model id on every run.
+_WIDGET_ID = (re.compile(r'"model_id": "[0-9a-f]{32}"'), '"model_id": "WIDGET"')
+
+
 def visible(nb: dict, sanitizers=None) -> str:
-    """What nbval compares: sources and outputs, with the sanitising rules applied."""
-    subs = _sanitizers() if sanitizers is None else sanitizers
-    text = json.dumps([[c.get("source"), c.get("outputs", [])] for c in nb.get("cells", [])], sort_keys=True)
+    """What nbval compares: sources and outputs, with the sanitising rules applied (and
+    widget ids, which change on every run, masked)."""
+    subs = (_sanitizers() if sanitizers is None else sanitizers) + [_WIDGET_ID]
+    text = json.dumps([[c.get("source"), [] if _ignored(c) else c.get("outputs", [])] for c in nb.get("cells", [])],
+                      sort_keys=True)
     for rx, rep in subs:
         text = rx.sub(rep, text)
     return text
+
+
+def _ignored(cell: dict) -> bool:
+    """Cells whose outputs nbval does not compare (measured times)."""
+    src = "".join(cell.get("source", []))
+    tags = cell.get("metadata", {}).get("tags", [])
+    return "NBVAL_IGNORE_OUTPUT" in src or "NBVAL_SKIP" in src or "nbval-ignore-output" in tags or "nbval-skip" in tags
 
 
 def write_back(executed: Path, committed: Path) -> bool:

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..method.boxes import Box, grid_box_to_pixels
-from .records import Cost, EmbeddingCache, ForwardOutput, ImageCache, Prepared, TokenGrid
+from .records import Cost, EmbeddingCache, ForwardOutput, Prepared, TokenGrid
 
 
 class _EarlyExit(Exception):
@@ -228,7 +228,7 @@ class VLMAdapter(abc.ABC):
         images = list(images)
         if not images:
             raise ValueError("prepare needs at least one image")
-        with self._cached_pixels(pixels):
+        with (pixels.routing(self.processor) if pixels is not None else contextlib.nullcontext()):
             inputs = self.processor(images=images, text=self.prompt(len(images), question), return_tensors="pt")
         inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in dict(inputs).items()}
         if "pixel_values" in inputs and torch.is_floating_point(inputs["pixel_values"]):
@@ -250,31 +250,6 @@ class VLMAdapter(abc.ABC):
         for g in grids:  # validates that every grid sits on placeholder tokens
             prep.visual_rows(g)
         return prep
-
-    @contextlib.contextmanager
-    def _cached_pixels(self, pixels: ImageCache | None) -> Iterator[None]:
-        """Route the processor's image processing through ``pixels`` for one call."""
-        ip = getattr(self.processor, "image_processor", None)
-        if pixels is None or ip is None:
-            yield
-            return
-
-        class _Cached:
-            def __call__(self, images, **kw):
-                flat = images if isinstance(images, (list, tuple)) else [images]
-                if any(isinstance(x, (list, tuple)) for x in flat):
-                    return ip(images, **kw)
-                out = pixels.process(ip, flat, **kw)
-                return ip(images, **kw) if out is None else out
-
-            def __getattr__(self, name):
-                return getattr(ip, name)
-
-        self.processor.image_processor = _Cached()
-        try:
-            yield
-        finally:
-            self.processor.image_processor = ip
 
     def _image_token_counts(self, grids, n_images, visual) -> list[int]:
         counts = [0] * n_images

@@ -3,10 +3,11 @@ prepared prompt (``Prepared``), what a call cost (``Cost``), a decoder pass's ou
 (``ForwardOutput``), and the cache of visual embeddings (``EmbeddingCache``)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -234,6 +235,32 @@ class ImageCache:
             hit = (image, image.crop(box))
             self._crops[k] = hit
         return hit[1]
+
+    @contextlib.contextmanager
+    def routing(self, processor) -> Iterator[None]:
+        """Route ``processor``'s image processing through this cache for one call."""
+        ip = getattr(processor, "image_processor", None)
+        if ip is None:
+            yield
+            return
+        cache = self
+
+        class _Cached:
+            def __call__(self, images, **kw):
+                flat = images if isinstance(images, (list, tuple)) else [images]
+                if any(isinstance(x, (list, tuple)) for x in flat):
+                    return ip(images, **kw)
+                out = cache.process(ip, flat, **kw)
+                return ip(images, **kw) if out is None else out
+
+            def __getattr__(self, name):
+                return getattr(ip, name)
+
+        processor.image_processor = _Cached()
+        try:
+            yield
+        finally:
+            processor.image_processor = ip
 
     def process(self, image_processor, images, **kwargs):
         """The processor's output for ``images``, or None when it cannot be assembled per image."""

@@ -223,17 +223,13 @@ def ground(
     Deterministic: the same call gives the same answer and boxes.
     """
     adapter = as_adapter(vlm)
-    opts = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers, sigma=sigma,
-                         threshold=threshold, k=k, max_ratio=max_ratio, max_new_tokens=max_new_tokens)
-    objective, token_index, num_layers, sigma, threshold, k, max_ratio, max_new_tokens = (
-        opts["objective"], opts["token_index"], opts["num_layers"], opts["sigma"], opts["threshold"], opts["k"],
-        opts["max_ratio"], opts["max_new_tokens"])
+    o = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers, sigma=sigma,
+                      threshold=threshold, k=k, max_ratio=max_ratio, max_new_tokens=max_new_tokens)
     rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
     img = load_image(image)
     q = check_question(question)
     counter = adapter.counter
-    total0 = counter.copy()
-    t_start = time.perf_counter()
+    total0, t_start = counter.copy(), time.perf_counter()
     cache = EmbeddingCache() if cache_visual else None
 
     trace: list[Iteration] = []
@@ -244,49 +240,32 @@ def ground(
         c0, t0 = counter.copy(), time.perf_counter()
         state = len(trace)
         area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
-        if not rule.needs_map(state, area):
-            it = Iteration(index=state, crops=list(crops), min_crop_area=area)
-            if answer_every:
-                it.answer = answer_with_crops(adapter, img, q, crops, max_new_tokens, cache)
-            it.cost = counter.copy() - c0
-            it.cost.wall_time = time.perf_counter() - t0
-            trace.append(it)
-            history.append(it.stats())
-            break
-        prep = adapter.prepare([img] + cut(img, crops, cache), q, cache=cache)
-        rel = relevance(adapter, prep, objective, token_index, num_layers, cache=cache)
-        search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
-        boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search,
-                                        sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio)
-        degenerate = not any(np.any(rel.maps[gi] > 0) for gi in search)
-        it = Iteration(
-            index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops),
-            boxes=boxes, masses=masses, searched=list(search),
-            spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], sigma, threshold),
-            entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
-            min_crop_area=area, degenerate=degenerate,
-        )
+        mapped = rule.needs_map(state, area)
+        it = _map_state(adapter, img, q, crops, state, o, cache) if mapped else Iteration(index=state, crops=list(crops))
+        it.min_crop_area = area
         if answer_every:
-            it.answer = adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
+            it.answer = answer_with_crops(adapter, img, q, crops, o["max_new_tokens"], cache)
         it.cost = counter.copy() - c0
         it.cost.wall_time = time.perf_counter() - t0
         trace.append(it)
-        if degenerate:
-            degenerate_stop = True
+        if not mapped or it.degenerate:
+            degenerate_stop = mapped
+            if not mapped:
+                history.append(it.stats())
             break
         history.append(it.stats())
         if rule.should_stop(history):
             break
-        if state > 0 and boxes == crops:
+        if state > 0 and it.boxes == crops:
             converged = True  # the next state would repeat this one exactly
             break
-        crops = boxes
+        crops = it.boxes
 
     best = rule.best_index(history) if history else 0
     chosen = trace[best]
     if chosen.answer is None:
         c0, t0 = counter.copy(), time.perf_counter()
-        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, max_new_tokens, cache)
+        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, o["max_new_tokens"], cache)
         extra = counter.copy() - c0
         extra.wall_time = time.perf_counter() - t0
         chosen.cost = chosen.cost + extra
@@ -294,14 +273,32 @@ def ground(
     cost = counter.copy() - total0
     cost.wall_time = time.perf_counter() - t_start
     params = dict(
-        objective=objective_name(objective), token_index=token_index, num_layers=num_layers, sigma=sigma,
-        threshold=threshold if isinstance(threshold, str) else getattr(threshold, "__name__", "custom"),
-        k=k, max_ratio=max_ratio, stopping=getattr(rule, "name", str(stopping)), rule=repr(rule),
-        max_iterations=max_iterations, max_new_tokens=max_new_tokens, cache_visual=cache_visual,
+        objective=objective_name(o["objective"]), token_index=o["token_index"], num_layers=o["num_layers"],
+        sigma=o["sigma"], threshold=o["threshold"] if isinstance(o["threshold"], str)
+        else getattr(o["threshold"], "__name__", "custom"),
+        k=o["k"], max_ratio=o["max_ratio"], stopping=getattr(rule, "name", str(stopping)), rule=repr(rule),
+        max_iterations=max_iterations, max_new_tokens=o["max_new_tokens"], cache_visual=cache_visual,
         degenerate_stop=degenerate_stop, converged=converged, model=adapter.describe(),
     )
     return Grounding(answer=chosen.answer, boxes=evidence, trace=trace, cost=cost, best_index=best,
                      method="egg", question=q, image_size=tuple(img.size), params=params, image=img)
+
+
+def _map_state(adapter: VLMAdapter, img, q: str, crops: list[Box], state: int, o: dict, cache) -> Iteration:
+    """One mapped state: the map over original + crops, the regions of the newest images'
+    grids (the original's at state 0, the crops' after), and the state's statistics."""
+    prep = adapter.prepare([img] + cut(img, crops, cache), q, cache=cache)
+    rel = relevance(adapter, prep, o["objective"], o["token_index"], o["num_layers"], cache=cache)
+    search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
+    boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search, sigma=o["sigma"],
+                                    threshold=o["threshold"], k=o["k"], max_ratio=o["max_ratio"])
+    return Iteration(
+        index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops), boxes=boxes,
+        masses=masses, searched=list(search),
+        spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], o["sigma"], o["threshold"]),
+        entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
+        degenerate=not any(np.any(rel.maps[gi] > 0) for gi in search),
+    )
 
 
 __all__ = ["ground", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]

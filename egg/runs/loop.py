@@ -167,7 +167,7 @@ def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | No
     """
     import sys
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain bar: tqdm.auto would draw a widget into a notebook's outputs
 
     done, failed = dict(done or {}), dict(failed or {})
     records, failures, skipped = [], [], set()

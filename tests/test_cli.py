@@ -1,0 +1,39 @@
+"""python -m egg ground / help: the command-line front door."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _egg(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "egg", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_ground_command_prints_answer_and_boxes_and_saves_the_overlay(ref_dir, scene, tmp_path):
+    img = tmp_path / "scene.png"
+    scene.save(img)
+    r = _egg("ground", img, "what word is on the red sign ?", "--model", ref_dir, "--json", tmp_path / "g.json",
+             "--option", "stopping=\"fixed\"", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "answer (EGG):" in r.stdout and "box 1: (" in r.stdout
+    assert (tmp_path / "scene.egg.png").stat().st_size > 1000
+    g = json.loads((tmp_path / "g.json").read_text())
+    assert g["method"] == "egg" and g["boxes"] and g["params"]["k"] == 2
+
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path):
+    r = _egg("ground", tmp_path / "missing.png", "what ?")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: image file not found") and "Traceback" not in r.stderr
+    r = _egg("run", "--benchmark", "text", "--method", "base", "--option", "nosuch=1", "--n", "1",
+             "--out", tmp_path / "x.jsonl")
+    assert r.returncode == 2 and "has no option(s) ['nosuch']" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_has_examples_for_ground():
+    r = _egg("ground", "--help")
+    assert r.returncode == 0 and "example:" in r.stdout and "--option" in r.stdout
