@@ -220,7 +220,11 @@ def ground(
     answer_every: also generate the answer at every state (stored in the trace).
     cache_visual: reuse visual embeddings across states (False = re-encode every image
         every state, as the authors' release does; same result, more cost).
-    Deterministic: the same call gives the same answer and boxes.
+    Deterministic: the same call gives the same answer and boxes. Arguments are checked
+    before the first model pass.
+
+    Over 80 lines with its signature and this docstring, on purpose: the paper's loop reads
+    top to bottom here; the work of one state is ``_map_state``.
     """
     adapter = as_adapter(vlm)
     o = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers, sigma=sigma,

@@ -84,6 +84,11 @@ class TrainConfig:
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)
     position: float = 0.1  # weight of the row/column probe on the visual tokens (0: none; the vision warm-up uses 1)
+    read_weight: float = 0.5  # weight of the glyph-reading probe in the decoder steps' auxiliary loss
+    vision_warmup: int = 100  # learning-rate warm-up steps of the vision tower's pretraining
+    betas: tuple = (0.9, 0.98)  # AdamW betas of the decoder steps
+    grad_clip: float = 1.0  # gradient-norm clip of the decoder steps
+    smoothing: float = 0.95  # exponential smoothing of the logged losses
     window_max: float = WINDOW_SCALE[1]
     model: dict = field(default_factory=dict)
 
@@ -135,7 +140,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
 
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(params + aux.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.vision_warmup))
     rng = np.random.default_rng(cfg.seed + 1)
     curve, smooth = [], None
     bs = cfg.batch_size * 2
@@ -149,7 +154,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
         (lc + lr + (lp if cfg.position > 0 else 0)).backward()
         opt.step()
         sched.step()
-        smooth = lr.item() if smooth is None else 0.95 * smooth + 0.05 * lr.item()
+        smooth = lr.item() if smooth is None else cfg.smoothing * smooth + (1 - cfg.smoothing) * lr.item()
         if step % 20 == 0:
             curve.append({"step": step, "read": smooth, "colour": lc.item(), "where": lp.item()})
         if step % 100 == 0:
@@ -181,7 +186,7 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     if aux is not None:
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
-        loss = loss + lc + 0.5 * lr + cfg.position * lp
+        loss = loss + lc + cfg.read_weight * lr + cfg.position * lp
     return loss, parts
 
 
@@ -276,7 +281,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.max_steps > 0:
         plan = plan[: cfg.max_steps]
     total = len(plan)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     # The budget is CPU time (max_minutes on `threads` cores): a run sharing the machine with
     # other jobs gets the same amount of computation, only later.
     budget = max(60.0, cfg.max_minutes * 60 * cfg.threads - (cpu_seconds() - cpu_start))
@@ -303,10 +308,11 @@ def train(cfg: TrainConfig) -> Path:
         loss, parts = lm_step(model, batch, aux, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        smooth = dict(parts) if smooth is None else {k: 0.95 * smooth[k] + 0.05 * v for k, v in parts.items()}
+        smooth = dict(parts) if smooth is None else {k: cfg.smoothing * smooth[k] + (1 - cfg.smoothing) * v
+                                                     for k, v in parts.items()}
         if step % 20 == 0:
             record["loss"].append({"step": step, **{k: float(v) for k, v in smooth.items()},
                                    "lr": sched.get_last_lr()[0], "phase": "read" if pool is first else "mix"})
@@ -362,7 +368,7 @@ def main(argv=None) -> None:
             ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     ap.add_argument("--model-json", default="{}", help="ReferenceConfig overrides as JSON")
     a = ap.parse_args(argv)
-    kw = {k: getattr(a, k) for k in d.__dict__ if k != "model"}
+    kw = {k: getattr(a, k) for k in d.__dict__ if k != "model" and hasattr(a, k)}
     train(TrainConfig(**kw, model=json.loads(a.model_json)))
 
 

@@ -163,16 +163,17 @@ def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | No
     failure (its error and item id) and the run goes on; KeyboardInterrupt stops it.
     extra: a function (job, item or None when the item could not be loaded) -> dict of
         fields added to each written line.
-    Progress goes to the process's real stderr, so a notebook's outputs stay clean.
+    progress: a bar on stderr (notebooks pass False: a kernel captures stderr into the
+        notebook's outputs, which nbval compares).
     """
     import sys
 
-    from tqdm import tqdm  # the plain bar: tqdm.auto would draw a widget into a notebook's outputs
+    from tqdm import tqdm  # the plain bar: tqdm.auto would draw a widget into a notebook
 
     done, failed = dict(done or {}), dict(failed or {})
     records, failures, skipped = [], [], set()
     items: dict[tuple[str, int], object] = {}
-    with tqdm(total=len(jobs), disable=not progress, desc=desc, file=sys.__stderr__ or sys.stderr) as bar:
+    with tqdm(total=len(jobs), disable=not progress, desc=desc, file=sys.stderr) as bar:
         for job in jobs:
             bar.update(1)
             if job.key in done:
@@ -226,7 +227,7 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
         index, method, effective options) are reused, so an interrupted run resumes and
         notebooks sharing a file share work. Items that raise are recorded as failures and
         left out of the table (a warning counts them); ``retry_failed`` runs them again.
-    progress: a progress bar on the process's stderr (not in a notebook's outputs).
+    progress: a progress bar on stderr.
     Returns a DataFrame (``records_frame``) in a fixed order: family, item, configuration;
     ``df.attrs["failures"]`` holds the failure lines.
     """

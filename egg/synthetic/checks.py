@@ -108,15 +108,13 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
 def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0, progress: bool = True):
     """One TestbedRow per item, as a DataFrame."""
     import pandas as pd
-    import sys
 
-    from tqdm import tqdm  # to the process's stderr, never into a notebook's outputs
+    from tqdm import tqdm  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
 
     families = families or bench.families()
     rows = []
     for fam in families:
-        for item in tqdm(bench.load(fam, split, n, seed), desc=fam, disable=not progress, leave=False,
-                         file=sys.__stderr__ or sys.stderr):
+        for item in tqdm(bench.load(fam, split, n, seed), desc=fam, disable=not progress, leave=False):
             rows.append(measure_item(vlm, item, seed=seed).to_dict())
     return pd.DataFrame(rows)
 
