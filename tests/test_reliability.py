@@ -168,3 +168,18 @@ def test_non_utf8_and_torn_lines_are_skipped_with_a_count(vlm, tmp_path):
         merged = runner.merge([out], out=tmp_path / "merged.jsonl")
     assert len(merged) == 3
     assert len(json.loads((tmp_path / "merged.jsonl").read_text().splitlines()[0])) > 5
+
+
+@pytest.mark.slow
+def test_two_writers_started_together_never_both_write(ref_dir, tmp_path):
+    out = tmp_path / "race.jsonl"
+    cmd = [sys.executable, "-m", "egg", "run", "--model", str(ref_dir), "--benchmark", "text", "--method", "base",
+           "--n", "6", "--out", str(out), "--no-progress"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    codes = sorted(p.wait(timeout=600) for p in procs)
+    errors = [p.stderr.read().decode() for p in procs]
+    assert codes == [0, 2], errors
+    assert any("being written by another process" in e or "exists; pass resume" in e for e in errors)
+    keys = _keys(out)[0]
+    assert len(keys) == len(set(keys)) == 6

@@ -153,27 +153,22 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
                          "(use 'textvqa-boxes' or 'vstar' with its annotation files)")
     fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
     spec = Spec(method, method, params)
-    path, lines = None, []
-    if out is not None:
-        path = shard_path(out, rank, world_size) if world_size > 1 else Path(out)
-        if path.is_file() and path.stat().st_size > 0:
-            if not resume:
-                raise FileExistsError(f"{str(path)!r} exists; pass resume=True (--resume) to continue it, "
-                                      "or choose another output file")
-            lines = read_lines(path)
-            check_one_config(lines, {"model": fp, "family": src.name, "split": src.split, "seed": src.seed,
-                                     "method": method, "params": params}, path)
-    done, failed = split_outcomes(lines)
-    jobs = jobs_for([src], [indices], [spec], fp)
+    path = None if out is None else shard_path(out, rank, world_size) if world_size > 1 else Path(out)
     desc = f"{benchmark}/{method}" + (f" [{rank}/{world_size}]" if world_size > 1 else "")
 
     def extra(job, item) -> dict:
         item_id = src.item_id(job.index) if item is None else str(item.meta.get("id", job.index))
         return {"benchmark": src.name, "item_id": item_id}
 
-    with maybe_store(path) as store:
-        outcome = execute(vlm, jobs, fp, store, done, failed, retry_failed=retry_failed, progress=progress,
-                          desc=desc, extra=extra)
+    # the existence check and the resume read happen under the lock, so that two processes
+    # started together cannot both find the file new
+    with maybe_store(path, must_be_new=not resume) as store:
+        lines = read_lines(path) if path is not None else []
+        check_one_config(lines, {"model": fp, "family": src.name, "split": src.split, "seed": src.seed,
+                                 "method": method, "params": params}, path)
+        done, failed = split_outcomes(lines)
+        outcome = execute(vlm, jobs_for([src], [indices], [spec], fp), fp, store, done, failed,
+                          retry_failed=retry_failed, progress=progress, desc=desc, extra=extra)
     df = records_frame(outcome.records)
     df.attrs["failures"] = outcome.failures
     return df

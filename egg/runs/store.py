@@ -80,8 +80,9 @@ def repair(path: Path) -> None:
 class RecordStore:
     """Appends to one records file under an exclusive lock (use as a context manager)."""
 
-    def __init__(self, path):
+    def __init__(self, path, must_be_new: bool = False):
         self.path = Path(path)
+        self.must_be_new = must_be_new
         self._fh = None
         self._lock = None
 
@@ -96,6 +97,9 @@ class RecordStore:
             raise StoreLocked(f"{self.path} is being written by another process (lock {self.path}.lock held); "
                               "wait for it to finish or write to another file") from None
         try:
+            if self.must_be_new and self.path.is_file() and self.path.stat().st_size > 0:
+                raise FileExistsError(f"{str(self.path)!r} exists; pass resume=True (--resume) to continue it, "
+                                      "or choose another output file")
             repair(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")
         except BaseException:
@@ -118,12 +122,13 @@ class RecordStore:
 
 
 @contextmanager
-def maybe_store(path) -> Iterator[RecordStore | None]:
-    """A locked store for ``path``, or None when there is no file to write."""
+def maybe_store(path, must_be_new: bool = False) -> Iterator[RecordStore | None]:
+    """A locked store for ``path`` (``must_be_new``: refuse a non-empty file), or None when
+    there is no file to write."""
     if path is None:
         yield None
         return
-    with RecordStore(path) as store:
+    with RecordStore(path, must_be_new=must_be_new) as store:
         yield store
 
 
