@@ -6,13 +6,13 @@
 >>> g = egg.ground(vlm, item.image, item.question)
 >>> g.answer, g.boxes
 """
-from . import metrics, synthetic
+from . import figures, metrics, synthetic
 from . import synthetic as bench
 from .api import REFERENCE_DIR, VLM, answer, load_image, load_model
 from .baselines import oracle, random_box, vicrop
 from .method.result import Grounding, Iteration
 from .method.zoom import ground
 
-__all__ = ["bench", "synthetic", "metrics", "load_model", "answer", "ground", "vicrop", "oracle", "random_box",
+__all__ = ["bench", "synthetic", "figures", "metrics", "load_model", "answer", "ground", "vicrop", "oracle", "random_box",
            "Grounding", "Iteration", "VLM", "REFERENCE_DIR", "load_image"]
 __version__ = "0.1.0"

@@ -111,3 +111,10 @@ def test_oracle_and_random_box(vlm, scene, question):
         random_box(vlm, scene, question, size_like=1.5)
     with pytest.raises(ValueError):
         oracle(vlm, scene, question, [])
+
+
+def test_pure_grad_encodes_the_original_once_per_gradient(vlm, scene, question):
+    """Two gradients (question, generic prompt) need two encodings of the original; the
+    answer reuses the first one's embeddings and encodes only the crop."""
+    g = vicrop(vlm, scene, question, variant="pure-grad")
+    assert g.cost.images_encoded == 3 and g.cost.backward == 2

@@ -80,8 +80,12 @@ def _grad_attention_map(adapter: VLMAdapter, prep: Prepared, layer: int, cache) 
     return _grid_values(ga, prep.grids[0]), out.logits.detach()
 
 
-def _pixel_gradient(adapter: VLMAdapter, prep: Prepared) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """|d log p(argmax) / d pixels| (L2 over channels) of image 0, shape (H, W)."""
+def _pixel_gradient(adapter: VLMAdapter, prep: Prepared, cache: EmbeddingCache | None = None,
+                    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """|d log p(argmax) / d pixels| (L2 over channels) of image 0, shape (H, W).
+
+    The image is encoded once for this gradient; its embeddings (detached) go into
+    ``cache``, so that the answer does not encode the original again."""
     if len(prep.images) != 1:
         raise ValueError("pure-grad maps a single image")
     pix, extra = adapter.image_inputs(prep.inputs, 0)
@@ -89,6 +93,8 @@ def _pixel_gradient(adapter: VLMAdapter, prep: Prepared) -> tuple[np.ndarray, to
     with torch.enable_grad():
         emb = adapter.encode(leaf, **extra)
         adapter.counter.images_encoded += 1
+        if cache is not None:
+            cache.put(EmbeddingCache.key(pix), emb.detach())
         logits = adapter.forward_from_embeddings(prep, emb)
         loss = argmax_log_prob(logits)
         (g,) = torch.autograd.grad(loss, leaf)
@@ -143,7 +149,7 @@ def grad_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) 
 def pure_grad_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
     """|d log p(argmax) / d pixels| over the generic prompt's, on high-frequency areas, per patch."""
     general = adapter.prepare([image], GENERIC_PROMPT, cache=cache)
-    ga, logits, pix = _pixel_gradient(adapter, prep)
+    ga, logits, pix = _pixel_gradient(adapter, prep, cache)
     gb, _, _ = _pixel_gradient(adapter, general)
     ratio = ga / (gb + _EPS) * high_pass_mask(pix, resolution=max(adapter.input_resolution))
     return _pool(ratio, prep.grids[0], adapter.patch_size), logits
