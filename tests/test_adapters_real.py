@@ -291,6 +291,24 @@ def test_forward_matches_the_model(family, image):
     assert two.shape == got.shape and not torch.allclose(two, got)
 
 
+@pytest.mark.parametrize("n_crops", [0, 1])
+def test_answer_from_the_relevance_pass_kv_cache_is_token_for_token_the_same(family, image, n_crops):
+    """The answer continues the relevance forward's key/value cache (no second prefill) and
+    equals plain generation: M-RoPE positions (Qwen) and deepstack features (Qwen3) included."""
+    name, vlm = family
+    a = vlm.adapter
+    prep = a.prepare([image] + _crops(image, n_crops), "what shape is red ?")
+    vis = a.visual_embeddings(prep)
+    plain = a.generate_ids(prep, 6, vis)
+    res = relevance(a, prep, visual_embeds=vis, keep_kv=True)
+    assert res.kv is not None
+    before = a.counter.copy()
+    assert a.generate_ids(prep, 6, kv=res.kv) == plain
+    assert (a.counter - before).forward == 0  # no prefill ran
+    assert relevance(a, prep, visual_embeds=vis, keep_kv=True, num_layers=1).kv is None  # truncated: no cache
+    assert relevance(a, prep, visual_embeds=vis, keep_kv=True, token_index=2).kv is None  # prompt + prefix
+
+
 def test_gradient_lives_on_the_visual_tokens(family, image):
     name, vlm = family
     a = vlm.adapter

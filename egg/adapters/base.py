@@ -10,9 +10,9 @@ it never looks at a model's class or name. An adapter knows how to
 * encode images into the visual token embeddings the language decoder receives (after the
   vision tower and projector), one image at a time, so a cache can skip images it has
   already seen (``visual_embeddings`` with an ``EmbeddingCache``);
-* run the language decoder from those embeddings (``forward``), optionally truncated to
-  its first L layers (then the final norm and the LM head), optionally capturing the
-  attention weights of one layer;
+* run the language decoder from those embeddings (``forward``, in ``egg.adapters.decoding``),
+  optionally truncated to its first L layers (then the final norm and the LM head),
+  optionally capturing the attention weights of one layer or keeping the key/value cache;
 * generate an answer (``generate``); map a box in grid cells back to pixels
   (``grid_box_to_pixels``).
 
@@ -29,26 +29,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from ..method.boxes import Box, grid_box_to_pixels
-from .records import Cost, EmbeddingCache, ForwardOutput, Prepared, TokenGrid
-
-
-class _EarlyExit(Exception):
-    """Raised by a forward hook to stop the decoder after layer L (layer truncation)."""
-
-    def __init__(self, hidden: torch.Tensor):
-        super().__init__()
-        self.hidden = hidden
+from .decoding import Decoding
+from .records import Cost, EmbeddingCache, Prepared, TokenGrid
 
 
 # --------------------------------------------------------------------------- adapter
 
 
-class VLMAdapter(abc.ABC):
+class VLMAdapter(Decoding, abc.ABC):
     """Model-agnostic operations on a transformers VLM and its processor.
 
     Required hooks (abstract): ``encode``, ``layout``, ``patch_size``, ``input_resolution``.
@@ -294,153 +287,6 @@ class VLMAdapter(abc.ABC):
         mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
         mask[0, prepared.visual_positions] = True
         return emb.masked_scatter(mask.unsqueeze(-1), visual_embeds.to(emb.dtype))
-
-    # ---- decoder ----------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def eager_attention(self) -> Iterator[None]:
-        """Temporarily switch the language decoder to eager attention (which returns the
-        attention weights), restoring the previous implementation afterwards."""
-        cfg = self.language_model.config
-        old = getattr(cfg, "_attn_implementation", None)
-        if old == "eager":
-            yield
-            return
-        self._set_text_attn("eager")
-        try:
-            yield
-        finally:
-            self._set_text_attn(old)
-
-    def _set_text_attn(self, impl) -> None:
-        self.language_model.set_attn_implementation(impl)
-
-    def forward(
-        self,
-        prepared: Prepared,
-        visual_embeds: torch.Tensor,
-        num_layers: int | None = None,
-        attention_layer: int | None = None,
-    ) -> ForwardOutput:
-        """Decoder pass from visual embeddings; logits at the last position.
-
-        num_layers: run only the first L decoder layers, then the final norm and the LM
-            head (None or the full depth = the unmodified model).
-        attention_layer: also return that layer's attention weights (eager attention is
-            switched on for the call).
-        Gradients flow to ``visual_embeds`` when it requires grad (the caller decides).
-        """
-        n = self.num_layers
-        if num_layers is not None and not (1 <= int(num_layers) <= n):
-            raise ValueError(f"num_layers must be in [1, {n}], got {num_layers}")
-        if attention_layer is not None and not (0 <= int(attention_layer) < n):
-            raise ValueError(f"attention_layer must be in [0, {n - 1}], got {attention_layer}")
-        embeds = self.inputs_embeds(prepared, visual_embeds)
-        captured: dict = {}
-        hooks = []
-
-        def grab_attention(module, args, output):
-            captured["attention"] = output[1] if isinstance(output, tuple) else None
-
-        def stop_here(module, args, output):
-            raise _EarlyExit(output[0] if isinstance(output, tuple) else output)
-
-        stop_after = None
-        if num_layers is not None and int(num_layers) < n:
-            stop_after = int(num_layers) - 1
-        if attention_layer is not None:
-            hooks.append(self.attention_module(attention_layer).register_forward_hook(grab_attention))
-        if stop_after is not None:
-            hooks.append(self.decoder_layers[stop_after].register_forward_hook(stop_here))
-        ctx = self.eager_attention() if attention_layer is not None else contextlib.nullcontext()
-        self.counter.forward += 1
-        try:
-            with ctx, self._checkpointing():
-                try:
-                    out = self.language_model(inputs_embeds=embeds, use_cache=False, **self.decoder_inputs(prepared))
-                    hidden = out.last_hidden_state[:, -1]
-                except _EarlyExit as stop:
-                    hidden = self.final_norm(stop.hidden[:, -1])
-        finally:
-            for h in hooks:
-                h.remove()
-        logits = self.lm_head(hidden)[0]
-        att = captured.get("attention") if attention_layer is not None else None
-        if attention_layer is not None and att is None:
-            raise RuntimeError(f"layer {attention_layer} returned no attention weights")
-        return ForwardOutput(logits=logits, attention=att)
-
-    @contextlib.contextmanager
-    def _checkpointing(self) -> Iterator[None]:
-        """When the model's gradient checkpointing is on (``load_model(...,
-        gradient_checkpointing=True)``) and a gradient is being taken, mark the decoder
-        layers (only the layer objects, not their dropout / attention submodules, which stay
-        in eval mode) as training, so transformers' checkpointing wrapper recomputes their
-        activations in the backward pass instead of storing them."""
-        layers = [l for l in self.decoder_layers if getattr(l, "gradient_checkpointing", False)]
-        if not layers or not torch.is_grad_enabled():
-            yield
-            return
-        old = [l.training for l in layers]
-        for l in layers:
-            l.training = True
-        try:
-            yield
-        finally:
-            for l, t in zip(layers, old):
-                l.training = t
-
-    def forward_from_embeddings(self, prepared: Prepared, visual_embeds: torch.Tensor,
-                                num_layers: int | None = None) -> torch.Tensor:
-        """Next-token logits at the last position, shape (vocab,)."""
-        return self.forward(prepared, visual_embeds, num_layers=num_layers).logits
-
-    def greedy_suffix(self, prepared: Prepared, n: int, visual_embeds: torch.Tensor) -> list[int]:
-        """``n`` greedily decoded answer tokens (argmax, no stopping at EOS), without grad."""
-        toks: list[int] = []
-        with torch.no_grad():
-            for _ in range(int(n)):
-                logits = self.forward(prepared.with_suffix(toks), visual_embeds).logits
-                toks.append(int(torch.argmax(logits)))
-        return toks
-
-    # ---- generation ---------------------------------------------------------------------
-
-    def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8,
-                     visual_embeds: torch.Tensor | None = None,
-                     cache: EmbeddingCache | None = None) -> list[int]:
-        """Greedy answer token ids (stops at EOS), from cached visual embeddings."""
-        if visual_embeds is None:
-            visual_embeds = self.visual_embeddings(prepared, cache)
-        ids = prepared.input_ids
-        with torch.no_grad():
-            embeds = self.inputs_embeds(prepared, visual_embeds)
-            out = self.model.generate(
-                input_ids=ids, inputs_embeds=embeds, attention_mask=prepared.attention_mask,
-                max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
-                pad_token_id=self._pad_id(), **self.generation_inputs(prepared),
-            )
-        seq = out[0]
-        if seq.shape[0] >= ids.shape[1] and torch.equal(seq[: ids.shape[1]], ids[0]):
-            seq = seq[ids.shape[1]:]
-        new = [int(t) for t in seq.tolist()]
-        self.counter.forward += 1
-        self.counter.generated_tokens += len(new)
-        return new
-
-    def _pad_id(self):
-        tok = self.tokenizer
-        pad = getattr(tok, "pad_token_id", None)
-        return pad if pad is not None else getattr(tok, "eos_token_id", None)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-
-    def generate(self, prepared: Prepared, max_new_tokens: int = 8,
-                 visual_embeds: torch.Tensor | None = None,
-                 cache: EmbeddingCache | None = None) -> str:
-        """Greedy answer text for a prepared prompt."""
-        return self.decode(self.generate_ids(prepared, max_new_tokens, visual_embeds, cache))
 
     # ---- geometry ----------------------------------------------------------------------
 

@@ -200,16 +200,23 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             kw["deepstack_visual_embeds"] = list(vis[:, self.hidden_size:].split(self.hidden_size, dim=-1))
         return kw
 
-    def forward(self, prepared: Prepared, visual_embeds: torch.Tensor, num_layers=None, attention_layer=None):
+    def forward(self, prepared: Prepared, visual_embeds: torch.Tensor, num_layers=None, attention_layer=None,
+                keep_kv: bool = False):
         self._deepstack_source = visual_embeds
         try:
-            return super().forward(prepared, visual_embeds, num_layers=num_layers, attention_layer=attention_layer)
+            return super().forward(prepared, visual_embeds, num_layers=num_layers, attention_layer=attention_layer,
+                                   keep_kv=keep_kv)
         finally:
             self._deepstack_source = None
 
-    def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8, visual_embeds=None, cache=None) -> list[int]:
+    def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8, visual_embeds=None, cache=None,
+                     kv=None) -> list[int]:
         """Greedy answer ids from the pixels (the model injects its own deepstack features);
-        ``visual_embeds`` / ``cache`` are not used: the images are encoded again."""
+        ``visual_embeds`` / ``cache`` are not used: the images are encoded again. With a
+        ``kv`` of this prompt (which already holds the deepstack injection) generation
+        continues from it as in the base class."""
+        if kv is not None:
+            return super().generate_ids(prepared, max_new_tokens, visual_embeds, cache, kv=kv)
         kw = dict(prepared.inputs)
         if prepared.suffix:
             kw["input_ids"] = prepared.input_ids

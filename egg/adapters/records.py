@@ -126,7 +126,7 @@ class Prepared:
 @dataclass
 class Cost:
     """Work counters. ``forward``: full-sequence decoder passes (incl. a generate's
-    prefill); ``backward``: backward passes; ``images_encoded``: images run through the
+    prefill, unless it continued the key/value cache of a kept pass); ``backward``: backward passes; ``images_encoded``: images run through the
     vision tower; ``generated_tokens``: tokens decoded by ``generate``; ``wall_time``: s."""
 
     forward: int = 0
@@ -155,10 +155,13 @@ class Cost:
 @dataclass
 class ForwardOutput:
     """Next-token logits at the last position, shape (vocab,); and, when asked for, the
-    attention weights of one decoder layer, shape (1, heads, seq, seq) (in the graph)."""
+    attention weights of one decoder layer, shape (1, heads, seq, seq) (in the graph), and
+    the decoder's key/value cache of the whole sequence (detached), which ``generate`` can
+    continue from instead of running the prompt again."""
 
     logits: torch.Tensor
     attention: torch.Tensor | None = None
+    kv: object | None = None
 
 
 class EmbeddingCache:
@@ -300,3 +303,32 @@ def merge_features(parts: Sequence) -> "dict | None":
         else:
             return None
     return BatchFeature(data=out)
+
+
+def detached_kv(out, length: int):
+    """The key/value cache of a decoder output, detached from the autograd graph (the
+    relevance pass takes a gradient through it), or None when the decoder kept none or
+    not one of the whole ``length``-token sequence."""
+    kv = getattr(out, "cache", None)
+    if kv is None:
+        kv = getattr(out, "past_key_values", None)
+    if kv is None or kv_length(kv) != length:
+        return None
+    for layer in getattr(kv, "layers", ()):  # transformers 5.x: one object per layer
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if torch.is_tensor(t):
+                setattr(layer, name, t.detach())
+    for name in ("key_cache", "value_cache"):  # transformers 4.x: lists of tensors
+        ts = getattr(kv, name, None)
+        if isinstance(ts, list):
+            ts[:] = [t.detach() for t in ts]
+    return kv
+
+
+def kv_length(kv) -> int:
+    """Tokens held by a key/value cache (0 when it cannot say)."""
+    try:
+        return int(kv.get_seq_length())
+    except Exception:  # noqa: BLE001 - a cache type without the method
+        return 0

@@ -42,6 +42,9 @@ class RelevanceResult:
         that ignores the image); the maps are then all zero (non-finite entries -> 0).
     gradient: the raw gradient w.r.t. the visual embeddings, (n_visual, hidden), only
         when asked for (``keep_gradient=True``).
+    kv: the decoder's key/value cache of the prompt, only when asked for (``keep_kv=True``)
+        and the pass was the full model over the prompt alone (``token_index=1``): the
+        answer can then be generated without running the prompt again.
     """
 
     maps: list[np.ndarray]
@@ -53,6 +56,7 @@ class RelevanceResult:
     prefix: list[int] = field(default_factory=list)
     degenerate: bool = False
     gradient: torch.Tensor | None = None
+    kv: object | None = None
 
 
 def relevance(
@@ -65,6 +69,7 @@ def relevance(
     visual_embeds: torch.Tensor | None = None,
     cache: EmbeddingCache | None = None,
     keep_gradient: bool = False,
+    keep_kv: bool = False,
 ) -> RelevanceResult:
     """Entropy-gradient relevance of every visual token of ``prepared``, as 2-D maps.
 
@@ -74,6 +79,7 @@ def relevance(
     num_layers: differentiate the model truncated to its first L decoder layers
         (None = all layers, the unmodified model).
     visual_embeds: precomputed visual embeddings (else computed, through ``cache``).
+    keep_kv: keep the forward's key/value cache (``RelevanceResult.kv``).
     """
     adapter: VLMAdapter = as_adapter(vlm)
     if int(token_index) != token_index or token_index < 1:
@@ -89,7 +95,8 @@ def relevance(
 
     leaf = base.clone().requires_grad_(True)
     with torch.enable_grad():
-        logits = adapter.forward_from_embeddings(prep, leaf, num_layers=num_layers)
+        out = adapter.forward(prep, leaf, num_layers=num_layers, keep_kv=keep_kv and not prefix)
+        logits = out.logits
         value = fn(logits)
         if value.dim() != 0:
             raise ValueError(f"objective must return a scalar, got shape {tuple(value.shape)}")
@@ -112,7 +119,7 @@ def relevance(
     return RelevanceResult(
         maps=maps, entropy=h, max_prob=pmax, token_id=top, token=adapter.decode([top]),
         objective=val if math.isfinite(val) else float("nan"), prefix=prefix,
-        degenerate=degenerate, gradient=grad if keep_gradient else None,
+        degenerate=degenerate, gradient=grad if keep_gradient else None, kv=out.kv,
     )
 
 

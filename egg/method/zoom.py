@@ -21,7 +21,9 @@ state as the authors' release does), one forward and one backward pass (plus
 ``token_index - 1`` forward passes for the greedy prefix) -- except a final state whose
 map the stopping rule cannot use, which is not mapped (see ``Iteration.maps``). The answer is generated once,
 for the chosen state, unless ``answer_every=True`` (one generation per state, for
-analysis).
+analysis). When the chosen state is the last mapped one, generation continues the key/value
+cache of that state's relevance pass instead of running the prompt again (the same tokens;
+only the last state's cache is kept, so memory holds one prompt's cache at most).
 
 Documented fallbacks
 --------------------
@@ -178,8 +180,14 @@ def cut(image, boxes: Sequence[Box], cache: EmbeddingCache | None = None) -> lis
 
 
 def answer_with_crops(adapter: VLMAdapter, image, question: str, crops: Sequence[Box],
-                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None) -> str:
-    """Generate the answer from the original + crops (boxes in original pixels)."""
+                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None, kept=None) -> str:
+    """Generate the answer from the original + crops (boxes in original pixels).
+
+    kept: ``(prepared, kv)`` of a relevance pass over exactly this prompt; the answer then
+    continues its key/value cache instead of running the prompt again (same tokens)."""
+    if kept is not None:
+        prep, kv = kept
+        return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache, kv=kv)
     prep = adapter.prepare([image] + cut(image, crops, cache), question, cache=cache)
     return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
 
@@ -240,12 +248,17 @@ def ground(
     history: list[IterationStats] = []
     crops: list[Box] = []
     degenerate_stop = converged = False
+    kept: dict[int, tuple] = {}  # state -> (prepared, kv) of the last mapped state only
     while True:
         c0, t0 = counter.copy(), time.perf_counter()
         state = len(trace)
         area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
         mapped = rule.needs_map(state, area)
-        it = _map_state(adapter, img, q, crops, state, o, cache) if mapped else Iteration(index=state, crops=list(crops))
+        if mapped:
+            it, prep, kv = _map_state(adapter, img, q, crops, state, o, cache, keep_kv=not answer_every)
+            kept = {state: (prep, kv)} if kv is not None else {}
+        else:
+            it = Iteration(index=state, crops=list(crops))
         it.min_crop_area = area
         if answer_every:
             it.answer = answer_with_crops(adapter, img, q, crops, o["max_new_tokens"], cache)
@@ -269,7 +282,8 @@ def ground(
     chosen = trace[best]
     if chosen.answer is None:
         c0, t0 = counter.copy(), time.perf_counter()
-        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, o["max_new_tokens"], cache)
+        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, o["max_new_tokens"], cache,
+                                          kept=kept.get(best))
         extra = counter.copy() - c0
         extra.wall_time = time.perf_counter() - t0
         chosen.cost = chosen.cost + extra
@@ -288,21 +302,25 @@ def ground(
                      method="egg", question=q, image_size=tuple(img.size), params=params, image=img)
 
 
-def _map_state(adapter: VLMAdapter, img, q: str, crops: list[Box], state: int, o: dict, cache) -> Iteration:
+def _map_state(adapter: VLMAdapter, img, q: str, crops: list[Box], state: int, o: dict, cache,
+               keep_kv: bool = False) -> tuple[Iteration, object, object]:
     """One mapped state: the map over original + crops, the regions of the newest images'
-    grids (the original's at state 0, the crops' after), and the state's statistics."""
+    grids (the original's at state 0, the crops' after), and the state's statistics; with
+    the prepared prompt and (``keep_kv``) the relevance pass's key/value cache, from which
+    the answer is generated if the rule chooses this state."""
     prep = adapter.prepare([img] + cut(img, crops, cache), q, cache=cache)
-    rel = relevance(adapter, prep, o["objective"], o["token_index"], o["num_layers"], cache=cache)
+    rel = relevance(adapter, prep, o["objective"], o["token_index"], o["num_layers"], cache=cache, keep_kv=keep_kv)
     search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
     boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search, sigma=o["sigma"],
                                     threshold=o["threshold"], k=o["k"], max_ratio=o["max_ratio"])
-    return Iteration(
+    it = Iteration(
         index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops), boxes=boxes,
         masses=masses, searched=list(search),
         spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], o["sigma"], o["threshold"]),
         entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
         degenerate=not any(np.any(rel.maps[gi] > 0) for gi in search),
     )
+    return it, prep, rel.kv
 
 
 __all__ = ["ground", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]
