@@ -300,6 +300,7 @@ def test_answer_from_the_relevance_pass_kv_cache_is_token_for_token_the_same(fam
     prep = a.prepare([image] + _crops(image, n_crops), "what shape is red ?")
     vis = a.visual_embeddings(prep)
     plain = a.generate_ids(prep, 6, vis)
+    a.generate_ids(a.prepare([image.transpose(Image.Transpose.ROTATE_90)], "what ?"), 2)  # leaves other state
     res = relevance(a, prep, visual_embeds=vis, keep_kv=True)
     assert res.kv is not None
     before = a.counter.copy()
@@ -307,6 +308,34 @@ def test_answer_from_the_relevance_pass_kv_cache_is_token_for_token_the_same(fam
     assert (a.counter - before).forward == 0  # no prefill ran
     assert relevance(a, prep, visual_embeds=vis, keep_kv=True, num_layers=1).kv is None  # truncated: no cache
     assert relevance(a, prep, visual_embeds=vis, keep_kv=True, token_index=2).kv is None  # prompt + prefix
+
+
+def test_batched_passes_equal_single_prompts(family, image):
+    """forward_batch / generate_batch over prompts of different lengths (left padding, M-RoPE
+    positions, deepstack rows) give each prompt its single result, and a row's gradient
+    reaches only its own visual embeddings."""
+    name, vlm = family
+    a = vlm.adapter
+    other = image.transpose(Image.Transpose.ROTATE_90)
+    preps = [a.prepare([image], "what shape is red ?"),
+             a.prepare([other] + _crops(image, 1), "which shape is the largest one in the picture ?"),
+             a.prepare([other], "what ?")]
+    vis = [a.visual_embeddings(p) for p in preps]
+    with torch.no_grad():
+        single = torch.stack([a.forward(p, v).logits for p, v in zip(preps, vis)])
+    leaves = [v.clone().requires_grad_(True) for v in vis]
+    with torch.enable_grad():
+        batch = a.forward_batch(preps, leaves)
+        batch[1].sum().backward()
+    torch.testing.assert_close(batch.detach(), single, rtol=1e-4, atol=1e-5)
+    assert leaves[0].grad is None or not leaves[0].grad.any()
+    assert leaves[1].grad is not None and leaves[1].grad.any()
+    assert leaves[2].grad is None or not leaves[2].grad.any()
+    assert a.generate_batch(preps, 6, vis) == [a.generate_ids(p, 6, v) for p, v in zip(preps, vis)]
+    got = egg.ground_batch(vlm, [image, other], ["what shape is red ?", "what ?"], max_iterations=1)
+    ref = [egg.ground(vlm, im, q, max_iterations=1) for im, q in [(image, "what shape is red ?"), (other, "what ?")]]
+    assert [g.answer for g in got] == [g.answer for g in ref]
+    assert [g.boxes for g in got] == [g.boxes for g in ref]
 
 
 def test_gradient_lives_on_the_visual_tokens(family, image):

@@ -121,9 +121,10 @@ class VLMAdapter(Decoding, abc.ABC):
         pure-grad pools. Models whose processors flatten patches override this."""
         return pixels[:1]
 
-    def decoder_inputs(self, prepared: Prepared) -> dict:
+    def decoder_inputs(self, prepared: Prepared, visual_embeds: torch.Tensor | None = None) -> dict:
         """Keyword arguments for the decoder besides ``inputs_embeds`` (models with
-        multimodal rotary positions add their ``position_ids`` here)."""
+        multimodal rotary positions add their ``position_ids`` here; models that inject
+        visual features inside the decoder take them from ``visual_embeds``)."""
         return {"attention_mask": prepared.attention_mask}
 
     def generation_inputs(self, prepared: Prepared) -> dict:
@@ -279,6 +280,37 @@ class VLMAdapter(Decoding, abc.ABC):
         if out.shape[0] != prepared.n_visual:
             raise ValueError(f"encoded {out.shape[0]} visual tokens, prompt has {prepared.n_visual}")
         return out
+
+    #: True when ``encode`` of several images' pixel tensors stacked along dim 0 returns
+    #: each image's rows in order (fixed-resolution towers such as LLaVA's); the batched
+    #: paths then encode all new images of a round in one vision pass.
+    stacks_images: bool = False
+
+    def visual_embeddings_batch(self, prepared: Sequence[Prepared],
+                                caches: Sequence[EmbeddingCache | None]) -> list[torch.Tensor]:
+        """``visual_embeddings`` of several prompts, each with its own cache; images not yet
+        cached are encoded together (one vision pass per pixel shape) when the adapter
+        ``stacks_images``, else one at a time."""
+        prepared, caches = list(prepared), list(caches)
+        if self.stacks_images and all(c is not None for c in caches):
+            todo: dict = {}  # key -> (pixels, caches that need it)
+            for p, c in zip(prepared, caches):
+                for i in range(len(p.images)):
+                    pix, extra = self.image_inputs(p.inputs, i)
+                    key = EmbeddingCache.key(pix)
+                    if not extra and c.get(key) is None:
+                        todo.setdefault(key, (pix, []))[1].append(c)
+            groups: dict = {}
+            for key, (pix, cs) in todo.items():
+                groups.setdefault(tuple(pix.shape), []).append((key, pix, cs))
+            for group in groups.values():
+                with torch.no_grad():
+                    emb = self.encode(torch.cat([g[1] for g in group], dim=0))
+                self.counter.images_encoded += len(group)
+                for (key, _, cs), part in zip(group, emb.chunk(len(group), dim=0)):
+                    for c in cs:
+                        c.put(key, part)
+        return [self.visual_embeddings(p, c) for p, c in zip(prepared, caches)]
 
     def inputs_embeds(self, prepared: Prepared, visual_embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings of the whole sequence with the visual rows spliced in."""

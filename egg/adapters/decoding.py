@@ -71,6 +71,35 @@ class Decoding:
         if attention_layer is not None and not (0 <= int(attention_layer) < n):
             raise ValueError(f"attention_layer must be in [0, {n - 1}], got {attention_layer}")
         embeds = self.inputs_embeds(prepared, visual_embeds)
+        keep_kv = bool(keep_kv) and (num_layers is None or int(num_layers) == n)
+        hidden, att, out = self._run_decoder(embeds, self.decoder_inputs(prepared, visual_embeds), num_layers,
+                                             attention_layer, keep_kv)
+        kv = detached_kv(out, prepared.input_ids.shape[1]) if keep_kv and out is not None else None
+        return ForwardOutput(logits=self.lm_head(hidden)[0], attention=att, kv=kv)
+
+    def forward_batch(self, prepared: Sequence[Prepared], visual_embeds: Sequence[torch.Tensor],
+                      num_layers: int | None = None) -> torch.Tensor:
+        """One decoder pass over several prompts, left-padded and masked; next-token logits
+        at each prompt's last position, shape (B, vocab). Each row equals ``forward``'s for
+        that prompt alone (within float tolerance); gradients flow to each
+        ``visual_embeds[i]`` that requires grad, and only from its own row."""
+        n = self.num_layers
+        if num_layers is not None and not (1 <= int(num_layers) <= n):
+            raise ValueError(f"num_layers must be in [1, {n}], got {num_layers}")
+        if len(prepared) != len(visual_embeds) or not prepared:
+            raise ValueError(f"forward_batch needs one visual embedding per prompt, got {len(prepared)} prompts "
+                             f"and {len(visual_embeds)} embeddings")
+        embeds = [self.inputs_embeds(p, v) for p, v in zip(prepared, visual_embeds)]
+        kws = [self.decoder_inputs(p, v) for p, v in zip(prepared, visual_embeds)]
+        batch, kw = pad_left(embeds, kws, add_positions=True)
+        hidden, _, _ = self._run_decoder(batch, kw, num_layers, None, False)
+        return self.lm_head(hidden)
+
+    def _run_decoder(self, embeds: torch.Tensor, kw: dict, num_layers, attention_layer, keep_kv: bool):
+        """The decoder over ``embeds`` (B, L, hidden): the final-normed hidden state at the
+        last position (B, hidden), the captured attention weights, and the decoder output
+        (None when truncated)."""
+        n = self.num_layers
         captured: dict = {}
         hooks = []
 
@@ -88,26 +117,22 @@ class Decoding:
         if stop_after is not None:
             hooks.append(self.decoder_layers[stop_after].register_forward_hook(stop_here))
         ctx = self.eager_attention() if attention_layer is not None else contextlib.nullcontext()
-        keep_kv = bool(keep_kv) and stop_after is None
         self.counter.forward += 1
-        kv = None
+        out = None
         try:
             with ctx, self._checkpointing():
                 try:
-                    out = self.language_model(inputs_embeds=embeds, use_cache=keep_kv, **self.decoder_inputs(prepared))
+                    out = self.language_model(inputs_embeds=embeds, use_cache=keep_kv, **kw)
                     hidden = out.last_hidden_state[:, -1]
-                    if keep_kv:
-                        kv = detached_kv(out, prepared.input_ids.shape[1])
                 except _EarlyExit as stop:
                     hidden = self.final_norm(stop.hidden[:, -1])
         finally:
             for h in hooks:
                 h.remove()
-        logits = self.lm_head(hidden)[0]
         att = captured.get("attention") if attention_layer is not None else None
         if attention_layer is not None and att is None:
             raise RuntimeError(f"layer {attention_layer} returned no attention weights")
-        return ForwardOutput(logits=logits, attention=att, kv=kv)
+        return hidden, att, out
 
     @contextlib.contextmanager
     def _checkpointing(self) -> Iterator[None]:
@@ -184,6 +209,40 @@ class Decoding:
         self.counter.generated_tokens += len(new)
         return new
 
+    def generate_batch(self, prepared: Sequence[Prepared], max_new_tokens: int = 8,
+                       visual_embeds: Sequence[torch.Tensor] | None = None,
+                       caches: Sequence[EmbeddingCache | None] | None = None) -> list[list[int]]:
+        """Greedy answer ids for several prompts in one left-padded ``generate`` call; each
+        equals ``generate_ids`` of its prompt alone (EOS kept, padding after it dropped)."""
+        prepared = list(prepared)
+        if visual_embeds is None:
+            caches = list(caches) if caches is not None else [None] * len(prepared)
+            visual_embeds = [self.visual_embeddings(p, c) for p, c in zip(prepared, caches)]
+        pad = self._pad_id()
+        pad = 0 if pad is None else int(pad)
+        with torch.no_grad():
+            embeds = [self.inputs_embeds(p, v) for p, v in zip(prepared, visual_embeds)]
+            extra = [{"input_ids": p.input_ids, "attention_mask": p.attention_mask, **self.generation_inputs(p)}
+                     for p in prepared]
+            batch, kw = pad_left(embeds, extra, fill={"input_ids": pad})
+            out = self.model.generate(inputs_embeds=batch, max_new_tokens=int(max_new_tokens), do_sample=False,
+                                      num_beams=1, pad_token_id=pad, **kw)
+        L = kw["input_ids"].shape[1]
+        seqs = out[:, L:] if out.shape[1] > L and torch.equal(out[:, :L], kw["input_ids"]) else out
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        answers = []
+        for row in seqs.tolist():
+            ids = []
+            for t in row:
+                ids.append(int(t))
+                if t in eos:
+                    break
+            answers.append(ids)
+        self.counter.forward += 1
+        self.counter.generated_tokens += sum(len(a) for a in answers)
+        return answers
+
     def _cache_argument(self) -> str:
         """``generate``'s name for a key/value cache: ``cache`` since transformers 5.2x,
         ``past_key_values`` before."""
@@ -204,3 +263,41 @@ class Decoding:
                  cache: EmbeddingCache | None = None, kv=None) -> str:
         """Greedy answer text for a prepared prompt (``kv``: see ``generate_ids``)."""
         return self.decode(self.generate_ids(prepared, max_new_tokens, visual_embeds, cache, kv=kv))
+
+
+def pad_left(embeds: Sequence[torch.Tensor], kws: Sequence[dict], add_positions: bool = False,
+             fill: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """Per-prompt input embeddings (1, L_i, hidden) and decoder keyword arguments joined as
+    one left-padded batch.
+
+    A keyword tensor whose last dimension is the prompt's length is left-padded (with
+    ``fill[key]``, default 0: masked out, or not an image token) and stacked along its batch
+    dimension (the one before last: (1, L) masks, (3, 1, L) M-RoPE positions); any other
+    tensor is per-image data and is concatenated along dim 0 (``image_grid_thw``), as are
+    lists of tensors element by element (deepstack features, whose rows follow the visual
+    positions in batch order); anything else must agree and is taken once.
+    ``add_positions``: give prompts without ``position_ids`` their own 0..L_i-1 (what a
+    single prompt gets by default), so that padding does not shift them.
+    """
+    fill = fill or {}
+    lengths = [int(e.shape[1]) for e in embeds]
+    L = max(lengths)
+    batch = torch.cat([torch.nn.functional.pad(e, (0, 0, L - n, 0)) for e, n in zip(embeds, lengths)], dim=0)
+    kws = [dict(kw) for kw in kws]
+    if add_positions and "position_ids" not in kws[0]:
+        for kw, n in zip(kws, lengths):
+            kw["position_ids"] = torch.arange(n, device=batch.device)[None]
+    out: dict = {}
+    for key in kws[0]:
+        vals = [kw[key] for kw in kws]
+        first = vals[0]
+        if torch.is_tensor(first) and first.dim() >= 2 and first.shape[-1] == lengths[0]:
+            padded = [torch.nn.functional.pad(v, (L - n, 0), value=fill.get(key, 0)) for v, n in zip(vals, lengths)]
+            out[key] = torch.cat(padded, dim=-2)
+        elif torch.is_tensor(first):
+            out[key] = torch.cat(vals, dim=0)
+        elif isinstance(first, (list, tuple)) and first and all(torch.is_tensor(t) for t in first):
+            out[key] = [torch.cat(parts, dim=0) for parts in zip(*vals)]
+        else:
+            out[key] = first
+    return batch, out

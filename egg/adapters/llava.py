@@ -103,6 +103,8 @@ class LlavaAdapter(VLMAdapter):
 
     # ---- encoding ------------------------------------------------------------------------
 
+    stacks_images = True  # a fixed-resolution tower: stacked pixels give each image's rows in order
+
     def encode(self, pixel_values: torch.Tensor, **image_inputs) -> torch.Tensor:
         cfg = self.model.config
         out = self._core.get_image_features(

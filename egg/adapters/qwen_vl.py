@@ -115,13 +115,24 @@ class Qwen2_5_VLAdapter(VLMAdapter):  # noqa: N801 - after the transformers clas
     def position_ids(self, prepared: Prepared) -> torch.Tensor:
         """M-RoPE position ids (3, 1, seq_len) of the prompt + suffix, by the model's own
         ``get_rope_index``."""
-        pos, _ = self._core.get_rope_index(
+        return self._rope_index(prepared)[0]
+
+    def _rope_index(self, prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._core.get_rope_index(
             prepared.input_ids, mm_token_type_ids=self._mm_token_type_ids(prepared),
             image_grid_thw=self._grid_thw(prepared.inputs), attention_mask=prepared.attention_mask,
         )
-        return pos
 
-    def decoder_inputs(self, prepared: Prepared) -> dict:
+    def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8, visual_embeds=None, cache=None,
+                     kv=None) -> list[int]:
+        """As the base class. Continuing a kept cache, transformers takes the positions of
+        the new tokens from the ``rope_deltas`` the model stored at its last prefill, which
+        belong to whatever prompt ran before: they are set for this prompt first."""
+        if kv is not None:
+            self._core.rope_deltas = self._rope_index(prepared)[1]
+        return super().generate_ids(prepared, max_new_tokens, visual_embeds, cache, kv=kv)
+
+    def decoder_inputs(self, prepared: Prepared, visual_embeds: torch.Tensor | None = None) -> dict:
         return {"attention_mask": prepared.attention_mask, "position_ids": self.position_ids(prepared)}
 
     def generation_inputs(self, prepared: Prepared) -> dict:
@@ -168,10 +179,6 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
     model_types = ("qwen3_vl",)
 
-    def __init__(self, model, processor):
-        super().__init__(model, processor)
-        self._deepstack_source: torch.Tensor | None = None
-
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.text_config.hidden_size)
@@ -190,24 +197,21 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     def inputs_embeds(self, prepared: Prepared, visual_embeds: torch.Tensor) -> torch.Tensor:
         return super().inputs_embeds(prepared, visual_embeds[:, : self.hidden_size])
 
-    def decoder_inputs(self, prepared: Prepared) -> dict:
+    def decoder_inputs(self, prepared: Prepared, visual_embeds: torch.Tensor | None = None) -> dict:
+        """Adds the deepstack features (the columns of ``visual_embeds`` after the first
+        ``hidden_size``) and where they go, so the decoder injects them as the model does."""
         kw = super().decoder_inputs(prepared)
-        vis = self._deepstack_source
-        if vis is not None and vis.shape[1] > self.hidden_size:
+        if visual_embeds is not None and visual_embeds.shape[1] > self.hidden_size:
             mask = torch.zeros(prepared.input_ids.shape, dtype=torch.bool, device=prepared.input_ids.device)
             mask[0, prepared.visual_positions] = True
             kw["visual_pos_masks"] = mask
-            kw["deepstack_visual_embeds"] = list(vis[:, self.hidden_size:].split(self.hidden_size, dim=-1))
+            kw["deepstack_visual_embeds"] = list(visual_embeds[:, self.hidden_size:].split(self.hidden_size, dim=-1))
         return kw
 
-    def forward(self, prepared: Prepared, visual_embeds: torch.Tensor, num_layers=None, attention_layer=None,
-                keep_kv: bool = False):
-        self._deepstack_source = visual_embeds
-        try:
-            return super().forward(prepared, visual_embeds, num_layers=num_layers, attention_layer=attention_layer,
-                                   keep_kv=keep_kv)
-        finally:
-            self._deepstack_source = None
+    def generate_batch(self, prepared, max_new_tokens: int = 8, visual_embeds=None, caches=None) -> list[list[int]]:
+        """One prompt at a time: generation re-encodes the pixels (see ``generate_ids``), and
+        batching pixel inputs of different layouts is not worth its complexity here."""
+        return [self.generate_ids(p, max_new_tokens) for p in prepared]
 
     def generate_ids(self, prepared: Prepared, max_new_tokens: int = 8, visual_embeds=None, cache=None,
                      kv=None) -> list[int]:

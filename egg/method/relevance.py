@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -96,30 +96,78 @@ def relevance(
     leaf = base.clone().requires_grad_(True)
     with torch.enable_grad():
         out = adapter.forward(prep, leaf, num_layers=num_layers, keep_kv=keep_kv and not prefix)
-        logits = out.logits
-        value = fn(logits)
-        if value.dim() != 0:
-            raise ValueError(f"objective must return a scalar, got shape {tuple(value.shape)}")
-        if value.requires_grad:
-            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
-            adapter.counter.backward += 1
-        else:  # the objective does not depend on the logits at all
-            grad = None
-    if grad is None:
-        grad = torch.zeros_like(leaf)
-    grad = grad.detach()
+        value = _scalar(fn(out.logits))
+        grad = _gradient(adapter, value, [leaf])[0]
+    return _result(adapter, prepared, grad, out.logits, value, prefix, keep_gradient, out.kv)
+
+
+def relevance_batch(
+    vlm,
+    prepared: Sequence[Prepared],
+    objective: Union[str, Objective] = "entropy",
+    token_index: int = 1,
+    num_layers: int | None = None,
+    *,
+    visual_embeds: Sequence[torch.Tensor] | None = None,
+    caches: Sequence[EmbeddingCache | None] | None = None,
+) -> list[RelevanceResult]:
+    """``relevance`` of several prompts with one batched forward and one backward pass.
+
+    The prompts are left-padded and masked (``VLMAdapter.forward_batch``); the gradient of
+    the sum of the per-prompt objectives gives each prompt the gradient of its own, so every
+    result equals ``relevance`` of that prompt alone within float tolerance. The greedy
+    prefix of ``token_index > 1`` is decoded per prompt.
+    """
+    adapter: VLMAdapter = as_adapter(vlm)
+    if int(token_index) != token_index or token_index < 1:
+        raise ValueError(f"token_index must be an integer >= 1, got {token_index!r}")
+    fn = get_objective(objective)
+    prepared = list(prepared)
+    caches = list(caches) if caches is not None else [None] * len(prepared)
+    if visual_embeds is None:
+        visual_embeds = [adapter.visual_embeddings(p, c) for p, c in zip(prepared, caches)]
+    bases = [v.detach() for v in visual_embeds]
+    prefixes = [adapter.greedy_suffix(p, token_index - 1, b) if token_index > 1 else []
+                for p, b in zip(prepared, bases)]
+    preps = [p.with_suffix(x) if x else p for p, x in zip(prepared, prefixes)]
+    leaves = [b.clone().requires_grad_(True) for b in bases]
+    with torch.enable_grad():
+        logits = adapter.forward_batch(preps, leaves, num_layers=num_layers)
+        values = [_scalar(fn(logits[i])) for i in range(len(preps))]
+        grads = _gradient(adapter, sum((v for v in values if v.requires_grad), torch.zeros(())), leaves)
+    return [_result(adapter, p, g, logits[i], values[i], x, False, None)
+            for i, (p, g, x) in enumerate(zip(prepared, grads, prefixes))]
+
+
+def _scalar(value: torch.Tensor) -> torch.Tensor:
+    if value.dim() != 0:
+        raise ValueError(f"objective must return a scalar, got shape {tuple(value.shape)}")
+    return value
+
+
+def _gradient(adapter: VLMAdapter, value: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d value / d each leaf (zeros where the value does not depend on it); one backward."""
+    if not value.requires_grad:  # the objective does not depend on the logits at all
+        return [torch.zeros_like(l) for l in leaves]
+    grads = torch.autograd.grad(value, leaves, allow_unused=True)
+    adapter.counter.backward += 1
+    return [torch.zeros_like(l) if g is None else g.detach() for l, g in zip(leaves, grads)]
+
+
+def _result(adapter: VLMAdapter, prepared: Prepared, grad: torch.Tensor, logits: torch.Tensor, value: torch.Tensor,
+            prefix: list[int], keep_gradient: bool, kv) -> RelevanceResult:
+    """Maps (per-token gradient norms laid out on the grids) and next-token statistics."""
     norms = torch.linalg.vector_norm(grad.to(torch.float64), dim=-1).cpu().numpy()
     finite = np.isfinite(norms)
     degenerate = not bool(np.any(norms[finite] > 0))
     norms = np.where(finite, norms, 0.0)
     maps = [norms[prepared.visual_rows(g)].astype(np.float64) for g in prepared.grids]
-
     h, pmax, top = next_token_stats(logits.detach())
     val = float(value.detach())
     return RelevanceResult(
         maps=maps, entropy=h, max_prob=pmax, token_id=top, token=adapter.decode([top]),
         objective=val if math.isfinite(val) else float("nan"), prefix=prefix,
-        degenerate=degenerate, gradient=grad if keep_gradient else None, kv=out.kv,
+        degenerate=degenerate, gradient=grad if keep_gradient else None, kv=kv,
     )
 
 
@@ -135,4 +183,4 @@ def relevance_maps(
     return relevance(vlm, prepared, objective, token_index, num_layers, **kw).maps
 
 
-__all__ = ["relevance", "relevance_maps", "RelevanceResult"]
+__all__ = ["relevance", "relevance_batch", "relevance_maps", "RelevanceResult"]

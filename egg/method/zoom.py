@@ -180,14 +180,8 @@ def cut(image, boxes: Sequence[Box], cache: EmbeddingCache | None = None) -> lis
 
 
 def answer_with_crops(adapter: VLMAdapter, image, question: str, crops: Sequence[Box],
-                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None, kept=None) -> str:
-    """Generate the answer from the original + crops (boxes in original pixels).
-
-    kept: ``(prepared, kv)`` of a relevance pass over exactly this prompt; the answer then
-    continues its key/value cache instead of running the prompt again (same tokens)."""
-    if kept is not None:
-        prep, kv = kept
-        return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache, kv=kv)
+                      max_new_tokens: int = 8, cache: EmbeddingCache | None = None) -> str:
+    """Generate the answer from the original + crops (boxes in original pixels)."""
     prep = adapter.prepare([image] + cut(image, crops, cache), question, cache=cache)
     return adapter.generate(prep, max_new_tokens=max_new_tokens, cache=cache)
 
@@ -231,96 +225,164 @@ def ground(
     Deterministic: the same call gives the same answer and boxes. Arguments are checked
     before the first model pass.
 
-    Over 80 lines with its signature and this docstring, on purpose: the paper's loop reads
-    top to bottom here; the work of one state is ``_map_state``.
+    The loop reads top to bottom here; one question's state is a ``Search``, which
+    ``egg.ground_batch`` drives for several questions at once.
     """
     adapter = as_adapter(vlm)
-    o = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers, sigma=sigma,
-                      threshold=threshold, k=k, max_ratio=max_ratio, max_new_tokens=max_new_tokens)
-    rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
-    img = load_image(image)
-    q = check_question(question)
-    counter = adapter.counter
+    search = Search(adapter, image, question, objective=objective, token_index=token_index, num_layers=num_layers,
+                    sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio, stopping=stopping,
+                    max_iterations=max_iterations, fixed_n=fixed_n, min_crop_area=min_crop_area,
+                    max_new_tokens=max_new_tokens, answer_every=answer_every, cache_visual=cache_visual)
+    counter, o = adapter.counter, search.o
     total0, t_start = counter.copy(), time.perf_counter()
-    cache = EmbeddingCache() if cache_visual else None
-
-    trace: list[Iteration] = []
-    history: list[IterationStats] = []
-    crops: list[Box] = []
-    degenerate_stop = converged = False
-    kept: dict[int, tuple] = {}  # state -> (prepared, kv) of the last mapped state only
-    while True:
+    while not search.done:
         c0, t0 = counter.copy(), time.perf_counter()
-        state = len(trace)
-        area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in crops), default=float("inf"))
-        mapped = rule.needs_map(state, area)
-        if mapped:
-            it, prep, kv = _map_state(adapter, img, q, crops, state, o, cache, keep_kv=not answer_every)
-            kept = {state: (prep, kv)} if kv is not None else {}
-        else:
-            it = Iteration(index=state, crops=list(crops))
-        it.min_crop_area = area
-        if answer_every:
-            it.answer = answer_with_crops(adapter, img, q, crops, o["max_new_tokens"], cache)
-        it.cost = counter.copy() - c0
-        it.cost.wall_time = time.perf_counter() - t0
-        trace.append(it)
-        if not mapped or it.degenerate:
-            degenerate_stop = mapped
-            if not mapped:
-                history.append(it.stats())
-            break
-        history.append(it.stats())
-        if rule.should_stop(history):
-            break
-        if state > 0 and it.boxes == crops:
-            converged = True  # the next state would repeat this one exactly
-            break
-        crops = it.boxes
-
-    best = rule.best_index(history) if history else 0
-    chosen = trace[best]
-    if chosen.answer is None:
+        prep = search.next_prompt()
+        if prep is not None:  # the rule needs this state's map
+            search.take(prep, relevance(adapter, prep, o["objective"], o["token_index"], o["num_layers"],
+                                        cache=search.cache, keep_kv=not answer_every))
+        cost = counter.copy() - c0
+        cost.wall_time = time.perf_counter() - t0
+        search.close_state(cost)
+    prep, kept = search.answer_prompt()
+    if prep is not None:
         c0, t0 = counter.copy(), time.perf_counter()
-        chosen.answer = answer_with_crops(adapter, img, q, chosen.crops, o["max_new_tokens"], cache,
-                                          kept=kept.get(best))
+        ids = adapter.generate_ids(prep, o["max_new_tokens"], cache=search.cache, kv=kept)
         extra = counter.copy() - c0
         extra.wall_time = time.perf_counter() - t0
-        chosen.cost = chosen.cost + extra
-    evidence = list(chosen.crops) if best > 0 else list(trace[0].boxes)
+        search.set_answer(adapter.decode(ids), extra)
     cost = counter.copy() - total0
     cost.wall_time = time.perf_counter() - t_start
-    params = dict(
-        objective=objective_name(o["objective"]), token_index=o["token_index"], num_layers=o["num_layers"],
-        sigma=o["sigma"], threshold=o["threshold"] if isinstance(o["threshold"], str)
-        else getattr(o["threshold"], "__name__", "custom"),
-        k=o["k"], max_ratio=o["max_ratio"], stopping=getattr(rule, "name", str(stopping)), rule=repr(rule),
-        max_iterations=max_iterations, max_new_tokens=o["max_new_tokens"], cache_visual=cache_visual,
-        degenerate_stop=degenerate_stop, converged=converged, model=adapter.describe(),
-    )
-    return Grounding(answer=chosen.answer, boxes=evidence, trace=trace, cost=cost, best_index=best,
-                     method="egg", question=q, image_size=tuple(img.size), params=params, image=img)
+    return search.grounding(cost)
 
 
-def _map_state(adapter: VLMAdapter, img, q: str, crops: list[Box], state: int, o: dict, cache,
-               keep_kv: bool = False) -> tuple[Iteration, object, object]:
-    """One mapped state: the map over original + crops, the regions of the newest images'
-    grids (the original's at state 0, the crops' after), and the state's statistics; with
-    the prepared prompt and (``keep_kv``) the relevance pass's key/value cache, from which
-    the answer is generated if the rule chooses this state."""
-    prep = adapter.prepare([img] + cut(img, crops, cache), q, cache=cache)
-    rel = relevance(adapter, prep, o["objective"], o["token_index"], o["num_layers"], cache=cache, keep_kv=keep_kv)
+class Search:
+    """One question's way through the EGG loop, one state at a time.
+
+    ``ground`` drives one; ``ground_batch`` drives several at once, batching their model
+    passes. The driver asks for the next state's prompt (``next_prompt``; None when the
+    rule needs no map there), hands back its relevance (``take``) and the state's cost
+    (``close_state``) until ``done``; then generates the answer for ``answer_prompt`` (if
+    the chosen state has none yet) and builds the result (``grounding``)."""
+
+    def __init__(self, adapter: VLMAdapter, image, question: str, *, objective, token_index, num_layers, sigma,
+                 threshold, k, max_ratio, stopping, max_iterations, fixed_n, min_crop_area, max_new_tokens,
+                 answer_every, cache_visual):
+        self.adapter = adapter
+        self.o = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers,
+                               sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio,
+                               max_new_tokens=max_new_tokens)
+        self.rule = make_stopping(stopping, max_iterations, fixed_n, min_crop_area)
+        self.stopping_arg, self.max_iterations = stopping, max_iterations
+        self.img = load_image(image)
+        self.q = check_question(question)
+        self.answer_every, self.cache_visual = answer_every, cache_visual
+        self.cache = EmbeddingCache() if cache_visual else None
+        self.trace: list[Iteration] = []
+        self.history: list[IterationStats] = []
+        self.crops: list[Box] = []
+        self.degenerate_stop = self.converged = self.done = False
+        self.kept: dict[int, tuple] = {}  # state -> (prepared, kv) of the last mapped state only
+        self._it: Iteration | None = None
+
+    def next_prompt(self):
+        """The prepared prompt of the next state if the rule needs its map, else None (the
+        state is then recorded unmapped)."""
+        state = len(self.trace)
+        area = min(((b[2] - b[0]) * (b[3] - b[1]) for b in self.crops), default=float("inf"))
+        self._it = Iteration(index=state, crops=list(self.crops))
+        self._it.min_crop_area = area
+        if not self.rule.needs_map(state, area):
+            return None
+        return self.adapter.prepare([self.img] + cut(self.img, self.crops, self.cache), self.q, cache=self.cache)
+
+    def take(self, prep, rel) -> None:
+        """The state's map (a ``RelevanceResult`` over ``prep``): regions and statistics."""
+        state, o = self._it.index, self.o
+        it = _iteration(self.adapter, prep, rel, self.crops, state, o)
+        it.min_crop_area = self._it.min_crop_area
+        self._it = it
+        self.kept = {state: (prep, rel.kv)} if rel.kv is not None else {}
+
+    def close_state(self, cost) -> None:
+        """Record the state (with ``cost``, plus its own answer when ``answer_every``) and
+        decide whether the loop goes on."""
+        it, self._it = self._it, None
+        if self.answer_every:
+            counter = self.adapter.counter
+            c0, t0 = counter.copy(), time.perf_counter()
+            it.answer = answer_with_crops(self.adapter, self.img, self.q, self.crops, self.o["max_new_tokens"],
+                                          self.cache)
+            extra = counter.copy() - c0
+            extra.wall_time = time.perf_counter() - t0
+            cost = cost + extra
+        it.cost = cost
+        self.trace.append(it)
+        mapped = bool(it.maps)
+        if not mapped or it.degenerate:
+            self.degenerate_stop, self.done = mapped, True
+            if not mapped:
+                self.history.append(it.stats())
+            return
+        self.history.append(it.stats())
+        if self.rule.should_stop(self.history):
+            self.done = True
+        elif it.index > 0 and it.boxes == self.crops:
+            self.converged = self.done = True  # the next state would repeat this one exactly
+        else:
+            self.crops = it.boxes
+
+    @property
+    def best(self) -> int:
+        return self.rule.best_index(self.history) if self.history else 0
+
+    def answer_prompt(self):
+        """(prepared prompt, kept key/value cache or None) of the chosen state when it still
+        needs its answer generated; (None, None) otherwise."""
+        chosen = self.trace[self.best]
+        if chosen.answer is not None:
+            return None, None
+        if self.best in self.kept:
+            return self.kept[self.best]
+        prep = self.adapter.prepare([self.img] + cut(self.img, chosen.crops, self.cache), self.q, cache=self.cache)
+        return prep, None
+
+    def set_answer(self, answer: str, cost) -> None:
+        chosen = self.trace[self.best]
+        chosen.answer = answer
+        chosen.cost = chosen.cost + cost
+
+    def grounding(self, cost) -> Grounding:
+        best, o, rule = self.best, self.o, self.rule
+        chosen = self.trace[best]
+        evidence = list(chosen.crops) if best > 0 else list(self.trace[0].boxes)
+        params = dict(
+            objective=objective_name(o["objective"]), token_index=o["token_index"], num_layers=o["num_layers"],
+            sigma=o["sigma"], threshold=o["threshold"] if isinstance(o["threshold"], str)
+            else getattr(o["threshold"], "__name__", "custom"),
+            k=o["k"], max_ratio=o["max_ratio"], stopping=getattr(rule, "name", str(self.stopping_arg)),
+            rule=repr(rule), max_iterations=self.max_iterations, max_new_tokens=o["max_new_tokens"],
+            cache_visual=self.cache_visual, degenerate_stop=self.degenerate_stop, converged=self.converged,
+            model=self.adapter.describe(),
+        )
+        return Grounding(answer=chosen.answer, boxes=evidence, trace=self.trace, cost=cost, best_index=best,
+                         method="egg", question=self.q, image_size=tuple(self.img.size), params=params,
+                         image=self.img)
+
+
+def _iteration(adapter: VLMAdapter, prep, rel, crops: list[Box], state: int, o: dict) -> Iteration:
+    """One mapped state from its map over original + crops: the regions of the newest
+    images' grids (the original's at state 0, the crops' after) and the state's statistics."""
     search = [gi for gi, g in enumerate(prep.grids) if (g.image_index == 0) == (state == 0)]
-    boxes, masses = propose_regions(adapter, prep, rel.maps, crops, img.size, search, sigma=o["sigma"],
+    boxes, masses = propose_regions(adapter, prep, rel.maps, crops, prep.images[0].size, search, sigma=o["sigma"],
                                     threshold=o["threshold"], k=o["k"], max_ratio=o["max_ratio"])
-    it = Iteration(
+    return Iteration(
         index=state, crops=list(crops), maps=rel.maps, map_boxes=map_boxes(prep, crops), boxes=boxes,
         masses=masses, searched=list(search),
         spatial_entropy=_state_spatial_entropy([rel.maps[gi] for gi in search], o["sigma"], o["threshold"]),
         entropy=rel.entropy, max_prob=rel.max_prob, token=rel.token,
         degenerate=not any(np.any(rel.maps[gi] > 0) for gi in search),
     )
-    return it, prep, rel.kv
 
 
-__all__ = ["ground", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]
+__all__ = ["ground", "Search", "Grounding", "Iteration", "make_stopping", "propose_regions", "answer_with_crops", "cut"]
