@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     r.add_argument("--device", default=None)
     r.add_argument("--option", action="append", type=_parse_option, default=[],
                    help="method option NAME=VALUE (JSON value), repeatable, e.g. --option k=1")
+    r.add_argument("--batch-size", type=int, default=1,
+                   help="questions per forward/backward pass for egg (egg.ground_batch; same records as "
+                        "single calls; default 1), e.g. --batch-size 8 on a GPU")
     r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: this process's share of the available cores)")
@@ -180,7 +183,7 @@ def _run(a) -> int:
     set_threads(a.threads, processes=world)
     df = runner.run(a.model, a.benchmark, method=a.method, n=a.n, start=a.start, out=a.out, resume=a.resume,
                     split=a.split, seed=a.seed, options=dict(a.option), data=a.data, device=a.device,
-                    progress=not a.no_progress, retry_failed=a.retry_failed)
+                    progress=not a.no_progress, retry_failed=a.retry_failed, batch_size=a.batch_size)
     return _report(df)
 
 

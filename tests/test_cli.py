@@ -37,3 +37,16 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
 def test_help_has_examples_for_ground():
     r = _egg("ground", "--help")
     assert r.returncode == 0 and "example:" in r.stdout and "--option" in r.stdout
+
+
+def test_run_with_batch_size_writes_the_records_of_single_calls(ref_dir, tmp_path):
+    base = ["run", "--model", ref_dir, "--benchmark", "text", "--n", "3", "--option", "max_iterations=1",
+            "--no-progress"]
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    assert _egg(*base, "--out", one).returncode == 0
+    r = _egg(*base, "--out", many, "--batch-size", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    pick = lambda p: [(d["index"], d["prediction"], d["boxes"]) for d in map(json.loads, p.read_text().splitlines())]
+    assert pick(many) == pick(one)
+    r = _egg(*base, "--out", tmp_path / "zero.jsonl", "--batch-size", "0")
+    assert r.returncode == 2 and "batch_size must be a positive integer" in r.stderr and "Traceback" not in r.stderr

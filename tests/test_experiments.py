@@ -101,7 +101,7 @@ def test_random_boxes_match_gt_sizes_and_are_seeded_per_item(vlm):
 def test_resume_skips_done_records_and_duplicates_none(vlm, tmp_path, monkeypatch):
     path = tmp_path / "records.jsonl"
     methods = {"base": "base", "egg N=1": ("egg", {"stopping": "fixed", "fixed_n": 1})}
-    full = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False)
+    full = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False, batch_size=1)
     lines = path.read_text().splitlines()
     assert len(lines) == 8 and len({json.loads(x)["key"] for x in lines}) == 8
 
@@ -118,7 +118,7 @@ def test_resume_skips_done_records_and_duplicates_none(vlm, tmp_path, monkeypatc
 
     for name, fn in dict(ex.METHODS).items():
         monkeypatch.setitem(ex.METHODS, name, counting(name, fn))
-    resumed = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False)
+    resumed = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False, batch_size=1)
     assert len(calls) == 5  # only the 5 missing records were computed
     keys = [json.loads(x)["key"] for x in path.read_text().splitlines() if x.strip().endswith("}")]
     assert len(keys) == len(set(keys)) == 8
@@ -126,7 +126,7 @@ def test_resume_skips_done_records_and_duplicates_none(vlm, tmp_path, monkeypatc
     pd.testing.assert_frame_equal(resumed[cols], full[cols])
 
     calls.clear()
-    again = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False)
+    again = ex.run(vlm, methods, ["text", "pope"], n=2, path=path, progress=False, batch_size=1)
     assert calls == [] and len(again) == 8
     assert len(ex.load_records(path)) == 8
 

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .records import EmbeddingCache, ForwardOutput, Prepared, detached_kv, kv_length
+from .records import EmbeddingCache, ForwardOutput, Prepared, detached_kv, kv_length, kv_rows
 
 
 class _EarlyExit(Exception):
@@ -78,11 +78,13 @@ class Decoding:
         return ForwardOutput(logits=self.lm_head(hidden)[0], attention=att, kv=kv)
 
     def forward_batch(self, prepared: Sequence[Prepared], visual_embeds: Sequence[torch.Tensor],
-                      num_layers: int | None = None) -> torch.Tensor:
+                      num_layers: int | None = None, keep_kv: bool = False):
         """One decoder pass over several prompts, left-padded and masked; next-token logits
         at each prompt's last position, shape (B, vocab). Each row equals ``forward``'s for
         that prompt alone (within float tolerance); gradients flow to each
-        ``visual_embeds[i]`` that requires grad, and only from its own row."""
+        ``visual_embeds[i]`` that requires grad, and only from its own row.
+        keep_kv: return (logits, one key/value cache per prompt, or None where the pass kept
+        none) instead, as ``forward(..., keep_kv=True)`` would for each prompt."""
         n = self.num_layers
         if num_layers is not None and not (1 <= int(num_layers) <= n):
             raise ValueError(f"num_layers must be in [1, {n}], got {num_layers}")
@@ -92,8 +94,16 @@ class Decoding:
         embeds = [self.inputs_embeds(p, v) for p, v in zip(prepared, visual_embeds)]
         kws = [self.decoder_inputs(p, v) for p, v in zip(prepared, visual_embeds)]
         batch, kw = pad_left(embeds, kws, add_positions=True)
-        hidden, _, _ = self._run_decoder(batch, kw, num_layers, None, False)
-        return self.lm_head(hidden)
+        full = num_layers is None or int(num_layers) == n
+        hidden, _, out = self._run_decoder(batch, kw, num_layers, None, bool(keep_kv) and full)
+        logits = self.lm_head(hidden)
+        if not keep_kv:
+            return logits
+        if not full or out is None:
+            return logits, [None] * len(prepared)
+        lengths = [int(e.shape[1]) for e in embeds]
+        kv = detached_kv(out, max(lengths)) if out is not None else None
+        return logits, (kv_rows(kv, lengths) if kv is not None else [None] * len(prepared))
 
     def _run_decoder(self, embeds: torch.Tensor, kw: dict, num_layers, attention_layer, keep_kv: bool):
         """The decoder over ``embeds`` (B, L, hidden): the final-normed hidden state at the

@@ -3,7 +3,8 @@
 Each question keeps its own ``Search`` (its crops, its trace, its stopping rule, its visual
 embedding cache); at every round the questions still running are mapped together by
 ``relevance_batch`` (left-padded and masked), and at the end the chosen states' answers
-are generated in one padded ``generate``. Questions stop on their own rules, so a batch
+are generated in one padded ``generate`` -- except where the chosen state is the last one
+mapped, whose answer continues that pass's key/value cache, as ``ground``'s does. Questions stop on their own rules, so a batch
 shrinks as it goes. Every result equals ``ground`` of that question alone: the same
 answers, maps within float tolerance, and so the same boxes unless two candidates tie to
 within that tolerance (tested in ``tests/test_batch.py``).
@@ -77,7 +78,8 @@ def _run(adapter, searches: list[Search]) -> list[Grounding]:
         if mapped:
             c0, t0 = counter.copy(), time.perf_counter()
             rels = relevance_batch(adapter, [r[1] for r in mapped], o["objective"], o["token_index"],
-                                   o["num_layers"], visual_embeds=[r[2] for r in mapped])
+                                   o["num_layers"], visual_embeds=[r[2] for r in mapped],
+                                   keep_kv=not searches[0].answer_every)
             took = _since(counter, c0, t0)
             share = Cost(forward=o["token_index"], backward=1 if took.backward else 0,
                          wall_time=took.wall_time / len(mapped))
@@ -89,8 +91,11 @@ def _run(adapter, searches: list[Search]) -> list[Grounding]:
     waiting = []
     for s in searches:
         c0, t0 = counter.copy(), time.perf_counter()
-        prep, _ = s.answer_prompt()  # batched generation starts from the prompt: no kept cache
-        if prep is not None:
+        prep, kv = s.answer_prompt()
+        if kv is not None:  # the chosen state's own pass: continue its cache, as ground does
+            ids = adapter.generate_ids(prep, o["max_new_tokens"], kv=kv)
+            s.set_answer(adapter.decode(ids), _since(counter, c0, t0))
+        elif prep is not None:
             waiting.append((s, prep, None, _since(counter, c0, t0)))
     waiting = _encode(adapter, waiting)
     if waiting:

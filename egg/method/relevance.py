@@ -110,13 +110,15 @@ def relevance_batch(
     *,
     visual_embeds: Sequence[torch.Tensor] | None = None,
     caches: Sequence[EmbeddingCache | None] | None = None,
+    keep_kv: bool = False,
 ) -> list[RelevanceResult]:
     """``relevance`` of several prompts with one batched forward and one backward pass.
 
     The prompts are left-padded and masked (``VLMAdapter.forward_batch``); the gradient of
     the sum of the per-prompt objectives gives each prompt the gradient of its own, so every
     result equals ``relevance`` of that prompt alone within float tolerance. The greedy
-    prefix of ``token_index > 1`` is decoded per prompt.
+    prefix of ``token_index > 1`` is decoded per prompt. ``keep_kv``: each result keeps its
+    prompt's key/value cache, as ``relevance(..., keep_kv=True)`` does.
     """
     adapter: VLMAdapter = as_adapter(vlm)
     if int(token_index) != token_index or token_index < 1:
@@ -132,11 +134,13 @@ def relevance_batch(
     preps = [p.with_suffix(x) if x else p for p, x in zip(prepared, prefixes)]
     leaves = [b.clone().requires_grad_(True) for b in bases]
     with torch.enable_grad():
-        logits = adapter.forward_batch(preps, leaves, num_layers=num_layers)
+        want = bool(keep_kv) and token_index == 1
+        out = adapter.forward_batch(preps, leaves, num_layers=num_layers, keep_kv=want)
+        logits, kvs = out if want else (out, [None] * len(preps))
         values = [_scalar(fn(logits[i])) for i in range(len(preps))]
         grads = _gradient(adapter, sum((v for v in values if v.requires_grad), torch.zeros(())), leaves)
-    return [_result(adapter, p, g, logits[i], values[i], x, False, None)
-            for i, (p, g, x) in enumerate(zip(prepared, grads, prefixes))]
+    return [_result(adapter, p, g, logits[i], values[i], x, False, kv)
+            for i, (p, g, x, kv) in enumerate(zip(prepared, grads, prefixes, kvs))]
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -10,7 +10,7 @@ import pandas as pd
 from .. import synthetic as bench
 from .records import Record, code_fingerprint, make_record, model_fingerprint, record_key
 from .store import maybe_store, read_lines, split_outcomes
-from .registry import METHODS, NEEDS_BOXES, effective_options
+from .registry import BATCHED, METHODS, NEEDS_BOXES, effective_options
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _failure(job: Job, model: str, error: BaseException, extra: Mapping) -> dict
 
 def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | None = None,
             failed: Mapping | None = None, retry_failed: bool = False, progress: bool = True,
-            desc: str = "egg.run", extra=None) -> Outcome:
+            desc: str = "egg.run", extra=None, batch_size: int = 1) -> Outcome:
     """The run loop: compute each job not in ``done`` and append it to ``store``.
 
     done / failed: {key: line} already in the store. A job whose earlier attempt failed is
@@ -163,58 +163,137 @@ def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | No
     failure (its error and item id) and the run goes on; KeyboardInterrupt stops it.
     extra: a function (job, item or None when the item could not be loaded) -> dict of
         fields added to each written line.
-    progress: a bar on stderr (notebooks pass False: a kernel captures stderr into the
-        notebook's outputs, which nbval compares).
+    progress: a progress bar on stderr (notebooks pass False: a kernel captures stderr
+        into the notebook's outputs, which nbval compares).
+    batch_size: methods with a batched form (``registry.BATCHED``: egg) run this many
+        items of one configuration per call (``egg.ground_batch``); the records are the
+        single calls' and come back in job order. A batch that raises is run again item by
+        item, so that each failure names its own item.
     """
     import sys
 
     from tqdm import tqdm  # the plain bar: tqdm.auto would draw a widget into a notebook
 
     done, failed = dict(done or {}), dict(failed or {})
-    records, failures, skipped = [], [], set()
-    items: dict[tuple[str, int], object] = {}
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    waiting: dict[str, list[int]] = {}  # spec label -> positions of jobs waiting for a batch
     with tqdm(total=len(jobs), disable=not progress, desc=desc, file=sys.stderr) as bar:
-        for job in jobs:
-            bar.update(1)
+        loop = _Loop(vlm, jobs, model, store, done, failed, extra, bar, items=_ItemCache(max(2, b + 1)))
+        for pos, job in enumerate(jobs):
             if job.key in done:
-                records.append(replace(Record.from_dict(done[job.key]), variant=job.spec.label))
-                continue
-            if job.key in failed and not retry_failed:
-                failures.append(failed[job.key])
-                continue
-            fields_ = extra(job, None) if extra else {}
+                loop.finish(pos, replace(Record.from_dict(done[job.key]), variant=job.spec.label))
+            elif job.key in failed and not retry_failed:
+                loop.finish(pos, failed[job.key])
+            elif b > 1 and job.spec.method in BATCHED:
+                group = waiting.setdefault(job.spec.label, [])
+                group.append(pos)
+                if len(group) == b:
+                    loop.compute(waiting.pop(job.spec.label))
+            else:
+                loop.compute([pos])
+        for label in list(waiting):
+            loop.compute(waiting.pop(label))
+    if loop.skipped:
+        warnings.warn("skipped (no ground-truth boxes): " + ", ".join(sorted(loop.skipped)), stacklevel=3)
+    ordered = [loop.results[i] for i in range(len(jobs)) if loop.results.get(i) is not None]
+    return Outcome([r for r in ordered if isinstance(r, Record)], [r for r in ordered if isinstance(r, dict)])
+
+
+@dataclass
+class _Loop:
+    """``execute``'s state: what each job position produced (a Record, a failure line, or
+    None when skipped), and how to compute a group of jobs of one configuration."""
+
+    vlm: object
+    jobs: Sequence[Job]
+    model: str
+    store: object
+    done: dict
+    failed: dict
+    extra: object
+    bar: object
+    items: "_ItemCache"
+    results: dict = field(default_factory=dict)
+    skipped: set = field(default_factory=set)
+
+    def finish(self, pos: int, out) -> None:
+        self.results[pos] = out
+        self.bar.update(1)
+
+    def compute(self, positions: list[int]) -> None:
+        """Jobs of one configuration: in one batched call when there are several (and it
+        succeeds), else one at a time."""
+        ready = []  # (position, item, extra fields)
+        for pos in positions:
+            job = self.jobs[pos]
+            fields_ = self.extra(job, None) if self.extra else {}
             try:
-                ik = (job.source.name, job.index)
-                if ik not in items:
-                    items.clear()  # one item at a time: its specs follow each other
-                    items[ik] = job.source.item(job.index)
-                item = items[ik]
-                fields_ = extra(job, item) if extra else {}
-                if job.spec.method in NEEDS_BOXES and not item.boxes:
-                    skipped.add(f"{job.spec.label} on {job.source.name}")
-                    continue
-                g = METHODS[job.spec.method](vlm, item, **job.spec.params)
-                rec = job.source.record(g, item, index=job.index, method=job.spec.method, params=job.spec.params,
-                                        variant=job.spec.label, model=model)
-            except Exception as e:  # noqa: BLE001 - one bad item must not stop a batch
-                line = _failure(job, model, e, fields_)
-                if store is not None:
-                    store.append(line)
-                failed[job.key] = line
-                failures.append(line)
+                item = self.items.get(job)
+                fields_ = self.extra(job, item) if self.extra else {}
+            except Exception as e:  # noqa: BLE001 - an unreadable item is that item's failure
+                self.finish(pos, _failed(job, self.model, e, fields_, self.store, self.failed))
                 continue
-            if store is not None:
-                store.append({**rec.to_dict(), **fields_})
-            done[job.key] = rec.to_dict()
-            records.append(rec)
-    if skipped:
-        warnings.warn("skipped (no ground-truth boxes): " + ", ".join(sorted(skipped)), stacklevel=3)
-    return Outcome(records, failures)
+            if job.spec.method in NEEDS_BOXES and not item.boxes:
+                self.skipped.add(f"{job.spec.label} on {job.source.name}")
+                self.finish(pos, None)
+                continue
+            ready.append((pos, item, fields_))
+        if len(ready) > 1:
+            spec = self.jobs[ready[0][0]].spec
+            try:
+                gs = BATCHED[spec.method](self.vlm, [r[1] for r in ready], **spec.params)
+            except Exception:  # noqa: BLE001 - find the item that fails, one at a time
+                gs = None
+            if gs is not None:
+                for (pos, item, fields_), g in zip(ready, gs):
+                    self.finish(pos, _written(self.jobs[pos], g, item, self.model, fields_, self.store, self.done))
+                return
+        for pos, item, fields_ in ready:
+            job = self.jobs[pos]
+            try:
+                g = METHODS[job.spec.method](self.vlm, item, **job.spec.params)
+                self.finish(pos, _written(job, g, item, self.model, fields_, self.store, self.done))
+            except Exception as e:  # noqa: BLE001 - one bad item must not stop a run
+                self.finish(pos, _failed(job, self.model, e, fields_, self.store, self.failed))
+
+
+class _ItemCache:
+    """The last few items loaded (a run asks for each item once per configuration)."""
+
+    def __init__(self, size: int):
+        self.size, self.items = size, {}
+
+    def get(self, job: Job):
+        k = (job.source.name, job.index)
+        if k not in self.items:
+            if len(self.items) >= self.size:
+                self.items.pop(next(iter(self.items)))
+            self.items[k] = job.source.item(job.index)
+        return self.items[k]
+
+
+def _written(job: Job, g, item, model: str, fields_: Mapping, store, done: dict) -> Record:
+    rec = job.source.record(g, item, index=job.index, method=job.spec.method, params=job.spec.params,
+                            variant=job.spec.label, model=model)
+    if store is not None:
+        store.append({**rec.to_dict(), **fields_})
+    done[job.key] = rec.to_dict()
+    return rec
+
+
+def _failed(job: Job, model: str, error: BaseException, fields_: Mapping, store, failed: dict) -> dict:
+    line = _failure(job, model, error, fields_)
+    if store is not None:
+        store.append(line)
+    failed[job.key] = line
+    return line
 
 
 def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int = 0,
         method_options: Mapping | None = None, path=None, progress: bool = True,
-        data: Mapping | None = None, retry_failed: bool = False) -> pd.DataFrame:
+        data: Mapping | None = None, retry_failed: bool = False, batch_size: int = 8) -> pd.DataFrame:
     """Run ``methods`` on items 0..n-1 of each family; one row per (item, configuration).
 
     families: procedural family names (None: all, ``bench.families()``) and/or real
@@ -228,6 +307,8 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
         notebooks sharing a file share work. Items that raise are recorded as failures and
         left out of the table (a warning counts them); ``retry_failed`` runs them again.
     progress: a progress bar on stderr.
+    batch_size: items per batched call of methods that have one (egg; see ``execute``): the
+        same records as single calls, faster (the notebooks use the default, 8).
     Returns a DataFrame (``records_frame``) in a fixed order: family, item, configuration;
     ``df.attrs["failures"]`` holds the failure lines.
     """
@@ -241,7 +322,7 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
     done, failed = split_outcomes(read_lines(path)[0]) if path is not None else ({}, {})
     with maybe_store(path) as store:
         out = execute(vlm, jobs_for(sources, counts, specs, fp), fp, store, done, failed,
-                      retry_failed=retry_failed, progress=progress)
+                      retry_failed=retry_failed, progress=progress, batch_size=batch_size)
     if out.failures:
         first = out.failures[0]
         warnings.warn(f"{out.n_failed} item(s) failed and are left out (first: {first['family']} item "

@@ -60,6 +60,13 @@ def _egg(vlm, item, **opts):
     return ground(vlm, item.image, item.question, **opts)
 
 
+def _egg_batch(vlm, items, **opts):
+    from ..method.batch import ground_batch
+
+    return ground_batch(vlm, [it.image for it in items], [it.question for it in items], batch_size=len(items),
+                        **opts)
+
+
 def _make_vicrop(variant: str):
     def _vicrop(vlm, item, *, layer=None, window_sizes=None, max_new_tokens: int = 8):
         from ..baselines import vicrop
@@ -104,6 +111,10 @@ METHODS: dict[str, Callable] = {
     "random": _random,
     "oracle": _oracle,
 }
+
+
+#: name -> callable(vlm, items, **options) -> one Grounding per item, equal to METHODS[name]'s.
+BATCHED: dict[str, Callable] = {"egg": _egg_batch}
 
 
 def _option_defaults(method: str) -> dict:

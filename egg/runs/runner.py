@@ -101,7 +101,7 @@ def _dist_env() -> tuple[int, int, int]:
 def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=None, resume: bool = False,
         split: str | None = None, seed: int = 0, options: Mapping | None = None, data=None,
         rank: int | None = None, world_size: int | None = None, device: str | None = None,
-        progress: bool = True, start: int = 0, retry_failed: bool = False) -> pd.DataFrame:
+        progress: bool = True, start: int = 0, retry_failed: bool = False, batch_size: int = 1) -> pd.DataFrame:
     """Run ``method`` on items start .. start+n-1 of ``benchmark``; returns the records
     (``egg.experiments.records_frame``) of this process's items, in index order.
 
@@ -116,11 +116,15 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     data: local copy of a real benchmark's dataset (see ``egg.benchmarks.load``).
     rank/world_size: sharding (None: from RANK / WORLD_SIZE, default 0 / 1).
     retry_failed: run again the items a previous run recorded as failed.
+    batch_size: questions per batched call for methods that have one (egg: ``egg.ground_batch``;
+        the records are the single calls').
     Returns the records of this process's items in index order; ``df.attrs["failures"]``
     holds the failure lines (items whose method raised).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {METHOD_NAMES}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     params = effective_options(method, options)
     env_rank, env_world, local_rank = _dist_env()
     rank = env_rank if rank is None else int(rank)
@@ -168,7 +172,8 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
                                  "method": method, "params": params}, path)
         done, failed = split_outcomes(lines)
         outcome = execute(vlm, jobs_for([src], [indices], [spec], fp), fp, store, done, failed,
-                          retry_failed=retry_failed, progress=progress, desc=desc, extra=extra)
+                          retry_failed=retry_failed, progress=progress, desc=desc, extra=extra,
+                          batch_size=batch_size)
     df = records_frame(outcome.records)
     df.attrs["failures"] = outcome.failures
     return df
