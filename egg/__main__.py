@@ -87,9 +87,15 @@ def main(argv=None) -> int:
     c.add_argument("--families", default="text,vstar,doc", help="comma-separated families (default text,vstar,doc)")
     c.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
     c.add_argument("--iterations", type=int, default=3, help="depth of the fixed-depth EGG runs (default 3)")
-    c.add_argument("--repeats", type=int, default=1, help="timing rounds; later rounds interleave the methods")
+    c.add_argument("--repeats", type=int, default=3,
+                   help="timing rounds (default 3; each figure is the median); later rounds interleave the methods")
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the available cores)")
     c.add_argument("--json", default=None, help="also write the numbers to this file")
+    c.add_argument("--no-figures", action="store_true",
+                   help="skip the performance figures (iteration vs forward, memory, batch-8 throughput)")
+    c.add_argument("--random-grid", type=int, default=24,
+                   help="also measure a random-init LLaVA with GRID x GRID tokens per image (default 24, LLaVA-1.5's; "
+                        "0 = skip), with and without gradient checkpointing")
 
     a = p.parse_args(argv)
     try:
@@ -227,7 +233,7 @@ def _cost(a) -> int:
     import torch
 
     from .api import REFERENCE_DIR
-    from .runs import cost
+    from .runs import cost, perf
     from .threads import set_threads
 
     set_threads(a.threads)
@@ -238,8 +244,24 @@ def _cost(a) -> int:
     print(f"[cost] {vlm!r}; {len(items)} questions; torch threads {torch.get_num_threads()}")
     report = cost.run(vlm, items, iterations=a.iterations, repeats=a.repeats)
     print(report.format())
+    out = report.to_dict()
+    if not a.no_figures:
+        print("\n[cost] performance figures (each the median of interleaved rounds, measured in this run)")
+        out["figures"] = {"model": perf.figures(vlm, items, repeats=a.repeats)}
+        print(perf.format_figures(repr(vlm), out["figures"]["model"], report))
+    if a.random_grid:
+        g = a.random_grid
+        out.setdefault("figures", {})
+        big = perf.random_llava(g)
+        rep = cost.run(big, items, iterations=a.iterations, repeats=a.repeats, names=["egg-full"])
+        out["figures"][f"random{g}"] = perf.figures(big, items, repeats=a.repeats)
+        print(perf.format_figures(f"{big!r}", out["figures"][f"random{g}"], rep))
+        gc = perf.memory(perf.random_llava(g, gradient_checkpointing=True), items)
+        out["figures"][f"random{g}_checkpointing_memory"] = gc
+        print(f"  with gradient_checkpointing=True: peak memory ground = {gc['ratio']:.2f} x answer "
+              f"({gc['ground']['peak_mb']:.1f} MB vs {gc['answer']['peak_mb']:.1f} MB)")
     if a.json:
-        Path(a.json).write_text(json.dumps(report.to_dict(), indent=2))
+        Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

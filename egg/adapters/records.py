@@ -335,19 +335,18 @@ def kv_length(kv) -> int:
 
 
 def kv_rows(kv, lengths: Sequence[int]) -> list:
-    """A left-padded batch's key/value cache as one cache per prompt (``lengths`` tokens
-    each, the padding dropped): what each prompt's own pass would have kept, since padded
-    positions are masked out and positions are given per prompt."""
+    """A right-padded batch's key/value cache as one cache per prompt (its first
+    ``lengths[i]`` positions): what each prompt's own pass would have kept, since under
+    causal attention no real token sees the padding after it."""
     from transformers import DynamicCache
 
     layers = getattr(kv, "layers", None)
     pairs = ([(l.keys, l.values) for l in layers] if layers is not None
              else list(zip(kv.key_cache, kv.value_cache)))
-    L = max(int(n) for n in lengths)
     out = []
     for i, n in enumerate(lengths):
         c = DynamicCache()
         for li, (k, v) in enumerate(pairs):
-            c.update(k[i:i + 1, :, L - int(n):].detach(), v[i:i + 1, :, L - int(n):].detach(), li)
+            c.update(k[i:i + 1, :, :int(n)].detach(), v[i:i + 1, :, :int(n)].detach(), li)
         out.append(c)
     return out

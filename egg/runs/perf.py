@@ -1,0 +1,204 @@
+"""Performance figures: one EGG iteration against a plain forward, peak memory of
+``ground`` against ``answer``, and the throughput of ``ground_batch`` against single calls,
+on the reference model and on a random-init LLaVA of LLaVA-1.5's 24 x 24 tokens per image.
+
+``python -m egg cost`` prints them after the per-method table of ``egg.runs.cost``; every
+figure is measured in that one run (timings: the median of interleaved rounds).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .cost import CostReport
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C++ code writes there directly)."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _median_ratio(fns: dict[str, Callable[[object], object]], items: Sequence, repeats: int) -> dict[str, float]:
+    """Seconds per item of each ``fns[name](item)``: the median over ``repeats`` rounds that
+    interleave the functions item by item (after one warm-up call each), mean over items."""
+    for fn in fns.values():
+        fn(items[0])
+    times = {k: [[] for _ in items] for k in fns}
+    for _ in range(int(repeats)):
+        for i, it in enumerate(items):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn(it)
+                times[name][i].append(time.perf_counter() - t0)
+    return {k: float(np.mean([np.median(x) for x in v])) for k, v in times.items()}
+
+
+def iteration_cost(vlm, items: Sequence, repeats: int = 3) -> dict:
+    """One EGG iteration's model work -- a forward and a backward pass to the visual
+    embeddings (``relevance``) -- against one plain forward pass (no grad) over the same
+    prompt (the original image and the question; embeddings computed beforehand)."""
+    import torch
+
+    from ..adapters import as_adapter
+    from ..method.relevance import relevance
+
+    a = as_adapter(vlm)
+    prepared = []
+    for it in items:
+        p = a.prepare([it.image], it.question)
+        prepared.append((p, a.visual_embeddings(p)))
+
+    def plain(pv):
+        with torch.no_grad():
+            a.forward(*pv)
+
+    t = _median_ratio({"forward": plain, "iteration": lambda pv: relevance(a, pv[0], visual_embeds=pv[1])},
+                      prepared, repeats)
+    return {**t, "ratio": t["iteration"] / t["forward"]}
+
+
+def batch_throughput(vlm, items: Sequence, batch_size: int = 8, repeats: int = 3) -> dict:
+    """``egg.ground`` one question at a time against ``egg.ground_batch`` with ``batch_size``
+    questions per pass (paper defaults), on the same questions, in interleaved rounds;
+    ``ratio`` = single seconds / batched seconds (throughput gain), and whether every
+    answer and box agreed."""
+    from ..method.batch import ground_batch
+    from ..method.zoom import ground
+
+    items = list(items)
+    groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    single = [[ground(vlm, it.image, it.question) for it in g] for g in groups]
+    batched = [ground_batch(vlm, [it.image for it in g], [it.question for it in g], batch_size=batch_size)
+               for g in groups]
+    same = all(a.answer == b.answer and a.boxes == b.boxes for s, bt in zip(single, batched) for a, b in zip(s, bt))
+    t = _median_ratio({
+        "single": lambda g: [ground(vlm, it.image, it.question) for it in g],
+        "batched": lambda g: ground_batch(vlm, [it.image for it in g], [it.question for it in g],
+                                          batch_size=batch_size),
+    }, groups, repeats)
+    n = len(items) / len(groups)
+    return {"single_sec_per_q": t["single"] / n, "batched_sec_per_q": t["batched"] / n,
+            "ratio": t["single"] / t["batched"], "same_results": bool(same), "batch_size": int(batch_size),
+            "n_questions": len(items)}
+
+
+def tensor_peak_mb(fn: Callable[[], object]) -> float:
+    """Peak memory (MB) of the tensors torch allocates while ``fn`` runs, above what was
+    allocated before: the profiler's allocation and free events summed in time order.
+    Unlike the process's resident size it is exact and repeatable, and it does not depend
+    on whether the C allocator gives freed blocks back."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_fd2():  # the profiler's C++ side prints a line to stderr as it starts and stops
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _quiet_fd2():
+            prof.stop()
+    now = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        now += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, now)
+    return peak / 2**20
+
+
+def memory(vlm, items: Sequence) -> dict:
+    """Peak memory of the base answer and of ``egg.ground`` at defaults, per question
+    (the largest over ``items``): on a GPU the peak CUDA memory allocated (weights
+    included); on the CPU the model's weights plus the peak of the tensors the call
+    allocates (``tensor_peak_mb``). ``ratio`` = ground's over answer's;
+    ``activation_ratio`` compares the memory above the weights alone."""
+    import torch
+
+    from ..adapters import as_adapter
+    from ..api import answer
+    from ..method.zoom import ground
+
+    model = as_adapter(vlm).model
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    gpu = next(model.parameters()).is_cuda
+    calls = {"answer": lambda it: answer(vlm, it.image, it.question),
+             "ground": lambda it: ground(vlm, it.image, it.question)}
+    for fn in calls.values():  # warm-up: lazy initialisation is not the method's
+        fn(items[0])
+    out = {}
+    for name, fn in calls.items():
+        peaks = []
+        for it in items:
+            if gpu:
+                torch.cuda.reset_peak_memory_stats()
+                fn(it)
+                peaks.append(torch.cuda.max_memory_allocated() / 2**20 - weights)
+            else:
+                peaks.append(tensor_peak_mb(lambda: fn(it)))
+        out[name] = {"above_weights_mb": float(max(peaks)), "peak_mb": float(weights + max(peaks))}
+    out["weights_mb"] = weights
+    out["ratio"] = out["ground"]["peak_mb"] / out["answer"]["peak_mb"]
+    a_extra = out["answer"]["above_weights_mb"]
+    out["activation_ratio"] = out["ground"]["above_weights_mb"] / a_extra if a_extra > 0 else float("nan")
+    out["measure"] = "cuda allocated" if gpu else "weights + torch tensors"
+    return out
+
+
+def random_llava(grid: int = 24, patch: int = 14, gradient_checkpointing: bool = False, seed: int = 0):
+    """A random-init LLaVA of the reference's widths whose images are ``grid`` x ``grid``
+    tokens (LLaVA-1.5's 24 x 24 at 336 px by default), built from a config: what a pass costs
+    does not depend on the weights. Its answers are random tokens (it rarely stops early)."""
+    from ..adapters import VLM
+    from ..api import _finish
+    from ..reference.build import ReferenceConfig, build_model, build_processor
+
+    cfg = ReferenceConfig(image_size=grid * patch, patch_size=patch, max_positions=max(512, 8 * grid * grid))
+    proc = build_processor(cfg)
+    model = _finish(build_model(cfg, proc.tokenizer, seed=seed), "cpu", None, gradient_checkpointing)
+    tag = ", gradient checkpointing" if gradient_checkpointing else ""
+    return VLM.from_model(model, proc, source=f"random-init LLaVA, {grid}x{grid} tokens{tag}")
+
+
+def figures(vlm, items: Sequence, repeats: int = 3, batch_size: int = 8) -> dict:
+    """The performance figures of one model (issue #19's list), each measured here in one
+    run: one iteration over a plain forward, batch throughput over single calls, and peak
+    memory of ``ground`` over ``answer``."""
+    items = list(items)
+    return {"iteration": iteration_cost(vlm, items, repeats), "memory": memory(vlm, items),
+            "batch": batch_throughput(vlm, items[: max(batch_size, len(items) - len(items) % batch_size)],
+                                      batch_size, repeats)}
+
+
+def format_figures(name: str, f: dict, report: "CostReport | None" = None) -> str:
+    """Plain-text lines for ``figures`` (and ``ground`` x ``answer`` from a ``run`` report)."""
+    it, mem, b = f["iteration"], f["memory"], f["batch"]
+    lines = [f"{name}:"]
+    if report is not None:
+        lines.append(f"  egg.ground (paper defaults) = {report.ratio('egg-full'):.2f} x egg.answer per question "
+                     f"(wall time; CPU time {report.ratio('egg-full', 'cpu_sec_per_q'):.2f} x)")
+    lines += [
+        f"  one iteration (forward + backward to the visual embeddings) = {it['ratio']:.2f} x a plain forward "
+        f"({it['iteration'] * 1e3:.1f} ms vs {it['forward'] * 1e3:.1f} ms)",
+        f"  peak memory: ground = {mem['ratio']:.2f} x answer ({mem['measure']}: {mem['ground']['peak_mb']:.1f} MB vs "
+        f"{mem['answer']['peak_mb']:.1f} MB, of which weights {mem['weights_mb']:.1f} MB; above the weights "
+        f"{mem['activation_ratio']:.2f} x)",
+        f"  batch of {b['batch_size']}: {b['ratio']:.2f} x the throughput of single calls "
+        f"({b['batched_sec_per_q']:.3f} vs {b['single_sec_per_q']:.3f} s/question, {b['n_questions']} questions; "
+        f"same answers and boxes: {b['same_results']})",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["tensor_peak_mb", "iteration_cost", "batch_throughput", "memory", "random_llava", "figures",
+           "format_figures"]
