@@ -35,7 +35,9 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run one method over one benchmark, appending JSON lines")
     r.add_argument("--model", default=None, help="checkpoint directory or Hugging Face id (default: the reference)")
     r.add_argument("--benchmark", required=True,
-                   help=f"procedural family {list(bench.FAMILIES)} or a real benchmark (python -m egg benchmarks)")
+                   help="a real benchmark (python -m egg benchmarks) or a procedural family "
+                        f"{list(bench.FAMILIES)}; vstar, pope and gqa are both and mean the real benchmark: "
+                        "write synthetic:pope for the family")
     r.add_argument("--method", default="egg", choices=list(METHODS))
     r.add_argument("--n", "--num-items", dest="n", type=int, default=None,
                    help="items (default: 300 procedural, the whole real split); under torchrun spell it "

@@ -140,7 +140,7 @@ def _launcher():
 def test_sharded_run_merges_to_single_process_table(ref_dir, tmp_path):
     n = 5
     out = tmp_path / "sharded.jsonl"
-    args = ["run", "--model", str(ref_dir), "--benchmark", "gqa", "--method", "base", "--num-items", str(n), "--out", str(out),
+    args = ["run", "--model", str(ref_dir), "--benchmark", "synthetic:gqa", "--method", "base", "--num-items", str(n), "--out", str(out),
             "--no-progress"]
     r = subprocess.run(_launcher() + args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -152,7 +152,7 @@ def test_sharded_run_merges_to_single_process_table(ref_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     # the single-process reference loads the same checkpoint the same way (an in-memory model and
     # its save_pretrained copy get different fingerprints, hence different record keys)
-    single = runner.run(str(ref_dir), "gqa", method="base", n=n, out=tmp_path / "single.jsonl", progress=False,
+    single = runner.run(str(ref_dir), "synthetic:gqa", method="base", n=n, out=tmp_path / "single.jsonl", progress=False,
                         device="cpu")
     got = runner.load(merged)
     assert list(got["index"]) == list(range(n))
@@ -167,9 +167,27 @@ def test_sharded_run_merges_to_single_process_table(ref_dir, tmp_path):
 def test_env_sharding_in_process(vlm, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
-    df = runner.run(vlm, "pope", method="base", n=7, out=tmp_path / "s.jsonl", progress=False)
+    df = runner.run(vlm, "synthetic:pope", method="base", n=7, out=tmp_path / "s.jsonl", progress=False)
     assert list(df["index"]) == [1, 4]
     assert (tmp_path / "s.rank1-of-3.jsonl").is_file()
+
+
+def test_names_that_are_both_a_family_and_a_real_benchmark(tmp_path):
+    """vstar, pope and gqa: the runner (Table 1 reproduction) means the real benchmark, the
+    notebooks' runs mean the procedural family, and a prefix chooses either explicitly."""
+    from egg.runs.loop import ItemSource
+
+    for name in ("vstar", "pope", "gqa"):
+        assert ItemSource(name).kind == "procedural"
+        assert ItemSource(f"synthetic:{name}", prefer="real").kind == "procedural"
+        assert ItemSource(f"synthetic:{name}").name == name
+    with pytest.raises(ValueError, match="unknown procedural family 'textvqa'"):
+        ItemSource("synthetic:textvqa")
+    # the real benchmark is asked for; offline and without a copy it names what to download
+    with pytest.raises((ValueError, OSError, RuntimeError), match="(?i)pope"):
+        runner.run(None, "pope", method="base", n=1, out=tmp_path / "p.jsonl", progress=False)
+    with pytest.raises((ValueError, OSError, RuntimeError), match="(?i)pope"):
+        ItemSource("real:pope")
 
 
 def test_cli_benchmarks_lists_all():

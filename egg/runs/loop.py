@@ -49,19 +49,39 @@ def make_specs(methods, method_options: Mapping | None = None) -> list[Spec]:
     return out
 
 
+#: Prefixes that say which kind a name means: "vstar", "pope" and "gqa" are both a
+#: procedural family and a real benchmark.
+PROCEDURAL, REAL = "synthetic:", "real:"
+
+
 class ItemSource:
     """Items of a procedural family or of a real benchmark (``egg.benchmarks``), by index,
-    scored with that family's or benchmark's own metric."""
+    scored with that family's or benchmark's own metric.
 
-    def __init__(self, name: str, split: str | None = None, seed: int = 0, data=None):
+    A name that is both (``vstar``, ``pope``, ``gqa``) means the kind ``prefer`` says
+    (notebooks: the procedural family; ``python -m egg run``: the real benchmark);
+    ``synthetic:<family>`` and ``real:<benchmark>`` choose explicitly."""
+
+    def __init__(self, name: str, split: str | None = None, seed: int = 0, data=None, prefer: str = "procedural"):
+        if prefer not in ("procedural", "real"):
+            raise ValueError(f"prefer must be 'procedural' or 'real', got {prefer!r}")
+        from .. import datasets as benchmarks
+
+        want = None
+        for prefix, kind in ((PROCEDURAL, "procedural"), (REAL, "real")):
+            if name.startswith(prefix):
+                name, want = name[len(prefix):], kind
+        if want is None:
+            both = name in bench.FAMILIES and name in benchmarks.names()
+            want = prefer if both else ("procedural" if name in bench.FAMILIES else "real")
         self.name = name
         self.seed = int(seed)
-        if name in bench.FAMILIES:
+        if want == "procedural":
+            if name not in bench.FAMILIES:
+                raise ValueError(f"unknown procedural family {name!r}; expected one of {bench.families()}")
             self.kind, self.family, self.size = "procedural", name, None
             self.split = split or "test"
             return
-        from .. import datasets as benchmarks
-
         if name not in benchmarks.names():
             raise ValueError(f"unknown family or benchmark {name!r}; expected a procedural family "
                              f"{bench.families()} or a real benchmark {benchmarks.names()}")
@@ -316,7 +336,7 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
     fams = list(bench.families() if families is None else ([families] if isinstance(families, str) else families))
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    sources = [ItemSource(f, split, seed, (data or {}).get(f)) for f in fams]
+    sources = [ItemSource(f, split, seed, (data or {}).get(f)) for f in fams]  # bare "pope": the family
     counts = [int(n) if s.size is None else min(int(n), s.size) for s in sources]
     fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
     done, failed = split_outcomes(read_lines(path)[0]) if path is not None else ({}, {})

@@ -106,8 +106,9 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     (``egg.experiments.records_frame``) of this process's items, in index order.
 
     model: a loaded VLM, or a path / Hub id for ``egg.load_model`` (None: the reference).
-    benchmark: a procedural family ("text", "doc", ...) or a real benchmark
-        (``egg.benchmarks.names()``: "textvqa", "docvqa", "pope-random", ...).
+    benchmark: a real benchmark (``egg.datasets.names()``: "textvqa", "vstar", "pope", ...)
+        or a procedural family ("text", "doc", ...); "vstar", "pope" and "gqa" name both
+        and mean the real benchmark here -- "synthetic:pope" is the procedural family.
     method: one of METHOD_NAMES; options: its keyword options (e.g. {"k": 1}).
     n: number of items (None: 300 for a family, the whole split for a real benchmark).
     out: JSON-lines file (per-process shard file when world_size > 1); None: keep in memory.
@@ -132,7 +133,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
-    src = ItemSource(benchmark, split, seed, data)
+    src = ItemSource(benchmark, split, seed, data, prefer="real")
     if n is None:
         n = 300 if src.size is None else src.size - start
     if int(n) != n or n < 0:
