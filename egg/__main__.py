@@ -32,39 +32,51 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m egg", description="egg batch runs")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="run one method over one benchmark, appending JSON lines")
+    raw = argparse.RawDescriptionHelpFormatter
+    r = sub.add_parser(
+        "run", help="run one method over one benchmark, appending JSON lines", formatter_class=raw,
+        epilog="examples:\n"
+               "  python -m egg run --benchmark text --method egg --n 100 --out results/text-egg.jsonl\n"
+               "  python -m egg run --benchmark text --method egg --n 100 --out results/text-egg.jsonl --resume\n"
+               "  python -m egg run --benchmark synthetic:pope --method vicrop-grad-att --n 50 --out pope.jsonl "
+               "--batch-size 8\n"
+               "  python -m egg run --model llava-hf/llava-1.5-7b-hf --device cuda --benchmark docvqa "
+               "--data data/hf/DocVQA --method egg --option k=1 --out docvqa-egg-k1.jsonl")
     r.add_argument("--model", default=None, help="checkpoint directory or Hugging Face id (default: the reference)")
     r.add_argument("--benchmark", required=True,
                    help="a real benchmark (python -m egg benchmarks) or a procedural family "
                         f"{list(bench.FAMILIES)}; vstar, pope and gqa are both and mean the real benchmark: "
                         "write synthetic:pope for the family")
-    r.add_argument("--method", default="egg", choices=list(METHODS))
+    r.add_argument("--method", default="egg", choices=list(METHODS), help="the method (default egg)")
     r.add_argument("--n", "--num-items", dest="n", type=int, default=None,
                    help="items (default: 300 procedural, the whole real split); under torchrun spell it "
                         "--num-items (torchrun reads --n as its own --nnodes/--nproc-per-node)")
-    r.add_argument("--start", type=int, default=0)
+    r.add_argument("--start", type=int, default=0, help="first item index (default 0)")
     r.add_argument("--out", required=True, help="JSON-lines output (per-rank shard files when sharded)")
     r.add_argument("--resume", action="store_true", help="keep finished items in --out, run the rest")
     r.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run again the items an earlier run recorded as failed")
     r.add_argument("--split", default=None, help="procedural split: train/val/test (default test)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="procedural benchmark seed (default 0)")
     r.add_argument("--data", default=None, help="local copy of a real benchmark's dataset")
-    r.add_argument("--device", default=None)
+    r.add_argument("--device", default=None, help="e.g. cuda (default: cuda if available, else cpu)")
     r.add_argument("--option", action="append", type=_parse_option, default=[],
                    help="method option NAME=VALUE (JSON value), repeatable, e.g. --option k=1")
     r.add_argument("--batch-size", type=int, default=1,
-                   help="questions per forward/backward pass for egg (egg.ground_batch; same records as "
-                        "single calls; default 1), e.g. --batch-size 8 on a GPU")
+                   help="questions per model pass for egg and the ViCrop methods (egg.ground_batch, "
+                        "egg.vicrop_batch; same records as single calls; default 1), e.g. --batch-size 8 on a GPU")
     r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: this process's share of the available cores)")
 
-    m = sub.add_parser("merge", help="merge shard files into one records file")
-    m.add_argument("shards", nargs="+")
-    m.add_argument("--out", required=True)
+    m = sub.add_parser("merge", help="merge shard files into one records file", formatter_class=raw,
+                       epilog="example:\n  python -m egg merge results/docvqa-egg.rank*-of-8.jsonl "
+                              "--out results/docvqa-egg.jsonl")
+    m.add_argument("shards", nargs="+", help="the shard files (records files) to join")
+    m.add_argument("--out", required=True, help="the merged records file to write")
 
-    sub.add_parser("benchmarks", help="list the real benchmarks")
+    sub.add_parser("benchmarks", help="list the real benchmarks", formatter_class=raw,
+                   epilog="example:\n  python -m egg benchmarks")
 
     g = sub.add_parser("ground", help="ground one question on your own image: answer, boxes, overlay figure",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,7 +92,11 @@ def main(argv=None) -> int:
     g.add_argument("--option", action="append", type=_parse_option, default=[],
                    help="egg.ground option NAME=VALUE (JSON value), repeatable, e.g. --option k=1")
 
-    c = sub.add_parser("cost", help="what grounding costs: each method as a multiple of the base answer, "
+    c = sub.add_parser("cost", formatter_class=raw,
+                       epilog="examples:\n  python -m egg cost --n 8 --json results/cost.json\n"
+                              "  python -m egg cost --model llava-hf/llava-1.5-7b-hf --device cuda --dtype bfloat16 "
+                              "--random-grid 0",
+                       help="what grounding costs: each method as a multiple of the base answer, "
                                     "measured in one run (egg.runs.cost)")
     c.add_argument("--model", default=None, help="checkpoint dir or Hub id (default: the reference model)")
     c.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")

@@ -325,17 +325,22 @@ def test_batched_passes_equal_single_prompts(family, image):
         single = torch.stack([a.forward(p, v).logits for p, v in zip(preps, vis)])
     leaves = [v.clone().requires_grad_(True) for v in vis]
     with torch.enable_grad():
-        batch = a.forward_batch(preps, leaves)
+        batch = a.forward_batch(preps, leaves).logits
         batch[1].sum().backward()
     torch.testing.assert_close(batch.detach(), single, rtol=1e-4, atol=1e-5)
     assert leaves[0].grad is None or not leaves[0].grad.any()
     assert leaves[1].grad is not None and leaves[1].grad.any()
     assert leaves[2].grad is None or not leaves[2].grad.any()
     assert a.generate_batch(preps, 6, vis) == [a.generate_ids(p, 6, v) for p, v in zip(preps, vis)]
-    got = egg.ground_batch(vlm, [image, other], ["what shape is red ?", "what ?"], max_iterations=1)
-    ref = [egg.ground(vlm, im, q, max_iterations=1) for im, q in [(image, "what shape is red ?"), (other, "what ?")]]
+    pairs = [(image, "what shape is red ?"), (other, "what ?")]
+    got = egg.ground_batch(vlm, [p[0] for p in pairs], [p[1] for p in pairs], max_iterations=1)
+    ref = [egg.ground(vlm, im, q, max_iterations=1) for im, q in pairs]
     assert [g.answer for g in got] == [g.answer for g in ref]
     assert [g.boxes for g in got] == [g.boxes for g in ref]
+    for variant in ("rel-att", "grad-att", "pure-grad"):  # attention rows and pixel gradients, batched
+        got = egg.vicrop_batch(vlm, [p[0] for p in pairs], [p[1] for p in pairs], variant=variant)
+        ref = [egg.vicrop(vlm, im, q, variant=variant) for im, q in pairs]
+        assert [(g.answer, g.boxes) for g in got] == [(g.answer, g.boxes) for g in ref], variant
 
 
 def test_gradient_lives_on_the_visual_tokens(family, image):

@@ -38,6 +38,19 @@ def test_ground_batch_equals_single_calls(vlm, items, stopping, kw):
             assert getattr(b.cost, c) == getattr(a.cost, c), c
 
 
+@pytest.mark.parametrize("variant", ["rel-att", "grad-att", "pure-grad"])
+def test_vicrop_batch_equals_single_calls(vlm, items, variant):
+    ims, qs = [it.image for it in items], [it.question for it in items]
+    single = [egg.vicrop(vlm, im, q, variant=variant) for im, q in zip(ims, qs)]
+    batch = egg.vicrop_batch(vlm, ims, qs, variant=variant, batch_size=4)
+    for a, b in zip(single, batch):
+        assert a.answer == b.answer and a.boxes == b.boxes
+        np.testing.assert_allclose(b.trace[0].maps[0], a.trace[0].maps[0], rtol=1e-4,
+                                   atol=1e-6 * max(1e-12, float(np.max(np.abs(a.trace[0].maps[0])))))
+        for c in ("forward", "backward", "images_encoded", "generated_tokens"):
+            assert getattr(b.cost, c) == getattr(a.cost, c), c
+
+
 def test_items_in_a_batch_stop_on_their_own_rule(vlm, items):
     ims, qs = [it.image for it in items], [it.question for it in items]
     batch = egg.ground_batch(vlm, ims, qs, batch_size=len(items), stopping="confidence", max_iterations=3)

@@ -34,9 +34,33 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
     assert r.returncode == 2 and "has no option(s) ['nosuch']" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_help_has_examples_for_ground():
-    r = _egg("ground", "--help")
-    assert r.returncode == 0 and "example:" in r.stdout and "--option" in r.stdout
+def test_help_has_examples_and_every_flag_says_what_it_does():
+    import argparse
+
+    from egg.__main__ import main
+
+    for cmd in ("ground", "run", "merge", "benchmarks", "cost"):
+        r = _egg(cmd, "--help")
+        assert r.returncode == 0 and "example" in r.stdout and f"python -m egg {cmd}" in r.stdout, cmd
+    # every option of every subcommand has a help text (argparse's own parser, not the printed text)
+    seen = {}
+    orig = argparse.ArgumentParser.parse_args
+
+    def grab(self, args=None, namespace=None):
+        for action in self._subparsers._group_actions[0].choices.items() if self._subparsers else []:
+            seen[action[0]] = [(a.dest, a.help) for a in action[1]._actions if a.dest != "help"]
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        try:
+            main(["benchmarks"])
+        except SystemExit:
+            pass
+    finally:
+        argparse.ArgumentParser.parse_args = orig
+    missing = [(cmd, dest) for cmd, acts in seen.items() for dest, h in acts if not h]
+    assert set(seen) == {"run", "merge", "benchmarks", "ground", "cost"} and not missing, missing
 
 
 def test_run_with_batch_size_writes_the_records_of_single_calls(ref_dir, tmp_path):

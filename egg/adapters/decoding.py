@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .records import EmbeddingCache, ForwardOutput, Prepared, detached_kv, kv_length, kv_rows
+from .records import BatchOutput, EmbeddingCache, ForwardOutput, Prepared, detached_kv, kv_length, kv_rows
 
 
 class _EarlyExit(Exception):
@@ -78,21 +78,25 @@ class Decoding:
         return ForwardOutput(logits=self.lm_head(hidden)[0], attention=att, kv=kv)
 
     def forward_batch(self, prepared: Sequence[Prepared], visual_embeds: Sequence[torch.Tensor],
-                      num_layers: int | None = None, keep_kv: bool = False):
-        """One decoder pass over several prompts; next-token logits at each prompt's last
-        position, shape (B, vocab). Each row equals ``forward``'s for that prompt alone
-        (within float tolerance); gradients flow to each ``visual_embeds[i]`` that requires
-        grad, and only from its own row.
+                      num_layers: int | None = None, attention_layer: int | None = None,
+                      keep_kv: bool = False) -> BatchOutput:
+        """One decoder pass over several prompts: ``forward`` for each, in one pass.
+
+        ``BatchOutput.logits[i]`` equals ``forward``'s logits for prompt i alone (within float
+        tolerance); gradients flow to each ``visual_embeds[i]`` that requires grad, and only
+        from its own row. ``attention_layer``: that layer's weights, (B, heads, L, L), row i
+        valid on its first ``lengths[i]`` positions. ``keep_kv``: one key/value cache per
+        prompt, as ``forward(..., keep_kv=True)`` keeps (None where the pass keeps none).
 
         The prompts are padded on the RIGHT: under causal attention no real token sees the
         padding, so no padding mask is needed and attention keeps its fastest (causal)
         kernel -- a left-padded, masked batch fell back to a slower one on the CPU and was
-        slower than single prompts at 24 x 24 tokens.
-        keep_kv: return (logits, one key/value cache per prompt, or None where the pass kept
-        none) instead, as ``forward(..., keep_kv=True)`` would for each prompt."""
+        slower than single prompts at 24 x 24 tokens."""
         n = self.num_layers
         if num_layers is not None and not (1 <= int(num_layers) <= n):
             raise ValueError(f"num_layers must be in [1, {n}], got {num_layers}")
+        if attention_layer is not None and not (0 <= int(attention_layer) < n):
+            raise ValueError(f"attention_layer must be in [0, {n - 1}], got {attention_layer}")
         if len(prepared) != len(visual_embeds) or not prepared:
             raise ValueError(f"forward_batch needs one visual embedding per prompt, got {len(prepared)} prompts "
                              f"and {len(visual_embeds)} embeddings")
@@ -103,15 +107,14 @@ class Decoding:
         if "attention_mask" in kw:  # every real token is kept; causal attention ignores the padding after it
             kw["attention_mask"] = torch.ones_like(kw["attention_mask"])
         full = num_layers is None or int(num_layers) == n
-        hidden, _, out = self._run_decoder(batch, kw, num_layers, None, bool(keep_kv) and full,
-                                           last=[m - 1 for m in lengths])
-        logits = self.lm_head(hidden)
-        if not keep_kv:
-            return logits
-        if not full or out is None:
-            return logits, [None] * len(prepared)
-        kv = detached_kv(out, max(lengths)) if out is not None else None
-        return logits, (kv_rows(kv, lengths) if kv is not None else [None] * len(prepared))
+        keep = bool(keep_kv) and full
+        hidden, att, out = self._run_decoder(batch, kw, num_layers, attention_layer, keep,
+                                             last=[m - 1 for m in lengths])
+        kvs = None
+        if keep_kv:
+            kv = detached_kv(out, max(lengths)) if keep and out is not None else None
+            kvs = kv_rows(kv, lengths) if kv is not None else [None] * len(prepared)
+        return BatchOutput(logits=self.lm_head(hidden), lengths=lengths, attention=att, kv=kvs)
 
     def _run_decoder(self, embeds: torch.Tensor, kw: dict, num_layers, attention_layer, keep_kv: bool,
                      last: Sequence[int] | None = None):

@@ -164,6 +164,18 @@ class ForwardOutput:
     kv: object | None = None
 
 
+@dataclass
+class BatchOutput:
+    """``forward_batch``'s result: next-token logits per prompt (B, vocab), each prompt's
+    length (its rows in ``attention`` beyond that are padding), and when asked for the
+    attention weights of one layer (B, heads, L, L) and one key/value cache per prompt."""
+
+    logits: torch.Tensor
+    lengths: list
+    attention: torch.Tensor | None = None
+    kv: list | None = None
+
+
 class EmbeddingCache:
     """Visual embeddings per image, keyed by the processed pixels (LRU, ``maxsize`` images).
 

@@ -44,7 +44,7 @@ from ..method import checks
 from ..method.objectives import argmax_log_prob, next_token_stats
 from ..method.regions import TIE_RTOL, first_argmax_2d
 from ..method.result import Grounding, Iteration
-from ..method.zoom import answer_with_crops, map_boxes
+from ..method.zoom import cut, map_boxes
 
 GENERIC_PROMPT = "Write a general description of the image."
 #: ViCrop's window sizes, as multiples of the vision tower's input resolution.
@@ -61,47 +61,62 @@ def _grid_values(vec: torch.Tensor, grid: TokenGrid) -> np.ndarray:
     return v[grid.positions()]
 
 
-def _attention_map(adapter: VLMAdapter, prep: Prepared, layer: int, cache) -> np.ndarray:
-    vis = adapter.visual_embeddings(prep, cache)
+def _last_attention(att: torch.Tensor, i: int, n: int, grid: TokenGrid) -> np.ndarray:
+    """Row ``i`` of a batch's attention weights: from its last position (``n`` tokens),
+    heads averaged, on ``grid``."""
+    return _grid_values(att[i, :, n - 1, :n].mean(0), grid)
+
+
+def _attention_maps(adapter: VLMAdapter, preps: list[Prepared], layer: int, caches: list) -> list[np.ndarray]:
+    vis = adapter.visual_embeddings_batch(preps, caches)
     with torch.no_grad():
-        out = adapter.forward(prep, vis, num_layers=layer + 1, attention_layer=layer)
-    att = out.attention[0, :, -1, :].mean(0)  # heads averaged, from the last position
-    return _grid_values(att, prep.grids[0])
+        out = adapter.forward_batch(preps, vis, num_layers=layer + 1, attention_layer=layer)
+    return [_last_attention(out.attention, i, n, p.grids[0]) for i, (p, n) in enumerate(zip(preps, out.lengths))]
 
 
-def _grad_attention_map(adapter: VLMAdapter, prep: Prepared, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
-    vis = adapter.visual_embeddings(prep, cache).detach().clone().requires_grad_(True)
+def _grad_attention_maps(adapter: VLMAdapter, preps: list[Prepared], layer: int, caches: list) -> list[tuple]:
+    vis = [v.detach().clone().requires_grad_(True) for v in adapter.visual_embeddings_batch(preps, caches)]
     with torch.enable_grad():
-        out = adapter.forward(prep, vis, attention_layer=layer)
-        loss = argmax_log_prob(out.logits)
+        out = adapter.forward_batch(preps, vis, attention_layer=layer)
+        loss = sum(argmax_log_prob(out.logits[i]) for i in range(len(preps)))  # rows do not interact
         (g,) = torch.autograd.grad(loss, out.attention)
     adapter.counter.backward += 1
-    ga = (out.attention.detach() * torch.relu(g))[0, :, -1, :].mean(0)
-    return _grid_values(ga, prep.grids[0]), out.logits.detach()
+    ga = out.attention.detach() * torch.relu(g)
+    return [(_last_attention(ga, i, n, p.grids[0]), out.logits[i].detach())
+            for i, (p, n) in enumerate(zip(preps, out.lengths))]
 
 
-def _pixel_gradient(adapter: VLMAdapter, prep: Prepared, cache: EmbeddingCache | None = None,
-                    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """|d log p(argmax) / d pixels| (L2 over channels) of image 0, shape (H, W).
+def _pixel_gradients(adapter: VLMAdapter, preps: list[Prepared], caches: list) -> list[tuple]:
+    """Per prompt: |d log p(argmax) / d pixels| (L2 over channels) of image 0, shape (H, W),
+    the logits, and the processed image; one batched forward and one backward.
 
-    The image is encoded once for this gradient; its embeddings (detached) go into
-    ``cache``, so that the answer does not encode the original again."""
-    if len(prep.images) != 1:
+    Each image is encoded once for its gradient; its embeddings (detached) go into its
+    cache, so that the answer does not encode the original again."""
+    if any(len(p.images) != 1 for p in preps):
         raise ValueError("pure-grad maps a single image")
-    pix, extra = adapter.image_inputs(prep.inputs, 0)
-    leaf = pix.detach().clone().requires_grad_(True)
+    leaves, embs, extras, pixs = [], [], [], []
     with torch.enable_grad():
-        emb = adapter.encode(leaf, **extra)
-        adapter.counter.images_encoded += 1
-        if cache is not None:
-            cache.put(EmbeddingCache.key(pix), emb.detach())
-        logits = adapter.forward_from_embeddings(prep, emb)
-        loss = argmax_log_prob(logits)
-        (g,) = torch.autograd.grad(loss, leaf)
+        for p, cache in zip(preps, caches):
+            pix, extra = adapter.image_inputs(p.inputs, 0)
+            leaf = pix.detach().clone().requires_grad_(True)
+            emb = adapter.encode(leaf, **extra)
+            adapter.counter.images_encoded += 1
+            if cache is not None:
+                cache.put(EmbeddingCache.key(pix), emb.detach())
+            leaves.append(leaf)
+            embs.append(emb)
+            extras.append(extra)
+            pixs.append(pix)
+        out = adapter.forward_batch(preps, embs)
+        loss = sum(argmax_log_prob(out.logits[i]) for i in range(len(preps)))
+        grads = torch.autograd.grad(loss, leaves)
     adapter.counter.backward += 1
-    g = adapter.pixel_image(g, **extra)
-    norm = torch.linalg.vector_norm(g[0].to(torch.float64), dim=0).cpu().numpy()
-    return norm, logits.detach(), adapter.pixel_image(pix.detach(), **extra)
+    res = []
+    for i, (g, pix, extra) in enumerate(zip(grads, pixs, extras)):
+        g = adapter.pixel_image(g, **extra)
+        norm = torch.linalg.vector_norm(g[0].to(torch.float64), dim=0).cpu().numpy()
+        res.append((norm, out.logits[i].detach(), adapter.pixel_image(pix.detach(), **extra)))
+    return res
 
 
 def high_pass_mask(pixels: torch.Tensor, resolution: int | None = None) -> np.ndarray:
@@ -128,31 +143,36 @@ def _pool(values: np.ndarray, grid: TokenGrid, patch: int) -> np.ndarray:
     return v.reshape(rows, patch, cols, patch).mean(axis=(1, 3))
 
 
-# One signature for every variant, as captum's attribution methods share one:
-# (adapter, prepared prompt, image, layer, cache) -> (map over the original's grid, the
-# full model's next-token logits or None when the variant does not compute them).
+# One signature for every variant, as captum's attribution methods share one, over a batch:
+# (adapter, prepared prompts, images, layer, caches) -> per prompt (map over the original's
+# grid, the full model's next-token logits or None when the variant does not compute them).
+# A single call is a batch of one.
 
 
-def rel_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, None]:
-    """Attention to the image at ``layer``, divided by the generic prompt's (no backward pass)."""
-    general = adapter.prepare([image], GENERIC_PROMPT, cache=cache)
-    a = _attention_map(adapter, prep, layer, cache)
-    b = _attention_map(adapter, general, layer, cache)
-    return a / (b + _EPS), None
+def rel_att_map(adapter: VLMAdapter, preps: list[Prepared], images: list, layer: int, caches: list) -> list[tuple]:
+    """Attention to the image at ``layer``, divided by the generic prompt's (no backward pass);
+    the prompts and their generic twins go through one truncated pass."""
+    general = [adapter.prepare([im], GENERIC_PROMPT, cache=c) for im, c in zip(images, caches)]
+    maps = _attention_maps(adapter, list(preps) + general, layer, list(caches) * 2)
+    b = len(preps)
+    return [(maps[i] / (maps[b + i] + _EPS), None) for i in range(b)]
 
 
-def grad_att_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
+def grad_att_map(adapter: VLMAdapter, preps: list[Prepared], images: list, layer: int, caches: list) -> list[tuple]:
     """Attention at ``layer`` times relu(d log p(argmax) / d attention), heads averaged."""
-    return _grad_attention_map(adapter, prep, layer, cache)
+    return _grad_attention_maps(adapter, list(preps), layer, list(caches))
 
 
-def pure_grad_map(adapter: VLMAdapter, prep: Prepared, image, layer: int, cache) -> tuple[np.ndarray, torch.Tensor]:
+def pure_grad_map(adapter: VLMAdapter, preps: list[Prepared], images: list, layer: int, caches: list) -> list[tuple]:
     """|d log p(argmax) / d pixels| over the generic prompt's, on high-frequency areas, per patch."""
-    general = adapter.prepare([image], GENERIC_PROMPT, cache=cache)
-    ga, logits, pix = _pixel_gradient(adapter, prep, cache)
-    gb, _, _ = _pixel_gradient(adapter, general)
-    ratio = ga / (gb + _EPS) * high_pass_mask(pix, resolution=max(adapter.input_resolution))
-    return _pool(ratio, prep.grids[0], adapter.patch_size), logits
+    general = [adapter.prepare([im], GENERIC_PROMPT, cache=c) for im, c in zip(images, caches)]
+    mine = _pixel_gradients(adapter, list(preps), list(caches))
+    theirs = _pixel_gradients(adapter, general, [None] * len(general))
+    out = []
+    for p, (ga, logits, pix), (gb, _, _) in zip(preps, mine, theirs):
+        ratio = ga / (gb + _EPS) * high_pass_mask(pix, resolution=max(adapter.input_resolution))
+        out.append((_pool(ratio, p.grids[0], adapter.patch_size), logits))
+    return out
 
 
 #: variant name -> its map function (the signature above).
@@ -175,11 +195,18 @@ def vicrop_map(vlm, image, question: str, variant: str = "rel-att", layer: int |
     layer = n // 2 if layer is None else checks.integer("layer", layer, lo=0, hi=n - 1)
     prep = adapter.prepare([img], q, cache=cache)
     info: dict = {"layer": layer, "entropy": float("nan"), "max_prob": float("nan")}
-    m, logits = VARIANTS[variant](adapter, prep, img, layer, cache)
+    m, logits = VARIANTS[variant](adapter, [prep], [img], layer, [cache])[0]
+    return _clean(m), prep, _info(info, logits)
+
+
+def _clean(m) -> np.ndarray:
+    return np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _info(info: dict, logits) -> dict:
     if logits is not None:
         info["entropy"], info["max_prob"], _ = next_token_stats(logits)
-    m = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    return m, prep, info
+    return info
 
 
 # --------------------------------------------------------------------------- crop choice
@@ -263,38 +290,85 @@ def vicrop(
         ViCrop uses 14 of LLaVA-1.5's 32).
     window_sizes: see ``window_sizes_for``.
     Returns a Grounding whose trace has state 0 (the map, proposing the crop) and state 1
-    (original + crop, with the answer); ``best_index`` is 1.
+    (original + crop, with the answer); ``best_index`` is 1. (A batch of one of
+    ``vicrop_batch``.)
     """
+    return vicrop_batch(vlm, [image], [question], variant=variant, layer=layer, window_sizes=window_sizes,
+                        max_new_tokens=max_new_tokens)[0]
+
+
+def vicrop_batch(vlm, images: Sequence, questions: Sequence[str], variant: str = "rel-att", layer: int | None = None,
+                 window_sizes: Sequence[float] | None = None, max_new_tokens: int = 8,
+                 batch_size: int = 8) -> list[Grounding]:
+    """``vicrop`` for each (image, question) pair, ``batch_size`` questions per model pass
+    (maps in one batched pass per prompt set, answers in one padded ``generate``). Each
+    result equals ``vicrop``'s; its ``cost`` counts the passes it took part in, as a single
+    call would, and its share of the time."""
     adapter = as_adapter(vlm)
     checks.choice("variant", variant, VARIANTS)
     if layer is not None:
         layer = checks.integer("layer", layer, lo=0, hi=adapter.num_layers - 1)
     check_window_sizes(window_sizes)
     max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, lo=1)
-    img = load_image(image)
-    q = check_question(question)
+    b = checks.integer("batch_size", batch_size, lo=1)
+    images, questions = list(images), list(questions)
+    if len(images) != len(questions):
+        raise ValueError(f"vicrop_batch needs one question per image, got {len(images)} images and "
+                         f"{len(questions)} questions")
+    imgs, qs = [load_image(im) for im in images], [check_question(q) for q in questions]
+    layer = adapter.num_layers // 2 if layer is None else layer
+    out: list[Grounding] = []
+    for k in range(0, len(imgs), b):
+        out += _vicrop_chunk(adapter, imgs[k:k + b], qs[k:k + b], variant, layer, window_sizes, max_new_tokens)
+    return out
+
+
+def _shares(total, n: int) -> list:
+    """A batch's cost as n per-question costs: every pass counted for each question (as a
+    single call would run it), images encoded and time split evenly."""
+    from ..adapters import Cost
+
+    return [Cost(forward=total.forward, backward=total.backward,
+                 images_encoded=total.images_encoded // n + (1 if i < total.images_encoded % n else 0),
+                 generated_tokens=0, wall_time=total.wall_time / n) for i in range(n)]
+
+
+def _vicrop_chunk(adapter: VLMAdapter, imgs: list, qs: list[str], variant: str, layer: int, window_sizes,
+                  max_new_tokens: int) -> list[Grounding]:
     counter = adapter.counter
-    c_start, t_start = counter.copy(), time.perf_counter()
-    cache = EmbeddingCache()
-    m, prep, info = vicrop_map(adapter, img, q, variant, layer, cache=cache)
-    grid = prep.grids[0]
-    sizes = window_sizes_for(adapter, img.size, window_sizes)
-    box, score, size = choose_window(m, grid, sizes)
-    it0 = Iteration(index=0, maps=[m], map_boxes=map_boxes(prep, []), boxes=[box], masses=[score], searched=[0],
-                    entropy=info["entropy"], max_prob=info["max_prob"])
-    it0.cost = counter.copy() - c_start
-    it0.cost.wall_time = time.perf_counter() - t_start
+    c0, t0 = counter.copy(), time.perf_counter()
+    caches = [EmbeddingCache() for _ in imgs]
+    preps = [adapter.prepare([im], q, cache=c) for im, q, c in zip(imgs, qs, caches)]
+    results = VARIANTS[variant](adapter, preps, imgs, layer, caches)
+    states = []
+    for im, prep, (m, logits) in zip(imgs, preps, results):
+        m, info = _clean(m), _info({"layer": layer, "entropy": float("nan"), "max_prob": float("nan")}, logits)
+        sizes = window_sizes_for(adapter, im.size, window_sizes)
+        box, score, size = choose_window(m, prep.grids[0], sizes)
+        it0 = Iteration(index=0, maps=[m], map_boxes=map_boxes(prep, []), boxes=[box], masses=[score],
+                        searched=[0], entropy=info["entropy"], max_prob=info["max_prob"])
+        states.append((it0, box, sizes, size))
+    mapped = counter.copy() - c0
+    mapped.wall_time = time.perf_counter() - t0
     c1, t1 = counter.copy(), time.perf_counter()
-    ans = answer_with_crops(adapter, img, q, [box], max_new_tokens, cache)
-    it1 = Iteration(index=1, crops=[box], answer=ans, min_crop_area=(box[2] - box[0]) * (box[3] - box[1]))
-    it1.cost = counter.copy() - c1
-    it1.cost.wall_time = time.perf_counter() - t1
-    cost = counter.copy() - c_start
-    cost.wall_time = time.perf_counter() - t_start
-    params = dict(variant=variant, layer=info["layer"], window_sizes=[float(s) for s in sizes],
-                  window_size=size, max_new_tokens=max_new_tokens, model=adapter.describe())
-    return Grounding(answer=ans, boxes=[box], trace=[it0, it1], cost=cost, best_index=1,
-                     method=f"vicrop:{variant}", question=q, image_size=tuple(img.size), params=params, image=img)
+    answer_preps = [adapter.prepare([im] + cut(im, [st[1]], c), q, cache=c)
+                    for im, q, c, st in zip(imgs, qs, caches, states)]
+    ids = adapter.generate_batch(answer_preps, max_new_tokens, caches=caches)
+    answered = counter.copy() - c1
+    answered.wall_time = time.perf_counter() - t1
+    out = []
+    for im, q, (it0, box, sizes, size), a, c_map, c_ans in zip(imgs, qs, states, ids, _shares(mapped, len(imgs)),
+                                                               _shares(answered, len(imgs))):
+        c_ans.generated_tokens = len(a)
+        it0.cost = c_map
+        it1 = Iteration(index=1, crops=[box], answer=adapter.decode(a), min_crop_area=(box[2] - box[0]) * (box[3] - box[1]),
+                        cost=c_ans)
+        params = dict(variant=variant, layer=layer, window_sizes=[float(s) for s in sizes], window_size=size,
+                      max_new_tokens=max_new_tokens, model=adapter.describe())
+        out.append(Grounding(answer=it1.answer, boxes=[box], trace=[it0, it1], cost=c_map + c_ans, best_index=1,
+                             method=f"vicrop:{variant}", question=q, image_size=tuple(im.size), params=params,
+                             image=im))
+    return out
 
 
-__all__ = ["vicrop", "vicrop_map", "rel_att_map", "grad_att_map", "pure_grad_map", "choose_window", "high_pass_mask", "window_sizes_for", "GENERIC_PROMPT", "VARIANTS"]
+__all__ = ["vicrop", "vicrop_batch", "vicrop_map", "rel_att_map", "grad_att_map", "pure_grad_map", "choose_window", "high_pass_mask", "window_sizes_for", "GENERIC_PROMPT", "VARIANTS"]

@@ -136,7 +136,7 @@ def relevance_batch(
     with torch.enable_grad():
         want = bool(keep_kv) and token_index == 1
         out = adapter.forward_batch(preps, leaves, num_layers=num_layers, keep_kv=want)
-        logits, kvs = out if want else (out, [None] * len(preps))
+        logits, kvs = out.logits, out.kv if want else [None] * len(preps)
         values = [_scalar(fn(logits[i])) for i in range(len(preps))]
         grads = _gradient(adapter, sum((v for v in values if v.requires_grad), torch.zeros(())), leaves)
     return [_result(adapter, p, g, logits[i], values[i], x, False, kv)

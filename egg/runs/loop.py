@@ -185,7 +185,7 @@ def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | No
         fields added to each written line.
     progress: a progress bar on stderr (notebooks pass False: a kernel captures stderr
         into the notebook's outputs, which nbval compares).
-    batch_size: methods with a batched form (``registry.BATCHED``: egg) run this many
+    batch_size: methods with a batched form (``registry.BATCHED``: egg, ViCrop) run this many
         items of one configuration per call (``egg.ground_batch``); the records are the
         single calls' and come back in job order. A batch that raises is run again item by
         item, so that each failure names its own item.
@@ -327,7 +327,7 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
         notebooks sharing a file share work. Items that raise are recorded as failures and
         left out of the table (a warning counts them); ``retry_failed`` runs them again.
     progress: a progress bar on stderr.
-    batch_size: items per batched call of methods that have one (egg; see ``execute``): the
+    batch_size: items per batched call of methods that have one (egg, ViCrop; see ``execute``): the
         same records as single calls, faster (the notebooks use the default, 8).
     Returns a DataFrame (``records_frame``) in a fixed order: family, item, configuration;
     ``df.attrs["failures"]`` holds the failure lines.

@@ -79,6 +79,17 @@ def _make_vicrop(variant: str):
     return _vicrop
 
 
+def _make_vicrop_batch(variant: str):
+    def _vicrop_batch(vlm, items, *, layer=None, window_sizes=None, max_new_tokens: int = 8):
+        from ..baselines.vicrop import vicrop_batch
+
+        return vicrop_batch(vlm, [it.image for it in items], [it.question for it in items], variant=variant,
+                            layer=layer, window_sizes=window_sizes, max_new_tokens=max_new_tokens,
+                            batch_size=len(items))
+
+    return _vicrop_batch
+
+
 def item_seed(item, offset: int = 0) -> int:
     """A per-item seed from (family, split, index, seed) (+ ``offset``), stable across runs."""
     m = item.meta
@@ -114,7 +125,8 @@ METHODS: dict[str, Callable] = {
 
 
 #: name -> callable(vlm, items, **options) -> one Grounding per item, equal to METHODS[name]'s.
-BATCHED: dict[str, Callable] = {"egg": _egg_batch}
+BATCHED: dict[str, Callable] = {"egg": _egg_batch,
+                                 **{f"vicrop-{v}": _make_vicrop_batch(v) for v in ("rel-att", "grad-att", "pure-grad")}}
 
 
 def _option_defaults(method: str) -> dict:

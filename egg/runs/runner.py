@@ -117,7 +117,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     data: local copy of a real benchmark's dataset (see ``egg.benchmarks.load``).
     rank/world_size: sharding (None: from RANK / WORLD_SIZE, default 0 / 1).
     retry_failed: run again the items a previous run recorded as failed.
-    batch_size: questions per batched call for methods that have one (egg: ``egg.ground_batch``;
+    batch_size: questions per batched call for methods that have one (``egg.ground_batch``, ``egg.vicrop_batch``;
         the records are the single calls').
     Returns the records of this process's items in index order; ``df.attrs["failures"]``
     holds the failure lines (items whose method raised).
