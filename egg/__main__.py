@@ -26,13 +26,27 @@ def _parse_option(text: str):
 
 
 def main(argv=None) -> int:
-    from . import synthetic as bench
-    from .runs.registry import METHODS
 
     p = argparse.ArgumentParser(prog="python -m egg", description="egg batch runs")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     raw = argparse.RawDescriptionHelpFormatter
+    _add_run(sub, raw)
+    _add_others(sub, raw)
+
+    a = p.parse_args(argv)
+    try:
+        return _dispatch(a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+
+def _add_run(sub, raw) -> None:
+    from . import synthetic as bench
+    from .runs.registry import METHODS
+
     r = sub.add_parser(
         "run", help="run one method over one benchmark, appending JSON lines", formatter_class=raw,
         epilog="examples:\n"
@@ -69,6 +83,9 @@ def main(argv=None) -> int:
     r.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: this process's share of the available cores)")
 
+
+
+def _add_others(sub, raw) -> None:
     m = sub.add_parser("merge", help="merge shard files into one records file", formatter_class=raw,
                        epilog="example:\n  python -m egg merge results/docvqa-egg.rank*-of-8.jsonl "
                               "--out results/docvqa-egg.jsonl")
@@ -114,13 +131,6 @@ def main(argv=None) -> int:
     c.add_argument("--random-grid", type=int, default=24,
                    help="also measure a random-init LLaVA with GRID x GRID tokens per image (default 24, LLaVA-1.5's; "
                         "0 = skip), with and without gradient checkpointing")
-
-    a = p.parse_args(argv)
-    try:
-        return _dispatch(a)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 class UserError(Exception):
