@@ -141,7 +141,7 @@ class Decoding:
         if stop_after is not None:
             hooks.append(self.decoder_layers[stop_after].register_forward_hook(stop_here))
         ctx = self.eager_attention() if attention_layer is not None else contextlib.nullcontext()
-        self.counter.forward += 1
+        self.counter.forward += int(embeds.shape[0])  # one per sequence: a batch of B does B passes' work
         out = None
         try:
             with ctx, self._checkpointing():
@@ -263,7 +263,7 @@ class Decoding:
                 if t in eos:
                     break
             answers.append(ids)
-        self.counter.forward += 1
+        self.counter.forward += len(prepared)
         self.counter.generated_tokens += sum(len(a) for a in answers)
         return answers
 

@@ -125,8 +125,9 @@ class Prepared:
 
 @dataclass
 class Cost:
-    """Work counters. ``forward``: full-sequence decoder passes (incl. a generate's
-    prefill, unless it continued the key/value cache of a kept pass); ``backward``: backward passes; ``images_encoded``: images run through the
+    """Work counters. ``forward``: full-sequence decoder passes, one per sequence (a batched
+    pass over B prompts counts B; a generate's prefill counts, unless it continued the
+    key/value cache of a kept pass); ``backward``: backward passes; ``images_encoded``: images run through the
     vision tower; ``generated_tokens``: tokens decoded by ``generate``; ``wall_time``: s."""
 
     forward: int = 0

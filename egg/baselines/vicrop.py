@@ -80,7 +80,7 @@ def _grad_attention_maps(adapter: VLMAdapter, preps: list[Prepared], layer: int,
         out = adapter.forward_batch(preps, vis, attention_layer=layer)
         loss = sum(argmax_log_prob(out.logits[i]) for i in range(len(preps)))  # rows do not interact
         (g,) = torch.autograd.grad(loss, out.attention)
-    adapter.counter.backward += 1
+    adapter.counter.backward += len(preps)
     ga = out.attention.detach() * torch.relu(g)
     return [(_last_attention(ga, i, n, p.grids[0]), out.logits[i].detach())
             for i, (p, n) in enumerate(zip(preps, out.lengths))]
@@ -110,7 +110,7 @@ def _pixel_gradients(adapter: VLMAdapter, preps: list[Prepared], caches: list) -
         out = adapter.forward_batch(preps, embs)
         loss = sum(argmax_log_prob(out.logits[i]) for i in range(len(preps)))
         grads = torch.autograd.grad(loss, leaves)
-    adapter.counter.backward += 1
+    adapter.counter.backward += len(preps)
     res = []
     for i, (g, pix, extra) in enumerate(zip(grads, pixs, extras)):
         g = adapter.pixel_image(g, **extra)
@@ -324,13 +324,17 @@ def vicrop_batch(vlm, images: Sequence, questions: Sequence[str], variant: str =
 
 
 def _shares(total, n: int) -> list:
-    """A batch's cost as n per-question costs: every pass counted for each question (as a
-    single call would run it), images encoded and time split evenly."""
+    """A batch's cost as n per-question costs. The counters count sequences (a batched
+    pass over n prompts counts n), so an even split is what each question's single call
+    would have counted; time is split evenly too."""
     from ..adapters import Cost
 
-    return [Cost(forward=total.forward, backward=total.backward,
-                 images_encoded=total.images_encoded // n + (1 if i < total.images_encoded % n else 0),
-                 generated_tokens=0, wall_time=total.wall_time / n) for i in range(n)]
+    def part(v: int, i: int) -> int:
+        return v // n + (1 if i < v % n else 0)
+
+    return [Cost(forward=part(total.forward, i), backward=part(total.backward, i),
+                 images_encoded=part(total.images_encoded, i), generated_tokens=0, wall_time=total.wall_time / n)
+            for i in range(n)]
 
 
 def _vicrop_chunk(adapter: VLMAdapter, imgs: list, qs: list[str], variant: str, layer: int, window_sizes,

@@ -154,7 +154,7 @@ def _gradient(adapter: VLMAdapter, value: torch.Tensor, leaves: list[torch.Tenso
     if not value.requires_grad:  # the objective does not depend on the logits at all
         return [torch.zeros_like(l) for l in leaves]
     grads = torch.autograd.grad(value, leaves, allow_unused=True)
-    adapter.counter.backward += 1
+    adapter.counter.backward += len(leaves)  # one per sequence, as forward passes are counted
     return [torch.zeros_like(l) if g is None else g.detach() for l, g in zip(leaves, grads)]
 
 
