@@ -164,7 +164,9 @@ def by_evidence_size(df, bins: int = 3):
 
 
 def acceptance(s) -> list[tuple[str, bool, str]]:
-    """The foundation issue's targets, each as (target, met, what was measured)."""
+    """The testbed's targets (what the reference model must show before any accuracy table
+    means something: headroom, uncertainty when wrong, pointing), each as (target, met,
+    what was measured)."""
     detail = s[s.family.isin(bench.DETAIL_FAMILIES)]
     control = s[s.family == bench.CONTROL_FAMILY]
     big_gap = detail[detail.gap >= 0.30]
