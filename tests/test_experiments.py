@@ -335,6 +335,10 @@ def test_figures_and_byte_stable_files(tmp_path):
     configs, axes = ex.ablation_configs(num_layers=4)
     abl = ex.ablation_table(df.assign(variant=df["variant"].replace({"egg": "default", "base": "k=1"})), axes)
     figs["abl"] = plots.ablations(abl)
+    for ax in figs["abl"].axes:  # every visible panel spans at least +-2 points, flat ones included
+        if ax.get_visible():
+            lo, hi = ax.get_ylim()
+            assert lo <= -2.0 and hi >= 2.0
     figs["multi"] = plots.multi_evidence(df)
     from matplotlib.figure import Figure
 

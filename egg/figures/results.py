@@ -228,17 +228,22 @@ def cost_accuracy(table: pd.DataFrame, reference: dict | None = None, highlight:
 # =========================================================================== 05
 
 
+#: Smallest half-range (points) of an ablation panel's y axis.
+MIN_HALF_RANGE = 2.0
+
+
 def ablations(table: pd.DataFrame, axes_order: Sequence[str] | None = None):
     """One panel per ablation axis: accuracy difference to the paper's setting (paired
-    95 % CI; the paper's value, 0 by definition, is drawn in a darker colour), the
-    absolute accuracy written above each bar."""
+    95 % CI; the paper's value, 0 by definition, is drawn in orange, the others in blue),
+    the absolute accuracy written above each bar. Every panel spans at least +-2 points, so
+    that an axis where nothing changes reads as flat rather than as noise magnified."""
     axes_names = list(axes_order) if axes_order is not None else list(dict.fromkeys(table["axis"]))
     n = len(axes_names)
     ncols = min(3, max(1, n))
     nrows = max(1, math.ceil(n / ncols))
     import seaborn as sns
 
-    light, dark = sns.color_palette("colorblind", 2)
+    other, paper = sns.color_palette("colorblind", 2)  # blue, orange
     with _style():
         fig, axs = _figure(nrows, ncols, width=4.0 * ncols, height=3.2 * nrows)
         for i in range(nrows * ncols):
@@ -249,13 +254,15 @@ def ablations(table: pd.DataFrame, axes_order: Sequence[str] | None = None):
             t = table[table["axis"] == axes_names[i]].reset_index(drop=True)
             x = np.arange(len(t))
             d = t["delta"].fillna(0.0).to_numpy(float)
-            cols = [dark if p else light for p in t["paper"]]
+            cols = [paper if p else other for p in t["paper"]]
             ax.bar(x, d, color=cols, width=0.7)
             ax.scatter(x, d, color=cols, s=14, zorder=3)  # visible even when a delta is 0
             lo = (t["delta"] - t["ci_lo"]).fillna(0).clip(lower=0).to_numpy(float)
             hi = (t["ci_hi"] - t["delta"]).fillna(0).clip(lower=0).to_numpy(float)
             ax.errorbar(x, d, yerr=[lo, hi], fmt="none", ecolor="0.2", elinewidth=0.8, capsize=2)
             ax.axhline(0, color="0.3", lw=0.8)
+            ylo, yhi = ax.get_ylim()
+            ax.set_ylim(min(ylo, -MIN_HALF_RANGE), max(yhi, MIN_HALF_RANGE))
             for xi, r in zip(x, t.itertuples()):
                 ax.annotate(f"{r.accuracy:.1f}", (xi, 0), xytext=(0, 2), textcoords="offset points",
                             ha="center", fontsize=7, color="0.25")
@@ -263,7 +270,7 @@ def ablations(table: pd.DataFrame, axes_order: Sequence[str] | None = None):
             ax.set_xticklabels([str(v).replace("_", " ") for v in t["value"]], rotation=20, fontsize=8)
             ax.set_title(axes_names[i].replace("_", " "))
             ax.set_ylabel("delta vs paper's setting (points)" if i % ncols == 0 else "")
-        fig.suptitle("Ablations (dark = the paper's choice; numbers = accuracy in points)", fontsize=10)
+        fig.suptitle("Ablations (orange = the paper's choice; numbers = accuracy in points)", fontsize=10)
     return _freeze(fig)
 
 
