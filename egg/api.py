@@ -63,7 +63,9 @@ def _model_kwargs(dtype, attn_implementation=None, device_map=None, **extra) -> 
     return kw
 
 
-def _finish(model, device: str, device_map, gradient_checkpointing: bool):
+def prepare_for_inference(model, device: str = "cpu", device_map=None, gradient_checkpointing: bool = False):
+    """What ``load_model`` does to every model it loads (device, eval mode, optional gradient
+    checkpointing), for models built in code, e.g. a random model of a real shape."""
     if device_map is None:
         model.to(device)
     model.eval()
@@ -126,7 +128,7 @@ def _load_local(path: Path, device: str, dtype, device_map=None, gradient_checkp
             f"cannot load the checkpoint in {str(path)!r} (missing or corrupt files?){hint}: {type(e).__name__}: {e}"
         ) from e
     _check_loading(info, repr(str(path)), strict)
-    _finish(model, device, device_map, gradient_checkpointing)
+    prepare_for_inference(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=str(path))
 
 
@@ -224,7 +226,7 @@ def _load_hub(repo_id: str, device: str, dtype, device_map=None, gradient_checkp
         where = "the Hugging Face cache" if in_cache else "the Hugging Face Hub"
         raise FileNotFoundError(f"cannot load {repo_id!r} from {where}: {type(e).__name__}: {e}. {hint}") from e
     _check_loading(info, repr(repo_id), strict)
-    _finish(model, device, device_map, gradient_checkpointing)
+    prepare_for_inference(model, device, device_map, gradient_checkpointing)
     return VLM.from_model(model, processor, source=repo_id)
 
 

@@ -91,3 +91,50 @@ def test_rng_streams_are_independent_per_split():
     a = rng_for("text", "train", 0, 0).random(4)
     b = rng_for("text", "test", 0, 0).random(4)
     assert not np.allclose(a, b)
+
+
+# sha256 (first 16 hex) of test item 0's pixels and question per family, drawn before geometries
+# existed: the v1 benchmark, which every committed v1 record was computed on, must not move.
+V1_ITEM0 = {
+    "text": "90c5a9ab7c6b236a", "vstar": "d130ab77a3d4e119", "doc": "cbfa61f92643c737", "pope": "1a39b27b1dcaec7f",
+    "info": "fb9748c4968acf4e", "gqa": "f5336db1650c74b3", "rwqa": "652e73673230fad8",
+}
+
+
+def _item_hash(it) -> str:
+    import hashlib
+
+    return hashlib.sha256(it.image.tobytes() + it.question.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("family", bench.families())
+def test_v1_items_are_the_ones_drawn_before_geometries(family):
+    assert _item_hash(bench.item(family, "test", 0, 0)) == V1_ITEM0[family]
+    assert _item_hash(bench.item(family, "test", 0, 0, geometry="v1")) == V1_ITEM0[family]
+
+
+def test_unknown_geometry_names_the_known_ones():
+    with pytest.raises(ValueError, match="llava15"):
+        bench.item("text", geometry="llava-1.5")
+
+
+@pytest.mark.parametrize("family", ["text", "vstar", "doc", "info"])
+def test_llava15_objects_span_a_few_cells_and_hide_their_detail(family):
+    """The named object covers about 1-4 cells of a 24x24 view; its detail (the black glyph,
+    shape or digit inside the box) is under 8 px at the 336-px full view and about a 14-px patch
+    or more (13 px; 15-30 px at the median) in a crop 3x the box's side, as real benchmarks'
+    details are."""
+    cells, full, loose = [], [], []
+    for it in bench.load(family, "val", n=12, geometry="llava15"):
+        assert it.meta["geometry"] == "llava15"
+        W, H = it.image.size
+        for b in it.boxes:
+            cells.append((b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24)
+            px = np.asarray(it.image.crop(b).convert("L")) < 40
+            ys, xs = np.nonzero(px)
+            side = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)  # the detail's extent, canvas px
+            full.append(side * 336 / max(W, H))
+            loose.append(side * 336 / (3 * max(b[2] - b[0], b[3] - b[1])))
+    assert 0.7 <= np.median(cells) <= 4.5 and max(cells) <= 8, cells
+    assert max(full) < 8, full
+    assert min(loose) >= 13 and np.median(loose) >= 15, loose

@@ -145,6 +145,15 @@ class Cost:
     def copy(self) -> "Cost":
         return Cost(**asdict(self))
 
+    def split(self, n: int) -> list["Cost"]:
+        """A batch's cost as ``n`` per-question costs: counters count sequences (a batched pass
+        over n prompts counts n), so an even split is what each question's single call would
+        have counted, remainders going to the first ones; time is split evenly."""
+        part = lambda v, i: v // n + (1 if i < v % n else 0)
+        return [Cost(forward=part(self.forward, i), backward=part(self.backward, i),
+                     images_encoded=part(self.images_encoded, i), generated_tokens=part(self.generated_tokens, i),
+                     wall_time=self.wall_time / n) for i in range(n)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -323,20 +323,6 @@ def vicrop_batch(vlm, images: Sequence, questions: Sequence[str], variant: str =
     return out
 
 
-def _shares(total, n: int) -> list:
-    """A batch's cost as n per-question costs. The counters count sequences (a batched
-    pass over n prompts counts n), so an even split is what each question's single call
-    would have counted; time is split evenly too."""
-    from ..adapters import Cost
-
-    def part(v: int, i: int) -> int:
-        return v // n + (1 if i < v % n else 0)
-
-    return [Cost(forward=part(total.forward, i), backward=part(total.backward, i),
-                 images_encoded=part(total.images_encoded, i), generated_tokens=0, wall_time=total.wall_time / n)
-            for i in range(n)]
-
-
 def _vicrop_chunk(adapter: VLMAdapter, imgs: list, qs: list[str], variant: str, layer: int, window_sizes,
                   max_new_tokens: int) -> list[Grounding]:
     counter = adapter.counter
@@ -361,8 +347,8 @@ def _vicrop_chunk(adapter: VLMAdapter, imgs: list, qs: list[str], variant: str, 
     answered = counter.copy() - c1
     answered.wall_time = time.perf_counter() - t1
     out = []
-    for im, q, (it0, box, sizes, size), a, c_map, c_ans in zip(imgs, qs, states, ids, _shares(mapped, len(imgs)),
-                                                               _shares(answered, len(imgs))):
+    for im, q, (it0, box, sizes, size), a, c_map, c_ans in zip(imgs, qs, states, ids, mapped.split(len(imgs)),
+                                                               answered.split(len(imgs))):
         c_ans.generated_tokens = len(a)
         it0.cost = c_map
         it1 = Iteration(index=1, crops=[box], answer=adapter.decode(a), min_crop_area=(box[2] - box[0]) * (box[3] - box[1]),

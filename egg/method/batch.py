@@ -14,8 +14,8 @@ still faster (``python -m egg cost`` prints the throughput ratio).
 """
 from __future__ import annotations
 
-import inspect
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 from ..adapters import Cost, as_adapter
@@ -27,12 +27,7 @@ from .zoom import Search, ground
 
 def ground_options(**options) -> dict:
     """``ground``'s keyword options with its defaults filled in; unknown names raise."""
-    params = inspect.signature(ground).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise TypeError(f"ground has no option(s) {unknown}; valid: {sorted(defaults)}")
-    return {**defaults, **options}
+    return checks.with_defaults(ground, options, "ground")
 
 
 def ground_batch(vlm, images: Sequence, questions: Sequence[str], *, batch_size: int = 8,
@@ -60,6 +55,17 @@ def ground_batch(vlm, images: Sequence, questions: Sequence[str], *, batch_size:
     return out
 
 
+@dataclass
+class _Row:
+    """One question's part in a batched round: its prompt (None once it has stopped), the
+    visual embeddings of the prompt's images (filled by ``_encode``) and the work charged so far."""
+
+    search: Search
+    prompt: object | None
+    cost: Cost
+    embeddings: object | None = None
+
+
 def _run(adapter, searches: list[Search]) -> list[Grounding]:
     """Drive ``searches`` to the end together; their results, in order."""
     counter = adapter.counter
@@ -68,25 +74,26 @@ def _run(adapter, searches: list[Search]) -> list[Grounding]:
         active = [s for s in searches if not s.done]
         if not active:
             break
-        rows = []  # (search, prompt or None, its own preparation cost)
+        rows = []
         for s in active:
             c0, t0 = counter.copy(), time.perf_counter()
-            rows.append((s, s.next_prompt(), None, _since(counter, c0, t0)))
-        rows = _encode(adapter, rows)
-        mapped = [r for r in rows if r[1] is not None]
+            prompt = s.next_prompt()
+            rows.append(_Row(s, prompt, _since(counter, c0, t0)))
+        _encode(adapter, rows)
+        mapped = [r for r in rows if r.prompt is not None]
         share = Cost()
         if mapped:
             c0, t0 = counter.copy(), time.perf_counter()
-            rels = relevance_batch(adapter, [r[1] for r in mapped], o["objective"], o["token_index"],
-                                   o["num_layers"], visual_embeds=[r[2] for r in mapped],
+            rels = relevance_batch(adapter, [r.prompt for r in mapped], o["objective"], o["token_index"],
+                                   o["num_layers"], visual_embeds=[r.embeddings for r in mapped],
                                    keep_kv=not searches[0].answer_every)
             took = _since(counter, c0, t0)
             share = Cost(forward=o["token_index"], backward=1 if took.backward else 0,
                          wall_time=took.wall_time / len(mapped))
-            for (s, prep, _, _), rel in zip(mapped, rels):
-                s.take(prep, rel)
-        for s, prep, _, own in rows:
-            s.close_state(own + share if prep is not None else own)
+            for r, rel in zip(mapped, rels):
+                r.search.take(r.prompt, rel)
+        for r in rows:
+            r.search.close_state(r.cost + share if r.prompt is not None else r.cost)
 
     waiting = []
     for s in searches:
@@ -96,15 +103,16 @@ def _run(adapter, searches: list[Search]) -> list[Grounding]:
             ids = adapter.generate_ids(prep, o["max_new_tokens"], kv=kv)
             s.set_answer(adapter.decode(ids), _since(counter, c0, t0))
         elif prep is not None:
-            waiting.append((s, prep, None, _since(counter, c0, t0)))
-    waiting = _encode(adapter, waiting)
+            waiting.append(_Row(s, prep, _since(counter, c0, t0)))
+    _encode(adapter, waiting)
     if waiting:
         c0, t0 = counter.copy(), time.perf_counter()
-        ids = adapter.generate_batch([w[1] for w in waiting], o["max_new_tokens"], [w[2] for w in waiting])
+        ids = adapter.generate_batch([w.prompt for w in waiting], o["max_new_tokens"],
+                                     [w.embeddings for w in waiting])
         took = _since(counter, c0, t0)
-        for (s, _, _, own), a in zip(waiting, ids):
-            s.set_answer(adapter.decode(a), own + Cost(forward=1, generated_tokens=len(a),
-                                                       wall_time=took.wall_time / len(waiting)))
+        for w, a in zip(waiting, ids):
+            w.search.set_answer(adapter.decode(a), w.cost + Cost(forward=1, generated_tokens=len(a),
+                                                                 wall_time=took.wall_time / len(waiting)))
     results = []
     for s in searches:
         total = Cost()
@@ -114,22 +122,17 @@ def _run(adapter, searches: list[Search]) -> list[Grounding]:
     return results
 
 
-def _encode(adapter, rows: list) -> list:
-    """The rows (search, prompt or None, None, cost) with the visual embeddings of their
-    prompts filled in, the round's new images encoded together; each row with a prompt is
-    charged an equal share of the encoding."""
-    todo = [i for i, r in enumerate(rows) if r[1] is not None]
+def _encode(adapter, rows: list[_Row]) -> None:
+    """Fill in the visual embeddings of the rows' prompts, the round's new images encoded
+    together; each row with a prompt is charged an equal share of the encoding."""
+    todo = [r for r in rows if r.prompt is not None]
     if not todo:
-        return rows
+        return
     c0, t0 = adapter.counter.copy(), time.perf_counter()
-    embs = adapter.visual_embeddings_batch([rows[i][1] for i in todo], [rows[i][0].cache for i in todo])
+    embs = adapter.visual_embeddings_batch([r.prompt for r in todo], [r.search.cache for r in todo])
     took = _since(adapter.counter, c0, t0)
-    n, out = len(todo), list(rows)
-    for j, (i, e) in enumerate(zip(todo, embs)):
-        share = Cost(images_encoded=took.images_encoded // n + (1 if j < took.images_encoded % n else 0),
-                     wall_time=took.wall_time / n)
-        out[i] = (rows[i][0], rows[i][1], e, rows[i][3] + share)
-    return out
+    for r, e, share in zip(todo, embs, took.split(len(todo))):
+        r.embeddings, r.cost = e, r.cost + share
 
 
 def _since(counter: Cost, c0: Cost, t0: float) -> Cost:

@@ -59,3 +59,18 @@ def _range(lo, hi, lo_open: bool = False) -> str:
 
 
 __all__ = ["integer", "number", "choice"]
+
+
+def with_defaults(fn, options: dict, name: str, skip: Iterable[str] = ("vlm", "item", "image", "question")) -> dict:
+    """``options`` completed with ``fn``'s keyword defaults; a name ``fn`` does not take raises
+    a TypeError that lists the valid ones (one place for the method API, the batch API and
+    the run registry)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters.items()
+    defaults = {k: p.default for k, p in params if k not in skip and p.default is not inspect.Parameter.empty
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"{name} has no option(s) {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **options}

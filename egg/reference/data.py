@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING
@@ -35,9 +36,23 @@ WINDOW_SCALE = (2.5, 12.0)  # window side / detail side
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
 
 
+class Packed:
+    """Images kept zlib-compressed until a batch needs them: at 336 px a rendered training set
+    would not fit in memory raw (flat synthetic colours compress about 20x)."""
+
+    def __init__(self, images: np.ndarray):
+        self.shape, self.blob = images.shape, zlib.compress(np.ascontiguousarray(images).tobytes(), 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.frombuffer(zlib.decompress(self.blob), dtype=np.uint8).reshape(self.shape)
+
+
 @dataclass
 class Example:
-    images: np.ndarray  # (n, S, S, 3) uint8, already resized to the model input
+    images: np.ndarray | Packed  # (n, S, S, 3) uint8, already resized to the model input
     turns: list[tuple[str, str]]  # (question, answer), asked in one conversation about the images
     family: str
     kind: str
@@ -80,9 +95,13 @@ def oracle_crop(box, image_size, context: float = 2.0) -> tuple[int, int, int, i
     return int(x0), int(y0), int(min(W, x0 + side)), int(min(H, y0 + side))
 
 
-def position_words(box, image_size) -> str:
+def position_words(box, image_size, digits: bool = False) -> str:
+    """Where `box` is: "top left" (3 x 3), or with `digits` its column and row tenths, "3 7",
+    as grounding data states coordinates; fine enough to tell apart objects a few cells wide."""
     W, H = image_size
     cx, cy = (box[0] + box[2]) / 2 / W, (box[1] + box[3]) / 2 / H
+    if digits:
+        return f"{min(9, int(cx * 10))} {min(9, int(cy * 10))}"
     return f"{ROWS[min(2, int(cy * 3))]} {COLS[min(2, int(cx * 3))]}"
 
 
@@ -131,7 +150,7 @@ def _is_read(answer) -> bool:
     return answer is not None and answer not in ("yes", "no")
 
 
-def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WINDOW_SCALE):
+def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WINDOW_SCALE, digits: bool = False):
     """A window of the canvas around `box` (`scale` x its side), resized to the model input, with
     the facts that lie inside it as (question, answer, boxes to read or None); positions are
     re-expressed relative to the window. Returns the image, the facts and the window."""
@@ -140,14 +159,14 @@ def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WIND
     wx, wy, ww, wh = win[0], win[1], win[2] - win[0], win[3] - win[1]
     inside = [(q, a, b) for q, a, b in item.facts  # not yes/no: presence depends on the whole canvas
               if box_contains(win, b) and (a is None or _is_read(a))]
-    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh)),
+    turns = [(q, a if a is not None else position_words((b[0] - wx, b[1] - wy, b[2] - wx, b[3] - wy), (ww, wh), digits),
               [b] if _is_read(a) else None) for q, a, b in inside]
     return _resize(img, win, size)[None], turns, win
 
 
 def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
                  readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1],
-                 patch: int = 12) -> list[Example]:
+                 patch: int = 12, digits: bool = False, looks: bool = True) -> list[Example]:
     """`n` training conversations of random kinds from one rendered item.
 
     The first turn is the item's own question or another fact about the same image (the crop,
@@ -155,13 +174,14 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     Asking several questions whose answers differ only by which object is named is what forces
     the model to look at the image instead of answering from priors. Answers that must be read
     off a detail no image shows at `readable_px` are asked but not taught (`Example.untrained`).
-    Each turn carries the visual tokens of the object it names (`Example.looks`).
+    Each turn carries the visual tokens of the object it names (`Example.looks`, if `looks`).
+    Positions are words, or column and row tenths with `digits` (`position_words`).
     """
     img, W, H = item.image, *item.image.size
     full_view = (0, 0, W, H)
     full = _resize(img, full_view, size)
     # facts as (question, answer, boxes to read or None)
-    facts = [(q, a if a is not None else position_words(b, (W, H)), [b] if _is_read(a) else None)
+    facts = [(q, a if a is not None else position_words(b, (W, H), digits), [b] if _is_read(a) else None)
              for q, a, b in item.facts]
     where = {q: b for q, _, b in item.facts}
     named = {**{q: [b] for q, b in where.items()}, item.question: list(item.boxes)}
@@ -173,7 +193,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     for kind in map(str, rng.choice(kinds, size=n, p=probs / probs.sum())):
         if kind == "window" and details:
             first = details[int(rng.integers(0, len(details)))]
-            ims, turns, win = window_view(item, where[first[0]], rng, size, (WINDOW_SCALE[0], window_max))
+            ims, turns, win = window_view(item, where[first[0]], rng, size, (WINDOW_SCALE[0], window_max), digits)
             rest = [t for t in turns if t[0] != first[0]]
             turns = [first] + [rest[i] for i in rng.permutation(len(rest))][: max_turns - 1]
             views = [win]
@@ -203,7 +223,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             ims = np.stack([full] + [_resize(img, c, size) for c in crops])
             kind = "full" if kind == "window" else kind
         skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
-        looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns)
+        looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns) if looks else ()
         out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=looks))
     return out
 
@@ -225,26 +245,30 @@ _COLLATOR = None  # one per rendering process
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
-    family, split, start, n, seed, per_item, model, mix = args
+    family, split, start, n, seed, per_item, model, mix, geometry = args
     if _COLLATOR is None:
         _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
     size = model["image_size"]
     out, reads = [], []
     for i in range(start, start + n):
-        item = bench.item(family, split, i, seed)
+        item = bench.item(family, split, i, seed, geometry)
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
         reads.extend(reading_crops(item, rng, 3, size))
-    for ex in out:  # tokenising in the workers keeps the chat template off the training loop
+    for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
+        if size > 128:
+            ex.images = Packed(ex.images)
     return out, reads
 
 
 def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
     """Render all training items (parallel over `workers` processes); deterministic order."""
     chunk = 100
-    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size}
-    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix)
+    mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
+           "digits": cfg.geometry != "v1", "looks": cfg.look > 0}
+    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
+             cfg.geometry)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
     data: list[Example] = []
     reads: list[Example] = []
@@ -335,7 +359,7 @@ class Collator:
                     row[list(toks)] = True
                     look_q.append((i, pos))
                     look_at.append(row)
-        raw = np.concatenate([ex.images for ex in batch])
+        raw = np.concatenate([np.asarray(ex.images) for ex in batch])
         pix = raw.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
         pix = (pix - self.mean) / self.std
         # auxiliary targets for the vision tower (training only; the saved model is plain LLaVA):

@@ -8,8 +8,9 @@
 
 For each method, over the same questions, ``run`` measures the wall and CPU time per
 question, forward / backward passes, images through the vision tower, generated tokens,
-and the peak resident memory *above* the level before the method ran (sampled every 2 ms;
-on a GPU, also peak CUDA memory). Ratios to the base answer are all from this one run.
+and the peak memory of the tensors one call allocates above what was allocated before
+(``memory_probe``: exact, from the torch profiler's allocation events; on a GPU, also peak
+CUDA memory). Ratios to the base answer are all from this one run.
 Then the embedding cache: the same fixed-depth EGG run with visual embeddings cached
 across iterations (this package's default) and recomputed at every iteration for every
 image (as the authors' release does); the results are identical (checked on every
@@ -20,63 +21,25 @@ interleave the methods (steadier ratios on a busy machine).
 """
 from __future__ import annotations
 
-import os
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: resource's max RSS (monotonic, coarse)
-        import resource
+def memory_probe(fn: Callable[[], object]) -> tuple[float, float]:
+    """(tensor MB, CUDA MB) at the peak of one call of ``fn``: the tensors torch allocates
+    above what was allocated before (``egg.runs.perf.tensor_peak_mb``; exact, unlike the
+    process's resident size, which reads near zero once the C allocator keeps freed blocks),
+    and on a GPU the peak CUDA memory allocated (NaN on the CPU)."""
+    import torch
 
-        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return r if sys.platform == "darwin" else r * 1024
+    from .perf import tensor_peak_mb
 
-
-class PeakRSS:
-    """Peak resident memory above the starting level during the block (sampling thread);
-    on a GPU also the peak CUDA memory allocated (``cuda_mb``, NaN on CPU)."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval = interval
-        self.peak = 0
-        self.extra_mb = float("nan")
-        self.cuda_mb = float("nan")
-
-    def __enter__(self):
-        import torch
-
-        self.start = _rss_bytes()
-        self.peak = self.start
-        self._stop = threading.Event()
-
-        def run():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, _rss_bytes())
-                time.sleep(self.interval)
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-        self.extra_mb = (self.peak - self.start) / 2**20
-        self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-        return False
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    tensors = tensor_peak_mb(fn)
+    return tensors, (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan"))
 
 
 MethodFn = Callable[[object, object], tuple]
@@ -120,7 +83,8 @@ def measure(vlm, items: Sequence, fns: dict[str, MethodFn], repeats: int = 1, wa
     """Time and count every method of ``fns`` on every item.
 
     Round 1 runs the methods one after another (each after a warm-up call on the first
-    item), each under its own memory probe, and records the counters and the outputs.
+    item and a memory probe of one more, untimed, ``memory_probe``), and records the
+    counters and the outputs.
     Rounds 2..``repeats`` interleave the methods item by item, so that a slow spell of
     the machine (other processes) falls on all of them alike. Per method: wall and CPU
     seconds per question = mean over items of the median over rounds (CPU time, of this
@@ -136,18 +100,17 @@ def measure(vlm, items: Sequence, fns: dict[str, MethodFn], repeats: int = 1, wa
     cpu = {k: [[] for _ in items] for k in fns}
     counts: dict[str, list] = {k: [] for k in fns}
     outputs: dict[str, list] = {k: [] for k in fns}
-    mem: dict[str, PeakRSS] = {}
+    mem: dict[str, tuple[float, float]] = {}
     for name, fn in fns.items():
         if warmup:
             fn(vlm, items[0])  # lazy inits, allocator
-        with PeakRSS() as m:
-            for i, it in enumerate(items):
-                w, c, (ans, cost, boxes) = _timed(fn, vlm, it)
-                wall[name][i].append(w)
-                cpu[name][i].append(c)
-                counts[name].append(cost)
-                outputs[name].append((ans, [tuple(b) for b in boxes]))
-        mem[name] = m
+        mem[name] = memory_probe(lambda: fn(vlm, items[0]))
+        for i, it in enumerate(items):
+            w, c, (ans, cost, boxes) = _timed(fn, vlm, it)
+            wall[name][i].append(w)
+            cpu[name][i].append(c)
+            counts[name].append(cost)
+            outputs[name].append((ans, [tuple(b) for b in boxes]))
     for _ in range(repeats - 1):
         for i, it in enumerate(items):
             for name, fn in fns.items():
@@ -166,15 +129,15 @@ def measure(vlm, items: Sequence, fns: dict[str, MethodFn], repeats: int = 1, wa
             "backward": float(np.mean([c.backward for c in cs])),
             "images_encoded": float(np.mean([c.images_encoded for c in cs])),
             "generated_tokens": float(np.mean([c.generated_tokens for c in cs])),
-            "peak_rss_extra_mb": float(mem[name].extra_mb),
-            "peak_cuda_mb": float(mem[name].cuda_mb),
+            "peak_tensor_mb": float(mem[name][0]),
+            "peak_cuda_mb": float(mem[name][1]),
             "outputs": outputs[name],
         }
     return rows
 
 
 COUNTERS = ["forward", "backward", "images_encoded", "generated_tokens"]
-TIMINGS = ["sec_per_q", "x_base", "cpu_sec_per_q", "cpu_x_base", "peak_rss_extra_mb", "peak_cuda_mb"]
+TIMINGS = ["sec_per_q", "x_base", "cpu_sec_per_q", "cpu_x_base", "peak_tensor_mb", "peak_cuda_mb"]
 
 
 @dataclass
@@ -222,7 +185,7 @@ class CostReport:
         """Cached vs recomputed visual embeddings for the fixed-depth EGG run."""
         import pandas as pd
 
-        cols = ["sec_per_q", "cpu_sec_per_q", "forward", "backward", "images_encoded", "peak_rss_extra_mb"]
+        cols = ["sec_per_q", "cpu_sec_per_q", "forward", "backward", "images_encoded", "peak_tensor_mb"]
         df = pd.DataFrame({k: {c: self.cache[k][c] for c in cols} for k in ("recomputed", "cached")}).T
         df.index.name = f"egg-fixed-{self.iterations} embeddings"
         return df.astype(float)
@@ -248,13 +211,13 @@ class CostReport:
     def format(self) -> str:
         """The plain-text table ``python -m egg cost`` prints."""
         hdr = (f"{'method':<18}{'s/q':>9}{'x base':>8}{'cpu s/q':>9}{'x base':>8}{'fwd':>6}{'bwd':>6}{'enc':>6}"
-               f"{'tok':>6}{'+RSS MB':>9}")
+               f"{'tok':>6}{'peak MB':>9}")
         lines = [hdr, "-" * len(hdr)]
         for name, r in self.rows.items():
             lines.append(f"{name:<18}{r['sec_per_q']:>9.3f}{self.ratio(name):>8.2f}{r['cpu_sec_per_q']:>9.3f}"
                          f"{self.ratio(name, 'cpu_sec_per_q'):>8.2f}{r['forward']:>6.1f}"
                          f"{r['backward']:>6.1f}{r['images_encoded']:>6.1f}{r['generated_tokens']:>6.1f}"
-                         f"{r['peak_rss_extra_mb']:>9.1f}")
+                         f"{r['peak_tensor_mb']:>9.1f}")
         c = self.cache
         lines += [
             "",
@@ -334,4 +297,4 @@ def reference_or_random(model=None, device=None, dtype=None):
     return load_model(model, device=device, dtype=dtype)
 
 
-__all__ = ["run", "measure", "methods", "CostReport", "PeakRSS", "reference_or_random", "COUNTERS", "TIMINGS"]
+__all__ = ["run", "measure", "methods", "CostReport", "memory_probe", "reference_or_random", "COUNTERS", "TIMINGS"]

@@ -160,12 +160,12 @@ def random_llava(grid: int = 24, patch: int = 14, gradient_checkpointing: bool =
     tokens (LLaVA-1.5's 24 x 24 at 336 px by default), built from a config: what a pass costs
     does not depend on the weights. Its answers are random tokens (it rarely stops early)."""
     from ..adapters import VLM
-    from ..api import _finish
+    from ..api import prepare_for_inference
     from ..reference.build import ReferenceConfig, build_model, build_processor
 
     cfg = ReferenceConfig(image_size=grid * patch, patch_size=patch, max_positions=max(512, 8 * grid * grid))
     proc = build_processor(cfg)
-    model = _finish(build_model(cfg, proc.tokenizer, seed=seed), "cpu", None, gradient_checkpointing)
+    model = prepare_for_inference(build_model(cfg, proc.tokenizer, seed=seed), "cpu", None, gradient_checkpointing)
     tag = ", gradient checkpointing" if gradient_checkpointing else ""
     return VLM.from_model(model, proc, source=f"random-init LLaVA, {grid}x{grid} tokens{tag}")
 

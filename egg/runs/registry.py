@@ -9,6 +9,7 @@ from typing import Callable, Mapping
 
 
 from ..adapters import Cost, as_adapter
+from ..method.checks import with_defaults
 from ..method.result import jsonable
 
 
@@ -129,18 +130,14 @@ BATCHED: dict[str, Callable] = {"egg": _egg_batch,
                                  **{f"vicrop-{v}": _make_vicrop_batch(v) for v in ("rel-att", "grad-att", "pure-grad")}}
 
 
-def _option_defaults(method: str) -> dict:
-    """Keyword options of a method and their defaults (egg: those of ``egg.ground``)."""
+def _method_function(method: str):
+    """The function whose keyword options a method takes (egg: ``egg.ground``'s)."""
     fn = METHODS[method]
     if inspect.unwrap(fn) is _egg:
         from ..method.zoom import ground
 
         fn = ground
-    sig = inspect.signature(fn)
-    skip = {"vlm", "item", "image", "question"}
-    return {k: p.default for k, p in sig.parameters.items()
-            if k not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-            and p.default is not inspect.Parameter.empty}
+    return fn
 
 
 def effective_options(method: str, options: Mapping | None = None) -> dict:
@@ -148,12 +145,7 @@ def effective_options(method: str, options: Mapping | None = None) -> dict:
     so {} and {"k": 2} for "egg" are the same configuration (and the same record key)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {list(METHODS)}")
-    defaults = _option_defaults(method)
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise TypeError(f"method {method!r} has no option(s) {unknown}; valid: {sorted(defaults)}")
-    out = {**defaults, **options}
+    out = with_defaults(_method_function(method), dict(options or {}), f"method {method!r}")
     return {k: jsonable(v) for k, v in sorted(out.items())}
 
 

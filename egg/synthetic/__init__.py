@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .core import SPLITS, Box, Item, rng_for
+from .core import GEOMETRIES, SPLITS, Box, Geometry, Item, geometry, rng_for
 
 FAMILIES = {
     "text": "TextVQA",
@@ -33,19 +33,25 @@ def _module(family: str):
     return import_module(f".generators.{family}", __name__)
 
 
-def item(family: str, split: str = "test", index: int = 0, seed: int = 0) -> Item:
-    """One item, deterministic in (family, split, index, seed)."""
-    it = _module(family).generate(rng_for(family, split, index, seed))
+def item(family: str, split: str = "test", index: int = 0, seed: int = 0, geometry: str | Geometry = "v1") -> Item:
+    """One item, deterministic in (family, split, index, seed, geometry); see `Geometry`."""
+    from .core import geometry as _geometry
+
+    geo = _geometry(geometry)
+    it = _module(family).generate(rng_for(family, split, index, seed), geo)
     it.meta.update(split=split, index=int(index), seed=int(seed))
+    if geo.name != "v1":  # v1 items keep the meta their stored records were written with
+        it.meta["geometry"] = geo.name
     return it
 
 
-def load(family: str, split: str = "test", n: int | None = None, seed: int = 0, start: int = 0) -> list[Item]:
+def load(family: str, split: str = "test", n: int | None = None, seed: int = 0, start: int = 0,
+         geometry: str | Geometry = "v1") -> list[Item]:
     """Items `start .. start+n-1` of a family's split (n=None: the default 300)."""
     n = 300 if n is None else n
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    return [item(family, split, i, seed) for i in range(start, start + n)]
+    return [item(family, split, i, seed, geometry) for i in range(start, start + n)]
 
 
 def metric_name(family: str) -> str:
@@ -60,5 +66,19 @@ def score(family: str, prediction: str, item: Item) -> float:
     return metrics.item_score("exact_match" if name == "pope" else name, prediction, item)
 
 
-__all__ = ["Box", "Item", "SPLITS", "families", "item", "load", "score", "metric_name",
-           "DETAIL_FAMILIES", "CONTROL_FAMILY", "FAMILIES"]
+__all__ = [
+    "CONTROL_FAMILY",
+    "DETAIL_FAMILIES",
+    "FAMILIES",
+    "GEOMETRIES",
+    "SPLITS",
+    "Box",
+    "Geometry",
+    "Item",
+    "families",
+    "geometry",
+    "item",
+    "load",
+    "metric_name",
+    "score",
+]

@@ -10,7 +10,12 @@ For each test item (docs/method.md section 8, lessons 3 and 4):
 - peak crop vs random crop: append a crop of 2 x 2 grid cells centred on that peak, or a
   crop of the same size at a random place, and score both answers;
 - box crop: a crop of the same size centred on the (first) evidence box, what a perfect peak
-  would give: it separates a map that points wrong from a zoom too weak to read the detail.
+  would give: it separates a map that points wrong from a zoom too weak to read the detail;
+- with ``methods=True``: reading at a loose zoom, crops 3 x each evidence box's side centred on
+  it (`crop3x`), against the oracle's tight crops (real VLMs read a detail in a crop several
+  times its box); and the method itself at its defaults (``egg.ground``) with the three ViCrop
+  variants: EGG's score, its first box's area over the evidence's, the spatial entropy of its
+  first map and the state its rule chose; each ViCrop variant's score.
 
 `measure` returns one row per item; `summary` aggregates per family with bootstrap CIs;
 `by_evidence_size` splits each family by the size of its evidence.
@@ -47,6 +52,16 @@ class TestbedRow:
     box_crop: float
     base_answer: str
     oracle_answer: str
+    crop3x: float = math.nan
+    egg: float = math.nan
+    egg_box_ratio: float = math.nan
+    egg_spatial_entropy: float = math.nan
+    egg_best_index: int = -1
+    egg_states: int = 0
+    egg_answer: str = ""
+    vicrop_rel_att: float = math.nan
+    vicrop_grad_att: float = math.nan
+    vicrop_pure_grad: float = math.nan
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +77,14 @@ def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
     return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
-def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> TestbedRow:
-    """All testbed diagnostics for one item."""
+def loose_crop(box, factor: float) -> tuple[float, float, float, float]:
+    """A square crop `factor` x `box`'s longer side, centred on it."""
+    side = factor * max(box[2] - box[0], box[3] - box[1])
+    return centred_crop(box, side, side)
+
+
+def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, methods: bool = False) -> TestbedRow:
+    """All testbed diagnostics for one item (the methods' too with `methods`, module docstring)."""
     adapter = as_adapter(vlm)
     img, q = item.image, item.question
     W, H = img.size
@@ -94,28 +115,51 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0) -> Te
     x0, y0 = rng.uniform(0, W - pw), rng.uniform(0, H - ph)
     peak_answer, random_answer = ask([peak]), ask([(x0, y0, x0 + pw, y0 + ph)])
     box_answer = ask([centred_crop(item.boxes[0], pw, ph)])
-    score = lambda a: bench.score(item.family, a, item)  # noqa: E731
+    score = lambda a: bench.score(item.family, a, item)
+    extra = {}
+    if methods:
+        extra = {"crop3x": score(ask([loose_crop(b, 3.0) for b in item.boxes])), **_method_fields(vlm, item, score)}
     return TestbedRow(
         family=item.family, index=int(item.meta.get("index", -1)), multi_evidence=item.multi_evidence,
         evidence_fraction=item.evidence_fraction, base=score(base_answer), oracle=score(oracle_answer),
         entropy=res.entropy, max_entropy=math.log(adapter.model.config.get_text_config().vocab_size),
         pointing=bool(pointing), chance=chance, peak_crop=score(peak_answer), random_crop=score(random_answer),
         box_crop=score(box_answer),
-        base_answer=base_answer, oracle_answer=oracle_answer,
+        base_answer=base_answer, oracle_answer=oracle_answer, **extra,
     )
 
 
-def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0, progress: bool = True):
-    """One TestbedRow per item, as a DataFrame."""
-    import pandas as pd
+def _method_fields(vlm, item: bench.Item, score) -> dict:
+    """EGG at the paper's defaults and the three ViCrop variants on one item."""
+    from ..baselines import VARIANTS, vicrop
+    from ..method.boxes import box_area
+    from ..method.zoom import ground
 
-    from tqdm import tqdm  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
+    g = ground(vlm, item.image, item.question)
+    first = g.trace[0].boxes[0] if g.trace[0].boxes else None
+    evidence = float(np.mean([box_area(b) for b in item.boxes]))
+    out = {"egg": score(g.answer), "egg_answer": g.answer, "egg_best_index": int(g.best_index),
+           "egg_states": len(g.trace), "egg_spatial_entropy": float(g.trace[0].spatial_entropy),
+           "egg_box_ratio": box_area(first) / evidence if first is not None else math.nan}
+    for v in VARIANTS:
+        out["vicrop_" + v.replace("-", "_")] = score(vicrop(vlm, item.image, item.question, variant=v).answer)
+    return out
+
+
+def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0, progress: bool = True,
+            methods: bool = False, geometry: str = "v1"):
+    """One TestbedRow per item, as a DataFrame; items drawn in `geometry` (egg.synthetic.Geometry)."""
+    import pandas as pd
+    from tqdm import (
+        tqdm,  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
+    )
 
     families = families or bench.families()
     rows = []
     for fam in families:
-        for item in tqdm(bench.load(fam, split, n, seed), desc=fam, disable=not progress, leave=False):
-            rows.append(measure_item(vlm, item, seed=seed).to_dict())
+        for item in tqdm(bench.load(fam, split, n, seed, geometry=geometry), desc=fam, disable=not progress,
+                         leave=False):
+            rows.append(measure_item(vlm, item, seed=seed, methods=methods).to_dict())
     return pd.DataFrame(rows)
 
 
@@ -173,7 +217,7 @@ def acceptance(s) -> list[tuple[str, bool, str]]:
     wrong_higher = s.dropna(subset=["H_right", "H_wrong"])
     point_ok = detail[detail.pointing >= 0.5]
     crop_ok = s[s.peak_minus_random >= 0.15]
-    fmt = lambda d, col: ", ".join(f"{r.family} {100 * getattr(r, col):+.0f}" for r in d.itertuples())  # noqa: E731
+    fmt = lambda d, col: ", ".join(f"{r.family} {100 * getattr(r, col):+.0f}" for r in d.itertuples())
     return [
         ("oracle - base >= 30 points on >= 4 detail families", len(big_gap) >= 4, fmt(detail, "gap")),
         ("control family: |oracle - base| <= 5 points",
@@ -199,3 +243,70 @@ def training_record(path=None) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+
+
+VICROP_COLUMNS = ["vicrop_rel_att", "vicrop_grad_att", "vicrop_pure_grad"]
+READING_FAMILIES = ["text", "doc", "info"]
+
+
+def gap_recovered(rows, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(share, lo, hi): (EGG - base) / (oracle - base) pooled over `rows`, with a 95% bootstrap
+    interval that resamples items (numerator and denominator together)."""
+    b, o, e = (rows[c].to_numpy(float) for c in ("base", "oracle", "egg"))
+    share = lambda i: (e[i].mean() - b[i].mean()) / max(o[i].mean() - b[i].mean(), 1e-9)
+    rng = np.random.default_rng(seed)
+    boots = [share(rng.integers(0, len(b), len(b))) for _ in range(n_boot)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(share(np.arange(len(b)))), float(lo), float(hi)
+
+
+def method_acceptance(rows, n_boot: int = 2000, seed: int = 0) -> list[tuple[str, bool, str]]:
+    """The targets of a testbed at a real VLM's geometry, on ``measure(..., methods=True)`` rows:
+    headroom, a pope family with signal, reading at a loose zoom, the method working as
+    designed (small first boxes, maps with several components, a rule that zooms more than
+    once) and the goal (share of the oracle gap EGG recovers; EGG against the best ViCrop
+    variant, pooled with paired intervals). Each as (target, met, what was measured, with n)."""
+    from ..stats import bootstrap_ci, paired_bootstrap
+
+    fam = {f: g for f, g in rows.groupby("family", sort=False)}
+    gaps = {f: 100 * (g.oracle.mean() - g.base.mean()) for f, g in fam.items()}
+    four = [f for f in ("text", "vstar", "doc", "info") if f in gaps]
+    out = [("oracle - base >= 30 points on >= 4 of text/vstar/doc/info",
+            sum(gaps[f] >= 30 for f in four) >= 4, ", ".join(f"{f} {gaps[f]:+.0f}" for f in four))]
+    if bench.CONTROL_FAMILY in gaps:
+        c = gaps[bench.CONTROL_FAMILY]
+        out.append(("control: |oracle - base| <= 5 points", abs(c) <= 5, f"{bench.CONTROL_FAMILY} {c:+.1f}"))
+    if "pope" in fam:
+        p = fam["pope"]
+        acc, yes = 100 * p.base.mean(), 100 * (p.base_answer.str.strip().str.lower() == "yes").mean()
+        out.append(("pope: base >= 65% with a 'yes' rate of 35-65%", acc >= 65 and 35 <= yes <= 65,
+                    f"base {acc:.0f}%, yes {yes:.0f}% (n = {len(p)})"))
+    reading = [f for f in READING_FAMILIES if f in fam]
+    ratio = {f: fam[f].crop3x.mean() / max(fam[f].oracle.mean(), 1e-9) for f in reading}
+    out.append(("a crop 3x the evidence side is read at >= 70% of the tight crop's accuracy (text/doc/info)",
+                bool(reading) and all(r >= 0.7 for r in ratio.values()),
+                ", ".join(f"{f} {100 * fam[f].crop3x.mean():.0f}% vs {100 * fam[f].oracle.mean():.0f}%"
+                          for f in reading)))
+    detail = rows[rows.family.isin(bench.DETAIL_FAMILIES)]
+    med = float(np.nanmedian(detail.egg_box_ratio))
+    h0 = float((detail.egg_spatial_entropy > 0).mean())
+    zoom2 = float((detail.egg_best_index >= 2).mean())
+    n = len(detail)
+    out += [
+        ("median area of EGG's first box <= 10x the evidence's", med <= 10, f"{med:.1f}x (n = {n})"),
+        ("spatial entropy > 0 at state 0 on >= half the items", h0 >= 0.5, f"{100 * h0:.0f}% (n = {n})"),
+        ("the default rule zooms twice or more on >= 30% of items", zoom2 >= 0.3, f"{100 * zoom2:.0f}% (n = {n})"),
+    ]
+    share, lo, hi = gap_recovered(detail, n_boot, seed)
+    best = max(VICROP_COLUMNS, key=lambda c: detail[c].mean())
+    d, dlo, dhi = paired_bootstrap(detail[best].to_numpy(float), detail.egg.to_numpy(float), n_boot, seed)
+    e, elo, ehi = bootstrap_ci(detail.egg.to_numpy(float), n_boot, seed)
+    out += [
+        ("EGG recovers >= 40% of the oracle gap, pooled over the detail families", share >= 0.4,
+         (f"{100 * share:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] (EGG {100 * e:.1f}% [{100 * elo:.1f}, "
+          f"{100 * ehi:.1f}], n = {n})")),
+        ("EGG beats the best ViCrop variant, pooled", d > 0 and dlo > 0,
+         (f"EGG - {best.removeprefix('vicrop_').replace('_', '-')} = {100 * d:+.1f} [{100 * dlo:+.1f}, "
+          f"{100 * dhi:+.1f}] points (n = {n})")),
+    ]
+    return out

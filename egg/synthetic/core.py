@@ -11,7 +11,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -71,7 +71,7 @@ def rng_for(family: str, split: str, index: int, seed: int) -> np.random.Generat
     return np.random.default_rng([SPLITS[split], fam, int(index), int(seed)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def font(size: int, bold: bool = True) -> ImageFont.FreeTypeFont:
     """DejaVu from matplotlib's bundled fonts: no system font files needed."""
     import matplotlib
@@ -94,6 +94,47 @@ def evidence_side(rng: np.random.Generator, w: int, h: int, frac: tuple[float, f
     """Side of a square with a log-uniform area fraction in `frac`."""
     f = float(np.exp(rng.uniform(np.log(frac[0]), np.log(frac[1]))))
     return max(12, int(round(math.sqrt(f * w * h))))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How large the named objects and their details are drawn, relative to a model's token grid.
+
+    Real benchmarks put the named object (a sign, a form field, a bar) in a few token cells of
+    the full view and its detail (the word, the digit) far below what those cells resolve. A
+    benchmark drawn for a coarser grid cannot test the method: on the 8x8 reference model one
+    smoothed blob covered a third of the map (docs/method.md section 8).
+
+    - ``v1``: each family's own sizes (area fractions of the canvas), sized for an 8x8 grid.
+    - ``llava15``: LLaVA-1.5's 24x24 grid. The named object covers 1-4 token cells in area at the
+      full view (`object_cells`, log-uniform) and its detail is `detail` x its side: 3-7 input
+      pixels at the full view (unreadable), about 28 px in a crop 3x the object's side.
+    """
+
+    name: str
+    object_cells: tuple[float, float] | None = None
+    grid: int = 24
+    detail: float | None = None
+
+    def object_side(self, rng: np.random.Generator, w: int, h: int, frac: tuple[float, float]) -> int:
+        """Canvas side of a named object: the family's `frac` (v1) or `object_cells` of the grid."""
+        if self.object_cells is None:
+            return evidence_side(rng, w, h, frac)
+        lo, hi = self.object_cells
+        cells = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        return max(12, int(round(math.sqrt(cells * w * h) / self.grid)))
+
+
+GEOMETRIES = {"v1": Geometry("v1"), "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.25)}
+
+
+def geometry(name: str | Geometry) -> Geometry:
+    """A `Geometry` by name (or itself); unknown names are an error listing the known ones."""
+    if isinstance(name, Geometry):
+        return name
+    if name not in GEOMETRIES:
+        raise ValueError(f"unknown benchmark geometry {name!r}; expected one of {sorted(GEOMETRIES)}")
+    return GEOMETRIES[name]
 
 
 def background(rng: np.random.Generator, w: int, h: int, pale: bool = True) -> Image.Image:

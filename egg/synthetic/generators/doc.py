@@ -6,14 +6,26 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, Item, canvas_size, evidence_side, font, pick, place, scribble, text_fit, union
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    Geometry,
+    Item,
+    canvas_size,
+    font,
+    pick,
+    place,
+    scribble,
+    text_fit,
+    union,
+)
 
 METRIC = "anls"
 FRAC = (0.001, 0.015)
 MULTI_P = 1 / 3
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     w, h = canvas_size(rng, aspect=(0.6, 1.1))
     img = _page(rng, w, h)
     d = ImageDraw.Draw(img)
@@ -21,14 +33,17 @@ def generate(rng) -> Item:
     values = [int(v) for v in rng.choice(range(1, 10), size=len(colours), replace=False)]
     taken, fields = [], []
     for c, v in zip(colours, values):
-        s = evidence_side(rng, w, h, FRAC)
-        fw, fh = int(s * 1.3), max(10, int(s * 0.75))
+        s = geo.object_side(rng, w, h, FRAC)
+        # v1: a narrow coloured tag beside the value; with a detail size, the tag is most of the
+        # field and the digit's height is `detail` x the field's (square-equivalent) side
+        fw, fh, tag_w, fill = ((int(s * 1.3), max(10, int(s * 0.75)), 0.3, 0.9) if geo.detail is None
+                               else (int(s * 1.3), max(10, int(s * 0.75)), 0.6, geo.detail * s / max(10, int(s * 0.75))))
         box = place(rng, w, h, fw, fh, taken)
-        tag = (box[0], box[1], box[0] + int(fw * 0.3), box[3])
+        tag = (box[0], box[1], box[0] + int(fw * tag_w), box[3])
         val = (tag[2], box[1], box[2], box[3])
         d.rectangle(box, fill=(255, 255, 255))
         d.rectangle(tag, fill=COLOURS[c])
-        text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=0.9)
+        text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=fill)
         fields.append((c, v, union(tag, val)))
     facts = [(f"what is the value of the {c} field ?", str(v), b) for c, v, b in fields]
     facts += [(f"where is the {c} field ?", None, b) for c, _, b in fields]

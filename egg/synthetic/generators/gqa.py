@@ -7,13 +7,26 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, SHAPES, Item, background, canvas_size, draw_shape, evidence_side, pick, place
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    SHAPES,
+    Geometry,
+    Item,
+    background,
+    canvas_size,
+    draw_shape,
+    evidence_side,
+    pick,
+    place,
+)
 
 METRIC = "exact_match"
 FRAC = (0.01, 0.04)
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
+    """`geo` does not change this family: its objects are meant to be seen at the full view."""
     w, h = canvas_size(rng)
     img = background(rng, w, h)
     d = ImageDraw.Draw(img)

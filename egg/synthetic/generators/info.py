@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, Item, background, canvas_size, font, pick, scribble, text_fit
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    Geometry,
+    Item,
+    background,
+    canvas_size,
+    font,
+    pick,
+    scribble,
+    text_fit,
+)
 
 METRIC = "anls"
 MULTI_P = 1 / 3
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     w, h = canvas_size(rng, aspect=(0.5, 1.4))
     img = background(rng, w, h)
     d = ImageDraw.Draw(img)
@@ -42,12 +53,22 @@ def generate(rng) -> Item:
         x0 = px + i * slot + (slot - bw) / 2
         y0 = base_y - (base_y - top_y) * v / 10
         d.rectangle([x0, y0, x0 + bw, base_y], fill=COLOURS[c])
-        lw = int(min(slot * 0.95, label_h * 1.8))
-        lx = int(x0 + bw / 2 - lw / 2)
-        label = (lx, int(y0) - label_h - 2, lx + lw, int(y0) - 2)
-        text_fit(d, label, str(v), fill=(0, 0, 0), fill_frac=0.95)
-        # evidence: the label plus the top of its bar (what identifies the colour)
-        ev = (min(label[0], int(x0)), label[1], max(label[2], int(x0 + bw)), int(y0) + max(4, label_h // 2))
+        if geo.detail is None:
+            lw = int(min(slot * 0.95, label_h * 1.8))
+            lx = int(x0 + bw / 2 - lw / 2)
+            label = (lx, int(y0) - label_h - 2, lx + lw, int(y0) - 2)
+            text_fit(d, label, str(v), fill=(0, 0, 0), fill_frac=0.95)
+            # evidence: the label plus the top of its bar (what identifies the colour)
+            ev = (min(label[0], int(x0)), label[1], max(label[2], int(x0 + bw)), int(y0) + max(4, label_h // 2))
+        else:
+            # the bar's top (its colour) and a value label `detail` x that object's side high
+            s = geo.object_side(rng, w, h, (0.0, 0.0))
+            lh = max(4, round(s * geo.detail))
+            cx = int(x0 + bw / 2)
+            label = (cx - lh, int(y0) - lh - 2, cx + lh, int(y0) - 2)
+            text_fit(d, label, str(v), fill=(0, 0, 0), fill_frac=0.95)
+            top = label[1] - max(1, (s - lh - 2) // 3)
+            ev = (cx - s // 2, top, cx - s // 2 + s, top + s)
         bars.append((c, v, ev))
     by_colour = {c: (v, b) for c, v, b in bars}
     facts = [(f"what is the value of the {c} bar ?", str(v), b) for c, v, b in bars]

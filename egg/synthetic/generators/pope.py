@@ -14,20 +14,31 @@ from collections import Counter
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, SHAPES, Item, background, canvas_size, draw_shape, evidence_side, pick, place
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    SHAPES,
+    Geometry,
+    Item,
+    background,
+    canvas_size,
+    draw_shape,
+    pick,
+    place,
+)
 
 METRIC = "pope"
 FRAC = (0.001, 0.012)
 NEGATIVES = ("random", "popular", "adversarial")
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     w, h = canvas_size(rng)
     img = background(rng, w, h)
     d = ImageDraw.Draw(img)
     taken, objs = [], []
     for _ in range(int(rng.integers(4, 8))):
-        s = evidence_side(rng, w, h, FRAC)
+        s = geo.object_side(rng, w, h, FRAC)
         box = place(rng, w, h, s, s, taken)
         c, t = pick(rng, list(COLOURS)), pick(rng, SHAPES)
         draw_shape(d, t, box, COLOURS[c])
@@ -43,6 +54,16 @@ def generate(rng) -> Item:
         shapes = [t for t in SHAPES if (c, t) in absent]
         if shapes:
             facts.append((f"is there a {c} {shapes[(i + len(objs)) % len(shapes)]} in the image ?", "no", b))
+    if geo.detail is not None:
+        # as many "no" facts as "yes" ones, each at an object that shares its colour or its shape
+        # (the adversarial negatives); a model then has to see the shape to answer
+        for i, (c, t, b) in enumerate(objs):
+            shapes = [s for s in SHAPES if (c, s) in absent]
+            colours = [k for k in COLOURS if (k, t) in absent]
+            if i % 2 and colours:
+                facts.append((f"is there a {colours[i % len(colours)]} {t} in the image ?", "no", b))
+            elif shapes:
+                facts.append((f"is there a {c} {shapes[i % len(shapes)]} in the image ?", "no", b))
     if rng.random() < 0.5 or not absent:
         c, t, box = objs[int(rng.integers(0, len(objs)))]
         return Item(img, f"is there a {c} {t} in the image ?", ["yes"], [box], "pope",

@@ -7,12 +7,24 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, POSITIONS, Item, background, canvas_size, mc_options, mc_question, pick
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    POSITIONS,
+    Geometry,
+    Item,
+    background,
+    canvas_size,
+    mc_options,
+    mc_question,
+    pick,
+)
 
 METRIC = "multiple_choice"
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
+    """`geo` does not change this family: its objects are meant to be seen at the full view."""
     w, h = canvas_size(rng)
     img = background(rng, w, h)
     d = ImageDraw.Draw(img)

@@ -6,23 +6,39 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, SHAPES, Item, background, canvas_size, draw_shape, evidence_side, mc_options, mc_question, pick, place
+from ..core import (
+    COLOURS,
+    GEOMETRIES,
+    SHAPES,
+    Geometry,
+    Item,
+    background,
+    canvas_size,
+    draw_shape,
+    mc_options,
+    mc_question,
+    pick,
+    place,
+)
 
 METRIC = "multiple_choice"
 FRAC = (0.001, 0.015)
 MULTI_P = 1 / 3
 
 
-def draw_ring(d: ImageDraw.ImageDraw, box, colour: str, glyph: str) -> None:
+def draw_ring(d: ImageDraw.ImageDraw, box, colour: str, glyph: str, detail: float | None = None) -> None:
+    """A coloured ring around a white disc holding a black shape; with `detail`, the shape's side
+    is `detail` x the ring's and the ring is most of the disc."""
     s = box[2] - box[0]
     d.ellipse(box, fill=COLOURS[colour])
-    m = s * 0.18
+    inner, shape = (0.18, 0.25) if detail is None else ((1 - 1.4 * detail) / 2, (1 - detail) / 2)
+    m = s * inner
     d.ellipse([box[0] + m, box[1] + m, box[2] - m, box[3] - m], fill=(255, 255, 255))
-    m = s * 0.25
+    m = s * shape
     draw_shape(d, glyph, (int(box[0] + m), int(box[1] + m), int(box[2] - m), int(box[3] - m)), (0, 0, 0))
 
 
-def generate(rng) -> Item:
+def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     w, h = canvas_size(rng)
     img = background(rng, w, h)
     d = ImageDraw.Draw(img)
@@ -31,10 +47,10 @@ def generate(rng) -> Item:
     same = rng.random() < 0.5
     taken, rings = [], []
     for i, c in enumerate(colours):
-        s = evidence_side(rng, w, h, FRAC)
+        s = geo.object_side(rng, w, h, FRAC)
         box = place(rng, w, h, s, s, taken)
         glyph = rings[0][1] if (multi and same and i == 1) else pick(rng, SHAPES)
-        draw_ring(d, box, c, glyph)
+        draw_ring(d, box, c, glyph, geo.detail)
         rings.append((c, glyph, box))
     facts = [(f"what shape is in the {c} ring ?", g, b) for c, g, b in rings]
     facts += [(f"where is the {c} ring ?", None, b) for c, _, b in rings]
