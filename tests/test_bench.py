@@ -138,3 +138,13 @@ def test_llava15_objects_span_a_few_cells_and_hide_their_detail(family):
     assert 0.7 <= np.median(cells) <= 4.5 and max(cells) <= 8, cells
     assert max(full) < 8, full
     assert min(loose) >= 13 and np.median(loose) >= 15, loose
+
+
+def test_llava15_pope_teaches_as_many_no_as_yes():
+    """At the full view of a 24x24 grid a shape is visible, so pope's answers can depend on the
+    image only if training asks "no" about as often as "yes"."""
+    yes = no = 0
+    for it in bench.load("pope", "train", n=20, geometry="llava15"):
+        yes += sum(a == "yes" for _, a, _ in it.facts)
+        no += sum(a == "no" for _, a, _ in it.facts)
+    assert 0.8 <= no / yes <= 2.0, (yes, no)

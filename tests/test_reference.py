@@ -204,3 +204,45 @@ def test_training_with_max_steps_is_reproducible(tmp_path):
     assert vision and any(not torch.equal(a[k], c[k]) for k in vision)
     log = (outs[0] / "training_log.json").read_text()
     assert '"steps": 3' in log and (tmp_path / "train_cache" / "train.log").is_file()
+
+
+def test_packed_images_round_trip_and_cost_little_memory():
+    it = bench.item("text", "train", 0, geometry="llava15")
+    ims = np.stack([D._resize(it.image, (0, 0, *it.image.size), 336)] * 2)
+    p = D.Packed(ims)
+    assert len(p) == 2 and np.array_equal(np.asarray(p), ims)
+    assert len(p.blob) < ims.nbytes / 5
+
+
+def test_positions_as_tenths_tell_close_objects_apart():
+    assert D.position_words((0, 0, 10, 10), (100, 100)) == "top left"
+    assert D.position_words((0, 0, 10, 10), (100, 100), digits=True) == "0 0"
+    assert D.position_words((30, 60, 40, 80), (100, 100), digits=True) == "3 7"
+    assert D.position_words((95, 95, 100, 100), (100, 100), digits=True) == "9 9"
+
+
+def test_training_command_line_takes_a_preset_and_overrides_it():
+    c = T.config_from_args(["--preset", "llava15", "--max-steps", "10", "--model-json", '{"text_layers": 2}'])
+    assert (c.geometry, c.look, c.max_steps) == ("llava15", 0.0, 10)
+    assert c.model["image_size"] == 336 and c.model["patch_size"] == 14 and c.model["text_layers"] == 2
+    # a flag given at its default value still overrides the preset
+    assert T.config_from_args(["--preset", "llava15", "--look", "3.0"]).look == 3.0
+    assert T.config_from_args([]) == T.TrainConfig()
+
+
+def test_sincos_positions_start_each_patch_with_its_row_and_column():
+    from egg.reference.build import ReferenceConfig, build_model, build_processor, sincos_positions
+
+    t = sincos_positions(24, 64)
+    assert t.shape == (577, 64) and torch.all(t[0] == 0)
+    rows = t[1:].view(24, 24, 64)
+    assert torch.allclose(rows[3, 0, :32], rows[3, 17, :32])  # same row: same first half
+    assert torch.allclose(rows[0, 5, 32:], rows[20, 5, 32:])  # same column: same second half
+    assert torch.cdist(t[1:], t[1:]).add(torch.eye(576) * 9).min() > 0.05  # every patch distinct
+    cfg = ReferenceConfig(image_size=56, patch_size=14, vision_hidden=32, vision_layers=1, text_hidden=32,
+                          text_layers=1, position_init="sincos")
+    model = build_model(cfg, build_processor(cfg).tokenizer)
+    pos = [m for n, m in model.model.vision_tower.named_modules() if n.endswith("embeddings")][0].position_embedding
+    assert torch.equal(pos.weight.detach(), sincos_positions(4, 32))
+    with pytest.raises(ValueError, match="position_init"):
+        build_model(ReferenceConfig(position_init="learned"), build_processor(cfg).tokenizer)

@@ -76,3 +76,36 @@ def test_plot_card_marks_where_the_curriculum_ends_and_draws_every_condition():
     assert len(acc.patches) >= 2 * 5 and len(point.patches) >= 2 * 2  # family x condition bars
     heights = sorted({round(p.get_height(), 6) for p in point.patches if p.get_height() > 0})
     assert heights == [0.1, 0.5]  # chance 0.1, pointing on half the rows
+
+
+def _method_rows(egg_hits: int, n: int = 40) -> pd.DataFrame:
+    """Hand-made rows: base right on 10% of items (pope 70%), oracle on 90%, EGG on `egg_hits` of `n`."""
+    rows = []
+    for fam in ["text", "vstar", "doc", "info", "pope", "rwqa"]:
+        for i in range(n):
+            rows.append(dict(family=fam, base=float(i < n // 10), oracle=float(i < 9 * n // 10), crop3x=float(i < 8 * n // 10),
+                             egg=float(i < egg_hits), vicrop_rel_att=float(i < n // 5), vicrop_grad_att=float(i < n // 4),
+                             vicrop_pure_grad=0.0, egg_box_ratio=4.0 + i % 3, egg_spatial_entropy=float(i % 2),
+                             egg_best_index=i % 3, base_answer="yes" if i % 2 else "no"))
+    df = pd.DataFrame(rows)
+    df.loc[df.family == "rwqa", ["base", "oracle"]] = 1.0
+    pope = df.family == "pope"
+    df.loc[pope, "base"] = (df[pope].index % n < 0.7 * n).astype(float)
+    return df
+
+
+def test_method_acceptance_reads_each_target_from_the_rows():
+    good = dict((t, met) for t, met, _ in testbed.method_acceptance(_method_rows(30), n_boot=200))
+    assert all(good.values()), good
+    bad = testbed.method_acceptance(_method_rows(5), n_boot=200)
+    verdict = {t: met for t, met, _ in bad}
+    goal = [t for t in verdict if "recovers" in t or "ViCrop" in t]
+    assert goal and not any(verdict[t] for t in goal)
+    # n is reported with every pooled number
+    assert all("n = " in m for t, _, m in bad if t in goal)
+
+
+def test_gap_recovered_is_the_pooled_share_with_an_interval():
+    df = _method_rows(20)
+    share, lo, hi = testbed.gap_recovered(df[df.family == "text"], n_boot=300)
+    assert share == pytest.approx((20 - 4) / (36 - 4)) and lo < share < hi

@@ -91,6 +91,7 @@ class TrainConfig:
     smoothing: float = 0.95  # exponential smoothing of the logged losses
     window_max: float = WINDOW_SCALE[1]
     geometry: str = "v1"  # the benchmark geometry the training items are drawn in (egg.synthetic.Geometry)
+    read_pool: str = "mean"  # how the glyph-reading probe pools a crop's visual tokens ("mean" or "max")
     model: dict = field(default_factory=dict)
 
 
@@ -101,10 +102,11 @@ class TrainConfig:
 # at least 48 px in some image, i.e. its glyph (a quarter of that side) 12 px.
 PRESETS: dict[str, dict] = {
     "llava15": dict(
-        geometry="llava15", look=0.0, readable_px=48.0, vision_steps=600, items_per_family=600,
+        geometry="llava15", look=0.0, readable_px=48.0, vision_steps=1000, items_per_family=600,
         examples_per_item=4, epochs=2, max_steps=3000, batch_size=16, warmup=100, eval_every=1000, eval_items=10,
+        read_pool="max",
         model=dict(image_size=336, patch_size=14, vision_hidden=64, vision_layers=3, vision_heads=4,
-                   text_hidden=128, text_layers=3, text_heads=4, max_positions=2048),
+                   text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
 }
 
@@ -120,13 +122,13 @@ class AuxHeads:
     model taught to attend to the named object could otherwise not say where that object is.
     """
 
-    def __init__(self, dim: int, vocab: int, device, grid: int = 8):
+    def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean"):
         import torch
 
         self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)
         self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
         self.where = torch.nn.Linear(dim, 2 * grid).to(device)
-        self.vocab, self.grid = vocab, grid
+        self.vocab, self.grid, self.read_pool = vocab, grid, read_pool
 
     def parameters(self):
         return [*self.colour.parameters(), *self.read.parameters(), *self.where.parameters()]
@@ -137,7 +139,9 @@ class AuxHeads:
         import torch.nn.functional as F
 
         lc = F.binary_cross_entropy_with_logits(self.colour(feats), colour_targets)
-        logits = self.read(feats.mean(1)).view(-1, 2, self.vocab)
+        # max: at 24x24 a glyph covers 2-6% of a crop's tokens, and a mean drowns it
+        pooled = feats.amax(1) if self.read_pool == "max" else feats.mean(1)
+        logits = self.read(pooled).view(-1, 2, self.vocab)
         if (read_targets != -100).any():
             lr = F.cross_entropy(logits.reshape(-1, self.vocab), read_targets.reshape(-1), ignore_index=-100)
         else:
@@ -283,8 +287,8 @@ def train(cfg: TrainConfig) -> Path:
     t_start, cpu_start = time.time(), cpu_seconds()
     data, reads = render_dataset(cfg, mcfg, log)
     col = Collator(processor)
-    aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size)
-           if cfg.aux else None)
+    aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size,
+                    cfg.read_pool) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     if aux is not None and cfg.vision_steps:
@@ -379,21 +383,25 @@ def save(model, processor, out: Path, record: dict) -> None:
     os.replace(tmp, out)
 
 
-def main(argv=None) -> None:
+def config_from_args(argv=None) -> TrainConfig:
+    """The command line's TrainConfig: defaults, then ``--preset``'s settings, then the flags
+    given explicitly (``--model-json`` overrides the preset's model fields one by one)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
     for k, v in d.__dict__.items():
         if isinstance(v, (int, float, str)):
-            ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+            ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=argparse.SUPPRESS,
+                            help=f"default {v!r}")
     ap.add_argument("--model-json", default="{}", help="ReferenceConfig overrides as JSON")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="start from these settings (flags given override them)")
-    a = ap.parse_args(argv)
-    preset = dict(PRESETS.get(a.preset, {}))
-    given = {k for k in d.__dict__ if ap.get_default(k) != getattr(a, k, None)}
-    kw = {k: getattr(a, k) for k in d.__dict__ if k != "model" and hasattr(a, k) and (k in given or k not in preset)}
-    model = {**preset.pop("model", {}), **json.loads(a.model_json)}
-    kw.update({k: v for k, v in preset.items() if k not in given})
-    train(TrainConfig(**kw, model=model))
+    a = vars(ap.parse_args(argv))
+    preset = dict(PRESETS.get(a.pop("preset"), {}))
+    model = {**preset.pop("model", {}), **json.loads(a.pop("model_json"))}
+    return TrainConfig(**{**preset, **a, "model": model})
+
+
+def main(argv=None) -> None:
+    train(config_from_args(argv))
 
 
 if __name__ == "__main__":
