@@ -11,6 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 N      ?=
 ONLY   ?=
 OUT    ?= out
+PRESET ?=
 
 .PHONY: setup reproduce test test-fast nbval train-reference check-browser clean help
 
@@ -19,6 +20,7 @@ help:
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~36 min on 2 cores)"
+	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
 $(VENV)/.installed: pyproject.toml
@@ -51,8 +53,9 @@ test-fast: setup
 nbval: setup
 	$(NBVAL)
 
+# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15
 train-reference: setup
-	$(PY) -m egg.reference.train --out data/reference
+	$(PY) -m egg.reference.train $(if $(PRESET),--preset $(PRESET) --out data/reference-$(PRESET),--out data/reference)
 
 check-browser: setup
 	$(PY) -m pip install -q playwright   # drives Debian's chromium; never `playwright install`

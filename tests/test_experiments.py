@@ -354,3 +354,16 @@ def test_resolve_dir_is_relative_to_the_repo(tmp_path):
     assert ex.resolve_dir("figures", create=False) == ex.REPO_ROOT / "figures"
     assert ex.resolve_dir(tmp_path / "x") == tmp_path / "x" and (tmp_path / "x").is_dir()
     assert ex.results_path(tmp_path).name == "records.jsonl"
+
+
+def test_headline_pools_the_detail_families_and_states_n():
+    rows = []
+    for fam in ("text", "doc", "rwqa"):
+        for i in range(10):
+            rows.append(dict(family=fam, index=i, variant="base", score=float(i < 2), correct=i < 2))
+            rows.append(dict(family=fam, index=i, variant="egg", score=float(i < 5), correct=i < 5))
+    table = ex.headline(pd.DataFrame(rows))
+    lines = table.splitlines()
+    assert lines[2] == "| base | 20.0 | | |"
+    assert lines[3].startswith("| egg | 50.0 | +30.0 points [") and "rwqa" not in table
+    assert lines[-1] == "n = 20 paired items: text 10, doc 10 (the detail-critical families, pooled)."

@@ -223,3 +223,28 @@ def test_repr_and_widget_tree(ex):
     bundle = ex._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "Explorer(text[0]" in repr(ex)
+
+
+def test_describe_says_whether_egg_was_right_and_what_map_and_box_did(vlm):
+    """The example's paragraph is computed from the item and the trace, so it cannot flatter."""
+    from egg import bench
+    from egg.figures import method as viz
+    from egg.method.boxes import point_in_box
+    from egg.method.regions import first_argmax_2d
+
+    item = bench.item("text", "test", 0)
+    g = egg_ground(vlm, item)
+    text = viz.describe(g, before="zzz", item=item)
+    right = bench.score("text", g.answer, item) >= 0.5
+    assert f"EGG got this item {'right' if right else 'wrong'}." in text
+    m, (x0, y0, x1, y1) = g.trace[0].maps[0], g.trace[0].map_boxes[0]
+    r, c = first_argmax_2d(m)
+    peak = (x0 + (c + 0.5) * (x1 - x0) / m.shape[1], y0 + (r + 0.5) * (y1 - y0) / m.shape[0])
+    assert ("inside the evidence" in text) == point_in_box(peak, item.boxes[0])
+    assert "% of the image" in text and "x the evidence" in text
+
+
+def egg_ground(vlm, item):
+    import egg
+
+    return egg.ground(vlm, item.image, item.question)

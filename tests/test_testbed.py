@@ -75,7 +75,12 @@ def test_plot_card_marks_where_the_curriculum_ends_and_draws_every_condition():
                                                                    "random_crop"]
     assert len(acc.patches) >= 2 * 5 and len(point.patches) >= 2 * 2  # family x condition bars
     heights = sorted({round(p.get_height(), 6) for p in point.patches if p.get_height() > 0})
-    assert heights == [0.1, 0.5]  # chance 0.1, pointing on half the rows
+    assert heights == [10.0, 50.0]  # in points: chance 10, pointing on half the rows
+    assert point.get_ylim() == (0, 100) and "look: -log attention share" in train.get_legend().get_texts()[1].get_text()
+    # with the per-item rows, every bar carries its 95% interval
+    fig = plot_card(testbed.summary(df, n_boot=50), record, rows=df)
+    point = fig.axes[2]
+    assert len(point.lines) >= 4 and "95% CI" in point.get_title()
 
 
 def _method_rows(egg_hits: int, n: int = 40) -> pd.DataFrame:

@@ -11,7 +11,8 @@ from ..outputs import display_path, resolve_dir, silence_libraries
 
 def notebook_setup(seed: int = 0) -> None:
     """Quiet, deterministic notebook output: no progress bars, seeded RNGs, fixed
-    matplotlib settings (so a re-run gives the same text outputs and figures)."""
+    matplotlib settings (so a re-run gives the same text outputs and figures), and pandas
+    tables shown whole."""
     silence_libraries()
     os.environ.setdefault("TQDM_DISABLE", "1")
     import random
@@ -28,6 +29,14 @@ def notebook_setup(seed: int = 0) -> None:
         pass
     matplotlib.rcParams.update({"svg.hashsalt": "egg", "figure.dpi": 100, "savefig.dpi": 150,
                                 "font.size": 9, "axes.titlesize": 9})
+    try:  # tables shown whole: no "..." hiding columns or rows
+        import pandas as pd
+
+        pd.set_option("display.max_columns", None)
+        pd.set_option("display.max_rows", 200)
+        pd.set_option("display.width", 250)
+    except ImportError:
+        pass
 
 
 def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats: Sequence[str] = ("png", "pdf"),

@@ -46,7 +46,7 @@ def plot(report: CostReport, figsize=(11.0, 3.6)):
               ct["recomputed"]["cpu_sec_per_q"] / ct["cached"]["cpu_sec_per_q"])
     ax[2].set_ylim(0, 1.3 * top)
     ax[2].legend(fontsize=7, frameon=False, ncol=2, loc="upper center")
-    ax[2].set_title(f"embedding cache, EGG fixed {report.iterations}")
+    ax[2].set_title(f"embedding cache, EGG fixed {report.iterations} ({report.n_questions} questions)")
     for a in ax:
         for side in ("top", "right"):
             a.spines[side].set_visible(False)

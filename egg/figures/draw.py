@@ -66,7 +66,7 @@ def draw_boxes(ax, boxes: Sequence, labels: Sequence[str] | None = None, colours
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=lw * (1.3 if i == 0 else 0.8),
                                ls="-" if i == 0 else "--", ec=c))
         if labels is not None and i < len(labels) and labels[i]:
-            ax.text(x0, y0, labels[i], color="black", fontsize=7, va="top", ha="left",
+            ax.text(x0, y0, labels[i], color="black", fontsize=8, va="top", ha="left",
                     bbox=dict(boxstyle="square,pad=0.1", fc=c, ec="none", alpha=0.9), clip_on=True)
 
 
@@ -80,7 +80,7 @@ def draw_evidence(ax, gt_boxes: Sequence, label: bool = True):
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.6, ls="-", ec="black"))
     if label and gt_boxes:
         x0, y0 = float(gt_boxes[0][0]), float(gt_boxes[0][3])
-        ax.text(x0, y0, "evidence", color="black", fontsize=6, va="top", ha="left",
+        ax.text(x0, y0, "evidence", color="black", fontsize=8, va="top", ha="left",
                 bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8), clip_on=True)
 
 

@@ -41,7 +41,7 @@ class Explorer:
     def __init__(self, vlm=None, family: str = "text", index: int = 0, *, split: str = "test", seed: int = 0,
                  objective: str = "entropy", layer: int | None = None, sigma: float = 1.5,
                  threshold: str = "elbow", k: int = 2, iterations: int = 2, stopping: str = "spatial-entropy",
-                 max_new_tokens: int = 8, dpi: int = 72):
+                 max_new_tokens: int = 8, dpi: int = 96):
         import ipywidgets as w
 
         from ..adapters import as_adapter

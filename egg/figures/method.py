@@ -78,8 +78,13 @@ def describe(g, before: str | None = None, item=None) -> str:
             txt = f" (reference {ref!r}; score {_fmt(bench.score(fam, before, item))} -> {_fmt(s_after)}"
         parts[-1] += txt + ")"
     parts[-1] += "."
+    if item is not None:
+        from .. import synthetic as bench
+
+        right = bench.score(item.family, g.answer, item) >= 0.5
+        parts.append(f"EGG got this item {'right' if right else 'wrong'}.")
     if item is not None and item.boxes and g.boxes:
-        parts.append(f"The best box overlaps the evidence with IoU {_fmt(evidence_iou(g.boxes, item.boxes))}.")
+        parts.append(_where(g, item))
     n_zoom = len(g.trace) - 1
     if g.method == "egg":
         ses = ", ".join(_fmt(it.spatial_entropy) for it in g.trace)
@@ -87,6 +92,30 @@ def describe(g, before: str | None = None, item=None) -> str:
         parts.append(f"The loop ran {n_zoom} zoom iteration(s) (spatial entropy by state: {ses}) "
                      f"and answered from {where}.")
     return " ".join(parts)
+
+
+def _where(g, item) -> str:
+    """What the first map and the boxes did: is the map's peak in the evidence, how large is
+    the first box against the evidence, and does it hold the evidence's centre."""
+    from ..method.boxes import box_area, box_center, point_in_box
+    from ..method.regions import first_argmax_2d
+
+    it0 = g.trace[0]
+    out = []
+    if it0.maps:
+        m, (x0, y0, x1, y1) = np.asarray(it0.maps[0], dtype=float), it0.map_boxes[0]
+        r, c = first_argmax_2d(m)
+        peak = (x0 + (c + 0.5) * (x1 - x0) / m.shape[1], y0 + (r + 0.5) * (y1 - y0) / m.shape[0])
+        inside = any(point_in_box(peak, b) for b in item.boxes)
+        out.append(f"The map's strongest cell is {'inside' if inside else 'outside'} the evidence")
+    first = g.boxes[0]
+    W, H = item.image.size
+    ratio = box_area(first) / max(1.0, float(np.mean([box_area(b) for b in item.boxes])))
+    holds = any(point_in_box(box_center(b), first) for b in item.boxes)
+    out.append(f"the best box covers {100 * box_area(first) / (W * H):.0f}% of the image ({ratio:.0f}x the "
+               f"evidence), {'holds' if holds else 'misses'} the evidence's centre and overlaps it with IoU "
+               f"{_fmt(evidence_iou(g.boxes, item.boxes))}")
+    return "; ".join(out) + "."
 
 
 # --------------------------------------------------------------------------- region steps
@@ -226,9 +255,9 @@ def plot_elbow(ax, steps: RegionSteps, title: str | None = None):
     ax.scatter([steps.cut_index], [v[steps.cut_index]], s=40, facecolor="none", edgecolor="#c62828", zorder=4)
     ax.set_xlabel("cells, sorted")
     ax.set_ylabel("smoothed relevance")
-    ax.legend(fontsize=6, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.set_title(title if title is not None else f"{steps.threshold_name} threshold: {int(above.sum())}/{v.size} cells")
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=8)
     return ax
 
 
@@ -253,7 +282,7 @@ def plot_components(ax, steps: RegionSteps, title: str | None = None, aspect: fl
                                lw=1.8 if kept else 0.8, ls="-" if kept else "--"))
         share = steps.masses_share[i] if i < len(steps.masses_share) else float("nan")
         ax.text(c0 - 0.45, r0 - 0.45, f"#{i + 1} {100 * share:.0f}%" if math.isfinite(share) else f"#{i + 1}",
-                fontsize=6, va="top", ha="left", color="black",
+                fontsize=8, va="top", ha="left", color="black",
                 bbox=dict(boxstyle="square,pad=0.05", fc=col, ec="none", alpha=0.85))
     ax.set_xlim(-0.5, cols - 0.5)
     ax.set_ylim(rows - 0.5, -0.5)
@@ -342,11 +371,11 @@ def plot_spatial_entropy(ax, g, title: str | None = None, answer_state: int | No
     b = g.best_index if answer_state is None else answer_state
     if b < len(ys) and math.isfinite(ys[b]):
         ax.plot([xs[b]], [ys[b]], "*", color="#c62828", ms=12, label="answered from")
-        ax.legend(fontsize=6, frameon=False)
+        ax.legend(fontsize=8, frameon=False)
     ax.set_xticks(xs)
     ax.set_xlabel("state (zoom iterations)")
     ax.set_ylabel("spatial entropy (nats)")
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=8)
     finite = [y for y in ys if math.isfinite(y)]
     top = max(finite) if finite else 1.0
     ax.set_ylim(-0.05 * max(top, 0.1), 1.15 * max(top, 0.1))

@@ -47,11 +47,23 @@ def _freeze(fig):
     return fig
 
 
+#: Fixed colours for the methods every results figure shows: EGG stands out (vermillion),
+#: the ViCrop variants share a hue (blues), and the bounds are greys (random light, oracle
+#: near-black), so no two of them read alike.
+METHOD_COLOURS = {
+    "base": "#8c8c8c", "vicrop-rel-att": "#9ecae1", "vicrop-grad-att": "#4292c6", "vicrop-pure-grad": "#08519c",
+    "egg": "#d55e00", "random": "#d9d9d9", "oracle": "#252525",
+}
+
+
 def _palette(labels: Sequence[str]) -> dict:
+    """A colour per label: ``METHOD_COLOURS`` for the methods, the colour-blind palette for
+    anything else, without its vermillion (EGG's) and its yellow (unreadable as label text)."""
     import seaborn as sns
 
-    cols = sns.color_palette("colorblind", max(1, len(labels)))
-    return {lab: cols[i % len(cols)] for i, lab in enumerate(labels)}
+    cols = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i not in (3, 8)]
+    others = [lab for lab in labels if lab not in METHOD_COLOURS]
+    return {lab: METHOD_COLOURS.get(lab) or cols[others.index(lab) % len(cols)] for lab in labels}
 
 
 def _grouped_bars(ax, table: pd.DataFrame, x: str, hue: str, y: str, lo: str | None = None,
@@ -81,6 +93,8 @@ def _grouped_bars(ax, table: pd.DataFrame, x: str, hue: str, y: str, lo: str | N
         if not pos:
             continue
         ax.bar(pos, val, width=w * 0.95, color=palette[h], label=str(h), edgecolor="white", linewidth=0.5)
+        # a dot at each bar's top: a bar of height 0 stays visible
+        ax.scatter(pos, val, color=palette[h], s=9, zorder=3, edgecolors="0.3", linewidths=0.4)
         if lo is not None:
             ax.errorbar(pos, val, yerr=[err_lo, err_hi], fmt="none", ecolor="0.2", elinewidth=0.8, capsize=2)
     ax.set_xticks(range(len(xs)))
@@ -193,9 +207,11 @@ def _place_labels(ax, points: list[tuple[float, float, str, object]], fontsize: 
 
 
 def cost_accuracy(table: pd.DataFrame, reference: dict | None = None, highlight: str | None = "spatial-entropy"):
-    """Accuracy (95 % CI) against mean cost (forward-equivalents) per stopping rule, the
-    Pareto front joined by a dashed line, ``highlight`` (the paper's rule) drawn as a star;
-    ``reference`` = {"label", "accuracy", "cost_fe"} adds a grey square (e.g. the base model)."""
+    """Accuracy (95 % CI) against mean cost (forward-equivalents) per stopping rule. Rules on
+    the Pareto front are filled, dominated ones hollow (no line joins the front: a line
+    between two front points would pass over a dominated rule between them and make it look
+    on the front). ``highlight`` (the paper's rule) is a star; ``reference`` = {"label",
+    "accuracy", "cost_fe"} adds a grey square (e.g. the base model)."""
     t = table.reset_index(drop=True)
     with _style():
         fig, axes = _figure(1, 1, width=7.5, height=4.8)
@@ -204,13 +220,11 @@ def cost_accuracy(table: pd.DataFrame, reference: dict | None = None, highlight:
         ax.errorbar(t["cost_fe"], t["accuracy"], yerr=[(t["accuracy"] - t["acc_lo"]).clip(lower=0),
                                                       (t["acc_hi"] - t["accuracy"]).clip(lower=0)],
                     fmt="none", ecolor="0.75", elinewidth=0.8, capsize=2, zorder=1)
-        front = t[t["pareto"]].sort_values("cost_fe")
-        if len(front) > 1:
-            ax.plot(front["cost_fe"], front["accuracy"], color="0.4", ls="--", lw=1, zorder=2)
         for r in t.itertuples():
             star = r.rule == highlight
-            ax.scatter([r.cost_fe], [r.accuracy], color=pal[r.rule], marker="*" if star else "o",
-                       s=160 if star else 45, zorder=4 if star else 3, edgecolors="white", linewidths=0.5)
+            ax.scatter([r.cost_fe], [r.accuracy], facecolors=pal[r.rule] if r.pareto else "white",
+                       edgecolors=pal[r.rule], marker="*" if star else "o", s=200 if star else 50,
+                       zorder=4 if star else 3, linewidths=1.5)
         points = [(r.cost_fe, r.accuracy, r.rule, pal[r.rule]) for r in t.itertuples()]
         if reference is not None:
             ax.scatter([reference["cost_fe"]], [reference["accuracy"]], color="0.5", marker="s", zorder=3)
@@ -221,7 +235,7 @@ def cost_accuracy(table: pd.DataFrame, reference: dict | None = None, highlight:
         _place_labels(ax, points)
         ax.set_xlabel("mean cost per question (forward-equivalents: forward = 1, backward = 2)")
         ax.set_ylabel("accuracy (points)")
-        ax.set_title("Stopping rules: accuracy vs cost (dashed: Pareto front)")
+        ax.set_title("Stopping rules: accuracy vs cost (filled: on the Pareto front; hollow: dominated)")
     return _freeze(fig)
 
 

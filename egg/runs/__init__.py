@@ -47,7 +47,7 @@ from .registry import (FE_BACKWARD, FE_FORWARD, MAIN_METHODS, METHODS, NEUTRAL_B
 from .configs import (MULTI_FAMILIES, PAPER_CHOICES, ablation_configs, layer_values, multi_configs,
                       stopping_configs)
 from .tables import (Delta, ablation_table, accuracy_table, bucket_legend, cost_table, delta_summary, delta_table,
-                     evidence_kind,
+                     evidence_kind, headline,
                      localisation_table, multi_evidence_table, paired_delta, pareto_front, reference_point,
                      size_bucket, stopping_table)
 from .verdicts import Verdict, verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_multi
@@ -56,7 +56,7 @@ from .tables import _ci, _family_order, _order  # noqa: F401  (used by egg.figur
 
 __all__ = [
     "METHODS", "MAIN_METHODS", "VICROP_METHODS", "Record", "Spec", "Verdict", "Delta", "run", "make_specs",
-    "ItemSource", "family_of", "evidence_kind",
+    "ItemSource", "family_of", "evidence_kind", "headline",
     "effective_options", "make_record", "record_key", "records_frame", "load_records", "save_records", "read_json_lines",
     "model_fingerprint", "code_fingerprint", "accuracy_table", "delta_table", "delta_summary", "localisation_table", "cost_table",
     "stopping_table", "reference_point", "ablation_table", "multi_evidence_table", "pareto_front", "paired_delta", "size_bucket",

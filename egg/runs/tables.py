@@ -279,3 +279,24 @@ def multi_evidence_table(df: pd.DataFrame) -> pd.DataFrame:
                          "iou": float(s["iou"].mean() * 100), "n_boxes": float(s["boxes"].map(len).mean())})
     return pd.DataFrame(rows, columns=["evidence", "method", "n", "accuracy", "acc_lo", "acc_hi",
                                        "evidence_recall", "iou", "n_boxes"])
+
+
+def headline(df: pd.DataFrame, baseline: str = "base", methods: Sequence[str] | None = None) -> str:
+    """The README's headline table (markdown): per method, accuracy pooled over the
+    detail-critical families present and its paired difference to ``baseline`` with a 95%
+    bootstrap CI, and the n behind them. Notebook 02 prints it; a test checks that the README
+    carries exactly this text."""
+    fams = [f for f in _family_order(df) if family_of(f) in bench.DETAIL_FAMILIES]
+    methods = [m for m in (methods or _order(df["variant"])) if m != baseline]
+    per_family = df[df["family"].isin(fams)].groupby(["variant", "family"]).size().unstack().max()
+    lines = [f"| method | accuracy, points | vs {baseline}, points [95% paired CI] | McNemar p |", "|---|---|---|---|"]
+    base = paired_delta(df, baseline, baseline, families=fams)
+    lines.append(f"| {baseline} | {base.b:.1f} | | |")
+    for m in methods:
+        d = paired_delta(df, baseline, m, families=fams)
+        lines.append(f"| {m} | {d.b:.1f} | {d.fmt()} | {d.p:.2f} |")
+    n = int(paired_delta(df, baseline, methods[0], families=fams).n) if methods else 0
+    lines.append("")
+    lines.append(f"n = {n} paired items: {', '.join(f'{f} {int(per_family[f])}' for f in fams)} "
+                 f"(the detail-critical families, pooled).")
+    return "\n".join(lines)

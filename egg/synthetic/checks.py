@@ -207,6 +207,22 @@ def by_evidence_size(df, bins: int = 3):
     return out.sort_values(["family", "size"], key=lambda c: c.map(order) if c.name == "family" else c).reset_index(drop=True)
 
 
+def card_markdown(s) -> str:
+    """The summary as the README's markdown table (points, 95% CIs); notebook 09 prints it and
+    a test checks that the README carries exactly this text."""
+    p = lambda v: f"{100 * v:.0f}"
+    ci = lambda v, lo, hi: f"{100 * v:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]"
+    lines = ["| family | n | base | oracle (evidence box appended) | gap [95% CI] | map peak in evidence [95% CI] "
+             "(chance) | peak crop - random crop [95% CI] | box crop - random crop |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in s.itertuples():
+        name = f"{r.family} (control)" if r.family == bench.CONTROL_FAMILY else r.family
+        lines.append(f"| {name} | {r.n} | {p(r.base)} | {p(r.oracle)} | {ci(r.gap, r.gap_lo, r.gap_hi)} | "
+                     f"{p(r.pointing)} [{p(r.pointing_lo)}, {p(r.pointing_hi)}] ({p(r.chance)}) | "
+                     f"{ci(r.peak_minus_random, r.pmr_lo, r.pmr_hi)} | {100 * r.box_minus_random:+.0f} |")
+    return "\n".join(lines)
+
+
 def acceptance(s) -> list[tuple[str, bool, str]]:
     """The testbed's targets (what the reference model must show before any accuracy table
     means something: headroom, uncertainty when wrong, pointing), each as (target, met,

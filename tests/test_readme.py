@@ -1,0 +1,45 @@
+"""The README tells the truth: its result blocks are the notebooks' own outputs, and every
+repository file it, the notebooks or the package's docstrings cite exists."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- from (notebooks/[\w.-]+\.ipynb) -->\n(.*?)\n<!-- end -->", re.S)
+
+
+def _outputs(notebook: Path) -> str:
+    """Every text a notebook's code cells printed, as committed."""
+    nb = json.loads(notebook.read_text())
+    out = []
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if o.get("output_type") == "stream":
+                out.append("".join(o["text"]))
+    return "\n".join(out)
+
+
+def test_readme_result_blocks_are_the_notebooks_outputs():
+    blocks = BLOCK.findall((ROOT / "README.md").read_text())
+    assert {nb for nb, _ in blocks} >= {"notebooks/02_main_results.ipynb", "notebooks/09_reference_card.ipynb"}
+    for nb, text in blocks:
+        assert text.strip() in _outputs(ROOT / nb), f"README block from {nb} differs from the notebook's output"
+
+
+CITED = re.compile(r"(?<![\w/.])((?:docs|egg|notebooks|figures|data|tests)/[\w/.-]*\w\.(?:md|py|ipynb|png|json|cfg))")
+
+
+def _cited(text: str) -> set[str]:
+    return {m for m in CITED.findall(text) if "*" not in m and "<" not in m}
+
+
+@pytest.mark.parametrize("source", ["README.md", "CHANGELOG.md", "docs/method.md", "notebooks", "egg"])
+def test_every_cited_file_exists(source):
+    path = ROOT / source
+    files = [path] if path.is_file() else sorted([*path.rglob("*.ipynb"), *path.rglob("*.py")])
+    missing = {(f.name, c) for f in files for c in _cited(f.read_text()) if not (ROOT / c).exists()}
+    assert not missing, sorted(missing)
