@@ -50,3 +50,16 @@ def silence_libraries() -> None:
         hf_logging.disable_progress_bar()
     except Exception:  # noqa: BLE001 - transformers missing or changed: only cosmetics
         pass
+
+
+PROGRESS_ENV = "EGG_PROGRESS_LOG"
+
+
+def progress_line(text: str) -> None:
+    """Append one line to the file named by ``$EGG_PROGRESS_LOG``, if set. Notebooks run with
+    their progress bars off (a kernel would capture them into the committed outputs), so
+    ``make reproduce`` sets it and prints the file as it grows: a long notebook is not silent."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(text.rstrip() + "\n")

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
+
+from .outputs import PROGRESS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -92,6 +96,31 @@ def write_back(executed: Path, committed: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _echo(log: Path, every: float = 2.0):
+    """While the block runs, print each line added to ``log``, indented and timed."""
+    stop, t0 = threading.Event(), time.time()
+
+    def tail():
+        seen = 0
+        while True:
+            done = stop.wait(every)
+            lines = log.read_text().splitlines() if log.exists() else []
+            for line in lines[seen:]:
+                print(f"    {time.time() - t0:5.0f}s  {line}", flush=True)
+            seen = len(lines)
+            if done:
+                return
+
+    th = threading.Thread(target=tail, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="items per family (papermill parameter n)")
@@ -124,13 +153,17 @@ def main(argv=None) -> int:
     if records.exists() and not a.resume:
         records.unlink()
     t_all = time.time()
+    log = (out / "progress.log").resolve()
+    os.environ[PROGRESS_ENV] = str(log)  # the kernels write their phases there (egg.outputs.progress_line)
     for i, nb in enumerate(nbs, 1):
         t0 = time.time()
         print(f"[{i}/{len(nbs)}] {nb.name} ...", flush=True)
         target = out / nb.name
+        log.write_text("")
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(ROOT), progress_bar=False,
-                                kernel_name="python3")
+            with _echo(log):
+                pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(ROOT), progress_bar=False,
+                                    kernel_name="python3")
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"FAILED: {nb.name}: {e}", file=sys.stderr)
             return 1

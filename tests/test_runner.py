@@ -197,3 +197,15 @@ def test_cli_benchmarks_lists_all():
 
     for name in benchmarks.names():
         assert name in r.stdout
+
+
+def test_runs_write_progress_lines_where_reproduce_reads_them(vlm, tmp_path, monkeypatch):
+    """With the bars off (notebooks), a run still reports its phases to $EGG_PROGRESS_LOG."""
+    from egg import runs as ex
+    from egg.outputs import PROGRESS_ENV
+
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv(PROGRESS_ENV, str(log))
+    ex.run(vlm, {"base": ("base", {})}, ["text"], 3, progress=False)
+    lines = log.read_text().splitlines()
+    assert lines and lines[-1] == "1 configuration(s) x 1 family: 3/3 results"

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .. import synthetic as bench
+from ..outputs import progress_line
 from .records import Record, code_fingerprint, make_record, model_fingerprint, record_key
 from .store import maybe_store, read_lines, split_outcomes
 from .registry import BATCHED, METHODS, NEEDS_BOXES, effective_options
@@ -200,7 +201,7 @@ def execute(vlm, jobs: Sequence[Job], model: str, store=None, done: Mapping | No
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     waiting: dict[str, list[int]] = {}  # spec label -> positions of jobs waiting for a batch
     with tqdm(total=len(jobs), disable=not progress, desc=desc, file=sys.stderr) as bar:
-        loop = _Loop(vlm, jobs, model, store, done, failed, extra, bar, items=_ItemCache(max(2, b + 1)))
+        loop = _Loop(vlm, jobs, model, store, done, failed, extra, bar, items=_ItemCache(max(2, b + 1)), desc=desc)
         for pos, job in enumerate(jobs):
             if job.key in done:
                 loop.finish(pos, replace(Record.from_dict(done[job.key]), variant=job.spec.label))
@@ -237,10 +238,16 @@ class _Loop:
     items: "_ItemCache"
     results: dict = field(default_factory=dict)
     skipped: set = field(default_factory=set)
+    desc: str = "egg.run"
+    finished: int = 0
 
     def finish(self, pos: int, out) -> None:
         self.results[pos] = out
         self.bar.update(1)
+        self.finished += 1
+        total = len(self.jobs)
+        if self.finished == total or self.finished % max(1, total // 10) == 0:
+            progress_line(f"{self.desc}: {self.finished}/{total} results")
 
     def compute(self, positions: list[int]) -> None:
         """Jobs of one configuration: in one batched call when there are several (and it
@@ -342,7 +349,8 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
     done, failed = split_outcomes(read_lines(path)[0]) if path is not None else ({}, {})
     with maybe_store(path) as store:
         out = execute(vlm, jobs_for(sources, counts, specs, fp), fp, store, done, failed,
-                      retry_failed=retry_failed, progress=progress, batch_size=batch_size)
+                      retry_failed=retry_failed, progress=progress, batch_size=batch_size,
+                      desc=f"{len(specs)} configuration(s) x {len(fams)} famil{'y' if len(fams) == 1 else 'ies'}")
     if out.failures:
         first = out.failures[0]
         warnings.warn(f"{out.n_failed} item(s) failed and are left out (first: {first['family']} item "

@@ -33,6 +33,7 @@ from ..method.boxes import box_center, clamp_aspect, grid_box_to_pixels
 from ..method.regions import first_argmax_2d, smooth
 from ..method.relevance import relevance
 from ..method.zoom import answer_with_crops
+from ..outputs import progress_line
 
 
 @dataclass
@@ -160,6 +161,7 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
         for item in tqdm(bench.load(fam, split, n, seed, geometry=geometry), desc=fam, disable=not progress,
                          leave=False):
             rows.append(measure_item(vlm, item, seed=seed, methods=methods).to_dict())
+        progress_line(f"testbed: {fam} done, {len(rows)} items so far")
     return pd.DataFrame(rows)
 
 
