@@ -66,19 +66,5 @@ def score(family: str, prediction: str, item: Item) -> float:
     return metrics.item_score("exact_match" if name == "pope" else name, prediction, item)
 
 
-__all__ = [
-    "CONTROL_FAMILY",
-    "DETAIL_FAMILIES",
-    "FAMILIES",
-    "GEOMETRIES",
-    "SPLITS",
-    "Box",
-    "Geometry",
-    "Item",
-    "families",
-    "geometry",
-    "item",
-    "load",
-    "metric_name",
-    "score",
-]
+__all__ = ["Box", "Item", "SPLITS", "Geometry", "GEOMETRIES", "families", "geometry", "item", "load", "score",
+           "metric_name", "DETAIL_FAMILIES", "CONTROL_FAMILY", "FAMILIES"]

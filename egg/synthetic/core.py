@@ -107,8 +107,8 @@ class Geometry:
 
     - ``v1``: each family's own sizes (area fractions of the canvas), sized for an 8x8 grid.
     - ``llava15``: LLaVA-1.5's 24x24 grid. The named object covers 1-4 token cells in area at the
-      full view (`object_cells`, log-uniform) and its detail is `detail` x its side: 3-7 input
-      pixels at the full view (unreadable), about 28 px in a crop 3x the object's side.
+      full view (`object_cells`, log-uniform) and its detail is about `detail` x its side: 3-7
+      input pixels at the full view (unreadable), 13-30 px in a crop 3x the object's side.
     """
 
     name: str

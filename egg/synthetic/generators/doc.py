@@ -6,19 +6,7 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    Geometry,
-    Item,
-    canvas_size,
-    font,
-    pick,
-    place,
-    scribble,
-    text_fit,
-    union,
-)
+from ..core import COLOURS, GEOMETRIES, Geometry, Item, canvas_size, font, pick, place, scribble, text_fit, union
 
 METRIC = "anls"
 FRAC = (0.001, 0.015)

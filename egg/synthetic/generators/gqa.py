@@ -7,19 +7,8 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    SHAPES,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    draw_shape,
-    evidence_side,
-    pick,
-    place,
-)
+from ..core import (COLOURS, GEOMETRIES, SHAPES, Geometry, Item, background, canvas_size, draw_shape, evidence_side,
+                    pick, place)
 
 METRIC = "exact_match"
 FRAC = (0.01, 0.04)

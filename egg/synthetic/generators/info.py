@@ -7,18 +7,7 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    font,
-    pick,
-    scribble,
-    text_fit,
-)
+from ..core import COLOURS, GEOMETRIES, Geometry, Item, background, canvas_size, font, pick, scribble, text_fit
 
 METRIC = "anls"
 MULTI_P = 1 / 3

@@ -14,18 +14,7 @@ from collections import Counter
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    SHAPES,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    draw_shape,
-    pick,
-    place,
-)
+from ..core import COLOURS, GEOMETRIES, SHAPES, Geometry, Item, background, canvas_size, draw_shape, pick, place
 
 METRIC = "pope"
 FRAC = (0.001, 0.012)

@@ -7,18 +7,8 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    POSITIONS,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    mc_options,
-    mc_question,
-    pick,
-)
+from ..core import (COLOURS, GEOMETRIES, POSITIONS, Geometry, Item, background, canvas_size, mc_options, mc_question,
+                    pick)
 
 METRIC = "multiple_choice"
 

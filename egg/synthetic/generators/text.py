@@ -7,18 +7,7 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    GLYPHS,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    pick,
-    place,
-    text_fit,
-)
+from ..core import COLOURS, GEOMETRIES, GLYPHS, Geometry, Item, background, canvas_size, pick, place, text_fit
 
 METRIC = "vqa_accuracy"
 FRAC = (0.002, 0.02)

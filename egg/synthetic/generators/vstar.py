@@ -6,20 +6,8 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import (
-    COLOURS,
-    GEOMETRIES,
-    SHAPES,
-    Geometry,
-    Item,
-    background,
-    canvas_size,
-    draw_shape,
-    mc_options,
-    mc_question,
-    pick,
-    place,
-)
+from ..core import (COLOURS, GEOMETRIES, SHAPES, Geometry, Item, background, canvas_size, draw_shape, mc_options,
+                    mc_question, pick, place)
 
 METRIC = "multiple_choice"
 FRAC = (0.001, 0.015)
