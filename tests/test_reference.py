@@ -246,3 +246,40 @@ def test_sincos_positions_start_each_patch_with_its_row_and_column():
     assert torch.equal(pos.weight.detach(), sincos_positions(4, 32))
     with pytest.raises(ValueError, match="position_init"):
         build_model(ReferenceConfig(position_init="learned"), build_processor(cfg).tokenizer)
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """An uninterrupted tiny run, then one stopped (as by Ctrl-C) after its first checkpoint and
+    resumed: same weights. The resumed run also reuses the first run's cached vision warm-up."""
+    from safetensors.torch import load_file
+
+    kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, vision_steps=2, max_steps=4,
+              eval_items=1, eval_every=2, workers=1, threads=2, freeze_vision=1)
+    full = T.train(T.TrainConfig(out=str(tmp_path / "a" / "ref"), **kw))
+    evals = []
+    real_eval = T.quick_eval
+
+    def interrupted(*a, **k):
+        evals.append(1)
+        if len(evals) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(T, "quick_eval", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), **kw))
+    assert (tmp_path / "b" / "train_cache" / "resume.pt").is_file()
+    monkeypatch.setattr(T, "quick_eval", real_eval)
+    resumed = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), resume=1, **kw))
+    log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
+    assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # frozen in the decoder steps: the tower is the warm-up's, so the resumed model's equals its own cache
+    warm = {k.split("vision_tower.", 1)[1]: v for k, v in
+            torch.load(tmp_path / "b" / "train_cache" / "warmup.pt", weights_only=False)["model"].items()
+            if "vision_tower." in k}
+    tower = {k.split("vision_tower.", 1)[1]: v for k, v in b.items() if "vision_tower." in k}
+    assert tower.keys() == warm.keys() and all(torch.equal(warm[k], tower[k]) for k in tower)
+    assert not (tmp_path / "b" / "train_cache" / "resume.pt").exists()  # a finished run leaves no checkpoint

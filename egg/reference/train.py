@@ -92,6 +92,8 @@ class TrainConfig:
     window_max: float = WINDOW_SCALE[1]
     geometry: str = "v1"  # the benchmark geometry the training items are drawn in (egg.synthetic.Geometry)
     read_pool: str = "mean"  # how the glyph-reading probe pools a crop's visual tokens ("mean" or "max")
+    freeze_vision: int = 0  # 1: the decoder steps leave the vision tower as its warm-up made it (LLaVA's stage 2)
+    resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     model: dict = field(default_factory=dict)
 
 
@@ -103,8 +105,8 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "llava15": dict(
         geometry="llava15", look=0.0, readable_px=48.0, vision_steps=1000, items_per_family=600,
-        examples_per_item=4, epochs=2, max_steps=3000, batch_size=16, warmup=100, eval_every=1000, eval_items=10,
-        read_pool="max",
+        examples_per_item=4, epochs=2, max_steps=3000, batch_size=16, warmup=100, eval_every=500, eval_items=20,
+        read_pool="max", freeze_vision=1,
         model=dict(image_size=336, patch_size=14, vision_hidden=64, vision_layers=3, vision_heads=4,
                    text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
@@ -132,6 +134,13 @@ class AuxHeads:
 
     def parameters(self):
         return [*self.colour.parameters(), *self.read.parameters(), *self.where.parameters()]
+
+    def state(self) -> dict:
+        return {k: getattr(self, k).state_dict() for k in ("colour", "read", "where")}
+
+    def load_state(self, state: dict) -> None:
+        for k, v in state.items():
+            getattr(self, k).load_state_dict(v)
 
     def loss(self, feats, colour_targets, read_targets):
         """Colour, read and position losses; `feats` is (n_images, grid^2, dim)."""
@@ -179,6 +188,31 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
             curve.append({"step": step, "read": smooth, "colour": lc.item(), "where": lp.item()})
         if step % 100 == 0:
             log(f"vision warm-up step {step}/{cfg.vision_steps} read {smooth:.3f} colour {lc.item():.3f}")
+    return curve
+
+
+# The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
+WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
+               "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
+               "look")
+
+
+def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:
+    """The vision warm-up's result, from `work`/warmup.pt when one was saved with the same settings
+    (a decoder experiment then starts in a minute instead of a quarter hour), else `run()`'s."""
+    import torch
+
+    key = {**{k: getattr(cfg, k) for k in WARMUP_KEYS}, "model": mcfg.to_dict()}
+    path = work / "warmup.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        if state["key"] == key:
+            model.load_state_dict(state["model"])
+            aux.load_state(state["aux"])
+            log(f"vision warm-up loaded from {path}")
+            return state["curve"]
+    curve = run()
+    torch.save({"key": key, "model": model.state_dict(), "aux": aux.state(), "curve": curve}, path)
     return curve
 
 
@@ -292,7 +326,11 @@ def train(cfg: TrainConfig) -> Path:
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     if aux is not None and cfg.vision_steps:
-        record["vision_warmup"] = pretrain_vision(model, aux, reads, col, cfg, log)
+        record["vision_warmup"] = cached_warmup(model, aux, work, cfg, mcfg,
+                                                lambda: pretrain_vision(model, aux, reads, col, cfg, log), log)
+    if cfg.freeze_vision:  # no graph through the tower: its activations are not kept for a backward
+        model.model.vision_tower.requires_grad_(False)
+        params = [q for q in params if q.requires_grad]
     rng = np.random.default_rng(cfg.seed)
     # Curriculum: first single-question conversations whose answer is readable (in an appended
     # crop or a small window), then the full mixture.
@@ -322,10 +360,22 @@ def train(cfg: TrainConfig) -> Path:
     log(f"{total} steps planned, {budget / 60:.1f} CPU-min left for them")
     if cfg.look > 0:  # attention weights are returned by eager attention only (not saved in the config)
         model.model.language_model.set_attn_implementation("eager")
-    smooth = None
+    smooth, done = None, 0
+    ckpt = work / "resume.pt"
+    if cfg.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if {**state["config"], "resume": 0} != {**record["config"], "resume": 0}:
+            raise SystemExit(f"{ckpt} was written with other settings; delete it or rerun with them "
+                             f"(resume needs the same TrainConfig)")
+        model.load_state_dict(state["model"])
+        aux.load_state(state["aux"]) if aux else None
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        record, smooth, done = state["record"], state["smooth"], state["step"]
+        log(f"resumed from {ckpt} at step {done}/{total}")
     model.train()
-    step = 0
-    for step, (pool, idx) in enumerate(plan, start=1):
+    step = done
+    for step, (pool, idx) in enumerate(plan[done:], start=done + 1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
         loss, parts = lm_step(model, batch, aux, cfg)
@@ -347,6 +397,10 @@ def train(cfg: TrainConfig) -> Path:
             record["eval"].append({"step": step, **ev})
             log("eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
             save(model, processor, out, record)
+            torch.save({"config": record["config"], "model": model.state_dict(), "aux": aux.state() if aux else None,
+                        "opt": opt.state_dict(), "sched": sched.state_dict(), "record": record, "smooth": smooth,
+                        "step": step}, ckpt.with_suffix(".tmp"))
+            os.replace(ckpt.with_suffix(".tmp"), ckpt)
         if progress(step) >= 1.0 and step < total:
             log(f"CPU-time budget of {cfg.max_minutes} min x {cfg.threads} cores reached at step {step}/{total}; stopping")
             break
@@ -357,6 +411,7 @@ def train(cfg: TrainConfig) -> Path:
     record["minutes"] = (time.time() - t_start) / 60
     record["cpu_minutes"] = (cpu_seconds() - cpu_start) / 60
     save(model, processor, out, record)
+    ckpt.unlink(missing_ok=True)
     log(f"saved to {out} after {record['minutes']:.1f} min")
     return out
 
