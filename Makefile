@@ -19,7 +19,7 @@ help:
 	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
-	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~36 min on 2 cores)"
+	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 

@@ -43,3 +43,28 @@ def test_every_cited_file_exists(source):
     files = [path] if path.is_file() else sorted([*path.rglob("*.ipynb"), *path.rglob("*.py")])
     missing = {(f.name, c) for f in files for c in _cited(f.read_text()) if not (ROOT / c).exists()}
     assert not missing, sorted(missing)
+
+
+def test_reference_model_description_matches_the_shipped_model():
+    """The README's numbers about data/reference: its shape from config.json, its size from the
+    weights, its recipe and cost from the training record."""
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cfg = AutoConfig.from_pretrained(ROOT / "data" / "reference")
+    v, t = cfg.vision_config, cfg.text_config
+    params = sum(p.numel() for p in LlavaForConditionalGeneration.from_pretrained(ROOT / "data" / "reference").parameters())
+    log = json.loads((ROOT / "data" / "reference" / "training_log.json").read_text())
+    grid = v.image_size // v.patch_size
+    expected = [
+        f"a {v.num_hidden_layers}-layer CLIP tower with {v.image_size} px input and patch {v.patch_size} "
+        f"({grid} × {grid} tokens per image), plus a {t.num_hidden_layers}-layer Llama decoder, "
+        f"{params / 1e6:.1f} M parameters in all",
+        f"runs {log['config']['vision_steps']} vision warm-up steps, then exactly {log['steps']} decoder steps "
+        f"(seed {log['config']['seed']}, probe weight {log['config']['position']})",
+        f"The committed run used {log['cpu_minutes']:.0f} CPU-minutes, about {log['cpu_minutes'] / 2:.0f} min on 2 "
+        f"idle cores; it took {log['minutes']:.0f} min",
+        f"seeded, {log['steps']} decoder steps, about {log['cpu_minutes'] / 2:.0f} min on 2 cores",
+    ]
+    missing = [e for e in expected if e not in readme]
+    assert not missing, missing
