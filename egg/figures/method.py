@@ -67,6 +67,7 @@ def describe(g, before: str | None = None, item=None) -> str:
             parts.append(f"The answer changed from {before!r} to {g.answer!r}")
     else:
         parts.append(f"The grounded answer is {g.answer!r}")
+    s_after = None
     if item is not None:
         from .. import synthetic as bench
 
@@ -78,11 +79,8 @@ def describe(g, before: str | None = None, item=None) -> str:
             txt = f" (reference {ref!r}; score {_fmt(bench.score(fam, before, item))} -> {_fmt(s_after)}"
         parts[-1] += txt + ")"
     parts[-1] += "."
-    if item is not None:
-        from .. import synthetic as bench
-
-        right = bench.score(item.family, g.answer, item) >= 0.5
-        parts.append(f"EGG got this item {'right' if right else 'wrong'}.")
+    if s_after is not None:
+        parts.append(f"EGG got this item {'right' if s_after >= 0.5 else 'wrong'}.")
     if item is not None and item.boxes and g.boxes:
         parts.append(_where(g, item))
     n_zoom = len(g.trace) - 1
@@ -97,15 +95,15 @@ def describe(g, before: str | None = None, item=None) -> str:
 def _where(g, item) -> str:
     """What the first map and the boxes did: is the map's peak in the evidence, how large is
     the first box against the evidence, and does it hold the evidence's centre."""
-    from ..method.boxes import box_area, box_center, point_in_box
+    from ..method.boxes import box_area, box_center, grid_box_to_pixels, point_in_box
     from ..method.regions import first_argmax_2d
 
     it0 = g.trace[0]
     out = []
     if it0.maps:
-        m, (x0, y0, x1, y1) = np.asarray(it0.maps[0], dtype=float), it0.map_boxes[0]
+        m = np.asarray(it0.maps[0], dtype=float)
         r, c = first_argmax_2d(m)
-        peak = (x0 + (c + 0.5) * (x1 - x0) / m.shape[1], y0 + (r + 0.5) * (y1 - y0) / m.shape[0])
+        peak = box_center(grid_box_to_pixels((c, r, c + 1, r + 1), m.shape, it0.map_boxes[0]))
         inside = any(point_in_box(peak, b) for b in item.boxes)
         out.append(f"The map's strongest cell is {'inside' if inside else 'outside'} the evidence")
     first = g.boxes[0]
