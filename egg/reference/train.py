@@ -127,6 +127,8 @@ class AuxHeads:
     def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean"):
         import torch
 
+        if read_pool not in ("mean", "max"):
+            raise ValueError(f"read_pool must be 'mean' or 'max', got {read_pool!r}")
         self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)
         self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
         self.where = torch.nn.Linear(dim, 2 * grid).to(device)

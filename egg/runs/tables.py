@@ -292,10 +292,11 @@ def headline(df: pd.DataFrame, baseline: str = "base", methods: Sequence[str] | 
     lines = [f"| method | accuracy, points | vs {baseline}, points [95% paired CI] | McNemar p |", "|---|---|---|---|"]
     base = paired_delta(df, baseline, baseline, families=fams)
     lines.append(f"| {baseline} | {base.b:.1f} | | |")
+    n = 0
     for m in methods:
         d = paired_delta(df, baseline, m, families=fams)
         lines.append(f"| {m} | {d.b:.1f} | {d.fmt()} | {d.p:.2f} |")
-    n = int(paired_delta(df, baseline, methods[0], families=fams).n) if methods else 0
+        n = n or int(d.n)
     lines.append("")
     lines.append(f"n = {n} paired items: {', '.join(f'{f} {int(per_family[f])}' for f in fams)} "
                  f"(the detail-critical families, pooled).")

@@ -116,9 +116,11 @@ class Geometry:
     grid: int = 24
     detail: float | None = None
 
-    def object_side(self, rng: np.random.Generator, w: int, h: int, frac: tuple[float, float]) -> int:
+    def object_side(self, rng: np.random.Generator, w: int, h: int, frac: tuple[float, float] | None = None) -> int:
         """Canvas side of a named object: the family's `frac` (v1) or `object_cells` of the grid."""
         if self.object_cells is None:
+            if frac is None:
+                raise ValueError(f"geometry {self.name!r} sizes objects by the family's area fraction; pass frac")
             return evidence_side(rng, w, h, frac)
         lo, hi = self.object_cells
         cells = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))

@@ -51,7 +51,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
             ev = (min(label[0], int(x0)), label[1], max(label[2], int(x0 + bw)), int(y0) + max(4, label_h // 2))
         else:
             # the bar's top (its colour) and a value label `detail` x that object's side high
-            s = geo.object_side(rng, w, h, (0.0, 0.0))
+            s = geo.object_side(rng, w, h)
             lh = max(4, round(s * geo.detail))
             cx = int(x0 + bw / 2)
             label = (cx - lh, int(y0) - lh - 2, cx + lh, int(y0) - 2)
