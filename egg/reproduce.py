@@ -102,13 +102,17 @@ def _echo(log: Path, every: float = 2.0):
     stop, t0 = threading.Event(), time.time()
 
     def tail():
-        seen = 0
+        pos, rest = 0, ""
         while True:
             done = stop.wait(every)
-            lines = log.read_text().splitlines() if log.exists() else []
-            for line in lines[seen:]:
+            if log.exists():
+                with log.open() as f:  # only what was added since the last look
+                    f.seek(pos)
+                    rest += f.read()
+                    pos = f.tell()
+            *lines, rest = rest.split("\n")  # a line still being written waits for its newline
+            for line in lines:
                 print(f"    {time.time() - t0:5.0f}s  {line}", flush=True)
-            seen = len(lines)
             if done:
                 return
 

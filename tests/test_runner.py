@@ -209,3 +209,19 @@ def test_runs_write_progress_lines_where_reproduce_reads_them(vlm, tmp_path, mon
     ex.run(vlm, {"base": ("base", {})}, ["text"], 3, progress=False)
     lines = log.read_text().splitlines()
     assert lines and lines[-1] == "1 configuration(s) x 1 family: 3/3 results"
+
+
+def test_reproduce_echoes_each_progress_line_once(tmp_path, capsys):
+    import time
+
+    from egg.reproduce import _echo
+
+    log = tmp_path / "progress.log"
+    with _echo(log, every=0.02):
+        time.sleep(0.05)  # no log yet: nothing to print
+        log.write_text("phase one\npha")
+        time.sleep(0.1)
+        with log.open("a") as f:
+            f.write("se two\n")
+    out = [line.split("s  ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert out == ["phase one", "phase two"]
