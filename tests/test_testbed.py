@@ -114,3 +114,13 @@ def test_gap_recovered_is_the_pooled_share_with_an_interval():
     df = _method_rows(20)
     share, lo, hi = testbed.gap_recovered(df[df.family == "text"], n_boot=300)
     assert share == pytest.approx((20 - 4) / (36 - 4)) and lo < share < hi
+
+
+def test_measure_with_methods_batches_them_as_single_calls_would(vlm):
+    """measure(methods=True) runs EGG and ViCrop over 8 items at a time; every row equals the
+    one measure_item computes for its item alone."""
+    items = bench.load("text", "test", 3, 0, geometry="llava15")
+    batched = testbed.measure(vlm, families=["text"], n=3, progress=False, methods=True, geometry="llava15")
+    single = pd.DataFrame([testbed.measure_item(vlm, it, methods=True).to_dict() for it in items])
+    pd.testing.assert_frame_equal(batched, single)
+    assert batched.egg_states.ge(1).all() and batched.vicrop_rel_att.notna().all() and batched.crop3x.notna().all()

@@ -84,8 +84,10 @@ def loose_crop(box, factor: float) -> tuple[float, float, float, float]:
     return centred_crop(box, side, side)
 
 
-def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, methods: bool = False) -> TestbedRow:
-    """All testbed diagnostics for one item (the methods' too with `methods`, module docstring)."""
+def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, methods: bool = False,
+                 fields: dict | None = None) -> TestbedRow:
+    """All testbed diagnostics for one item (the methods' too with `methods`, module docstring;
+    `fields`: the item's `method_fields` when a batch computed them already)."""
     adapter = as_adapter(vlm)
     img, q = item.image, item.question
     W, H = img.size
@@ -119,7 +121,8 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     score = lambda a: bench.score(item.family, a, item)
     extra = {}
     if methods:
-        extra = {"crop3x": score(ask([loose_crop(b, 3.0) for b in item.boxes])), **_method_fields(vlm, item, score)}
+        extra = {"crop3x": score(ask([loose_crop(b, 3.0) for b in item.boxes])),
+                 **(fields if fields is not None else method_fields(vlm, [item])[0])}
     return TestbedRow(
         family=item.family, index=int(item.meta.get("index", -1)), multi_evidence=item.multi_evidence,
         evidence_fraction=item.evidence_fraction, base=score(base_answer), oracle=score(oracle_answer),
@@ -130,20 +133,25 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     )
 
 
-def _method_fields(vlm, item: bench.Item, score) -> dict:
-    """EGG at the paper's defaults and the three ViCrop variants on one item."""
-    from ..baselines import VARIANTS, vicrop
+def method_fields(vlm, items: list[bench.Item], batch_size: int = 8) -> list[dict]:
+    """EGG at the paper's defaults and the three ViCrop variants on each item, `batch_size`
+    questions per model pass (each result equals the single call's, egg.ground_batch)."""
+    from ..baselines import VARIANTS, vicrop_batch
+    from ..method.batch import ground_batch
     from ..method.boxes import box_area
-    from ..method.zoom import ground
 
-    g = ground(vlm, item.image, item.question)
-    first = g.trace[0].boxes[0] if g.trace[0].boxes else None
-    evidence = float(np.mean([box_area(b) for b in item.boxes]))
-    out = {"egg": score(g.answer), "egg_answer": g.answer, "egg_best_index": int(g.best_index),
-           "egg_states": len(g.trace), "egg_spatial_entropy": float(g.trace[0].spatial_entropy),
-           "egg_box_ratio": box_area(first) / evidence if first is not None else math.nan}
+    images, questions = [it.image for it in items], [it.question for it in items]
+    out = []
+    for it, g in zip(items, ground_batch(vlm, images, questions, batch_size=batch_size)):
+        first = g.trace[0].boxes[0] if g.trace[0].boxes else None
+        evidence = float(np.mean([box_area(b) for b in it.boxes]))
+        out.append({"egg": bench.score(it.family, g.answer, it), "egg_answer": g.answer,
+                    "egg_best_index": int(g.best_index), "egg_states": len(g.trace),
+                    "egg_spatial_entropy": float(g.trace[0].spatial_entropy),
+                    "egg_box_ratio": box_area(first) / evidence if first is not None else math.nan})
     for v in VARIANTS:
-        out["vicrop_" + v.replace("-", "_")] = score(vicrop(vlm, item.image, item.question, variant=v).answer)
+        for it, row, g in zip(items, out, vicrop_batch(vlm, images, questions, variant=v, batch_size=batch_size)):
+            row["vicrop_" + v.replace("-", "_")] = bench.score(it.family, g.answer, it)
     return out
 
 
@@ -157,10 +165,16 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
 
     families = families or bench.families()
     rows = []
+    chunk = 8 if methods else 1  # the methods run batched over this many items
     for fam in families:
-        for item in tqdm(bench.load(fam, split, n, seed, geometry=geometry), desc=fam, disable=not progress,
-                         leave=False):
-            rows.append(measure_item(vlm, item, seed=seed, methods=methods).to_dict())
+        items = bench.load(fam, split, n, seed, geometry=geometry)
+        with tqdm(total=len(items), desc=fam, disable=not progress, leave=False) as bar:
+            for k in range(0, len(items), chunk):
+                part = items[k:k + chunk]
+                fields = method_fields(vlm, part, batch_size=chunk) if methods else [None] * len(part)
+                for item, f in zip(part, fields):
+                    rows.append(measure_item(vlm, item, seed=seed, methods=methods, fields=f).to_dict())
+                bar.update(len(part))
         progress_line(f"testbed: {fam} done, {len(rows)} items so far")
     return pd.DataFrame(rows)
 
