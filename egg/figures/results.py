@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import runs as ex
+from ..runs.tables import _ci, _family_order, _order
 from .base import save_figure  # noqa: F401  (notebooks call plots.save_figure)
 
 
@@ -111,7 +112,7 @@ def accuracy_long(df: pd.DataFrame) -> pd.DataFrame:
     """Family x method accuracy (points) with 95 % bootstrap CIs, one row each."""
     rows = []
     for (v, f), s in df.groupby(["variant", "family"], sort=False):
-        m, lo, hi = ex._ci(s["score"])
+        m, lo, hi = _ci(s["score"])
         rows.append({"method": v, "family": f, "accuracy": m, "lo": lo, "hi": hi, "n": len(s)})
     return pd.DataFrame(rows, columns=["method", "family", "accuracy", "lo", "hi", "n"])
 
@@ -119,8 +120,8 @@ def accuracy_long(df: pd.DataFrame) -> pd.DataFrame:
 def main_results(df: pd.DataFrame, baseline: str = "base", methods: Sequence[str] | None = None):
     """(top) accuracy by family and method with 95 % CIs; (bottom) each method's paired
     delta vs ``baseline`` with its 95 % CI, per family and pooled over detail families."""
-    methods = list(methods) if methods is not None else ex._order(df["variant"])
-    fams = ex._family_order(df)
+    methods = list(methods) if methods is not None else _order(df["variant"])
+    fams = _family_order(df)
     acc = accuracy_long(df[df["variant"].isin(methods)])
     dt = ex.delta_table(df[df["variant"].isin(methods)], baseline=baseline)
     pal = _palette(methods)
@@ -133,7 +134,7 @@ def main_results(df: pd.DataFrame, baseline: str = "base", methods: Sequence[str
         ax.set_title("Accuracy by family (95% bootstrap CI)")
         ax = axes[0 + 1, 0]
         others = [m for m in methods if m != baseline]
-        groups = ex._order(dt["family"], fams)
+        groups = _order(dt["family"], fams)
         _grouped_bars(ax, dt, "family", "method", "delta", "ci_lo", "ci_hi", groups, others, pal, legend=False)
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_ylabel(f"delta vs {baseline} (points)")
@@ -150,7 +151,7 @@ def localisation(df_or_table: pd.DataFrame, methods: Sequence[str] | None = None
     t = df_or_table if "bucket" in df_or_table.columns else ex.localisation_table(df_or_table, methods)
     if methods is not None:
         t = t[t["method"].isin(list(methods))]
-    hs = ex._order(t["method"], methods)
+    hs = _order(t["method"], methods)
     buckets = [b for b in [b[0] for b in ex.SIZE_BUCKETS] + ["all"] if b in set(t["bucket"])]
     pal = _palette(hs)
     with _style():
@@ -294,8 +295,8 @@ def ablations(table: pd.DataFrame, axes_order: Sequence[str] | None = None):
 def multi_evidence(df_or_table: pd.DataFrame):
     """Accuracy (95 % CI) and evidence recall by number of evidence boxes and method."""
     t = df_or_table if "evidence" in df_or_table.columns else ex.multi_evidence_table(df_or_table)
-    hs = ex._order(t["method"])
-    xs = ex._order(t["evidence"], ["one box", "two boxes"])
+    hs = _order(t["method"])
+    xs = _order(t["evidence"], ["one box", "two boxes"])
     pal = _palette(hs)
     with _style():
         fig, axes = _figure(1, 2, width=10, height=4)

@@ -52,7 +52,6 @@ from .tables import (Delta, ablation_table, accuracy_table, bucket_legend, cost_
                      size_bucket, stopping_table)
 from .verdicts import Verdict, verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_multi
 from ..outputs import REPO_ROOT, resolve_dir
-from .tables import _ci, _family_order, _order  # noqa: F401  (used by egg.figures.results and tests)
 
 __all__ = [
     "METHODS", "MAIN_METHODS", "VICROP_METHODS", "Record", "Spec", "Verdict", "Delta", "run", "make_specs",
