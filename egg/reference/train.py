@@ -370,11 +370,14 @@ def train(cfg: TrainConfig) -> Path:
             raise SystemExit(f"{ckpt} was written with other settings; delete it or rerun with them "
                              f"(resume needs the same TrainConfig)")
         model.load_state_dict(state["model"])
-        aux.load_state(state["aux"]) if aux else None
+        if aux is not None:
+            aux.load_state(state["aux"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         record, smooth, done = state["record"], state["smooth"], state["step"]
         log(f"resumed from {ckpt} at step {done}/{total}")
+    elif cfg.resume:
+        log(f"no checkpoint at {ckpt}: starting from step 0")
     model.train()
     step = done
     for step, (pool, idx) in enumerate(plan[done:], start=done + 1):
