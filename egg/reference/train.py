@@ -366,7 +366,7 @@ def train(cfg: TrainConfig) -> Path:
     ckpt = work / "resume.pt"
     if cfg.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if {**state["config"], "resume": 0} != {**record["config"], "resume": 0}:
+        if {**state["record"]["config"], "resume": 0} != {**record["config"], "resume": 0}:
             raise SystemExit(f"{ckpt} was written with other settings; delete it or rerun with them "
                              f"(resume needs the same TrainConfig)")
         model.load_state_dict(state["model"])
@@ -402,7 +402,7 @@ def train(cfg: TrainConfig) -> Path:
             record["eval"].append({"step": step, **ev})
             log("eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
             save(model, processor, out, record)
-            torch.save({"config": record["config"], "model": model.state_dict(), "aux": aux.state() if aux else None,
+            torch.save({"model": model.state_dict(), "aux": aux.state() if aux else None,
                         "opt": opt.state_dict(), "sched": sched.state_dict(), "record": record, "smooth": smooth,
                         "step": step}, ckpt.with_suffix(".tmp"))
             os.replace(ckpt.with_suffix(".tmp"), ckpt)
