@@ -250,12 +250,12 @@ def test_sincos_positions_start_each_patch_with_its_row_and_column():
 
 @pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """An uninterrupted tiny run, then one stopped (as by Ctrl-C) after its first checkpoint and
-    resumed: same weights. The resumed run also reuses the first run's cached vision warm-up."""
+    """An uninterrupted tiny run, then one stopped (as by Ctrl-C) after its first checkpoint, inside
+    the reading stage, and resumed: same weights. The resumed run also reuses the first run's cached vision warm-up."""
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, vision_steps=2, max_steps=4,
-              eval_items=1, eval_every=2, workers=1, threads=2, freeze_vision=1)
+              eval_items=1, eval_every=2, workers=1, threads=2, freeze_vision=1, read_steps=3)
     full = T.train(T.TrainConfig(out=str(tmp_path / "a" / "ref"), **kw))
     evals = []
     real_eval = T.quick_eval
@@ -274,6 +274,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     resumed = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), resume=1, **kw))
     log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
     assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
+    assert "reading stage: 3 steps" in log  # interrupted inside it: the stage's plan is rebuilt the same
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # frozen in the decoder steps: the tower is the warm-up's, so the resumed model's equals its own cache
