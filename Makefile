@@ -13,7 +13,7 @@ ONLY   ?=
 OUT    ?= out
 PRESET ?=
 
-.PHONY: setup reproduce test test-fast nbval train-reference check-browser clean help
+.PHONY: setup reproduce test test-fast nbval train-reference check-browser timings clean help
 
 help:
 	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
+	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
 $(VENV)/.installed: pyproject.toml
@@ -56,6 +57,10 @@ nbval: setup
 # PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15
 train-reference: setup
 	$(PY) -m egg.reference.train $(if $(PRESET),--preset $(PRESET) --out data/reference-$(PRESET),--out data/reference)
+
+# the README's run times are tested against docs/timings.json (egg.timings)
+timings: setup
+	$(PY) -m egg.timings
 
 check-browser: setup
 	$(PY) -m pip install -q playwright   # drives Debian's chromium; never `playwright install`

@@ -68,3 +68,30 @@ def test_reference_model_description_matches_the_shipped_model():
     ]
     missing = [e for e in expected if e not in readme]
     assert not missing, missing
+
+
+RUN_TIME = re.compile(r"make (setup|reproduce|test)\b[^\n]*?about (\d+) min")
+
+
+def test_readme_run_times_are_the_measured_ones():
+    """Every "make X ... about N min" in the README is docs/timings.json's fresh-clone measurement
+    (`make timings`), to the nearest minute or the one next to it."""
+    rec = json.loads((ROOT / "docs" / "timings.json").read_text())
+    said = RUN_TIME.findall((ROOT / "README.md").read_text())
+    assert {step for step, _ in said} == {"setup", "reproduce", "test"}
+    for step, minutes in said:
+        measured = rec["seconds"][step] / 60
+        assert abs(int(minutes) - measured) <= 1, f"README says make {step} takes about {minutes} min; " \
+                                                   f"measured {measured:.1f} min at {rec['commit']} (make timings)"
+
+
+def test_timings_clone_the_head_and_name_a_failing_step():
+    """`make timings` measures a fresh clone of the committed HEAD; a step that fails stops it by name."""
+    import subprocess
+
+    from egg import timings
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert timings.measure(steps=())["commit"] == head.strip()
+    with pytest.raises(SystemExit, match="make no-such-target failed"):
+        timings.measure(steps=("no-such-target",), log=lambda _: None)

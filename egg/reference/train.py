@@ -305,7 +305,7 @@ def quick_eval(model, processor, n: int, seed: int, size: int, geometry: str = "
 def train(cfg: TrainConfig) -> Path:
     """Render the data, warm up the vision tower, train the decoder, evaluate, save.
 
-    One function on purpose (over 80 lines): like nanoGPT's train.py, the loop reads top to
+    One function on purpose (about 100 lines): like nanoGPT's train.py, the loop reads top to
     bottom with every setting coming from ``cfg``. Returns the output directory."""
     import torch
 
@@ -378,16 +378,7 @@ def train(cfg: TrainConfig) -> Path:
     smooth, done = None, 0
     ckpt = work / "resume.pt"
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if {**state["record"]["config"], "resume": 0} != {**record["config"], "resume": 0}:
-            raise SystemExit(f"{ckpt} was written with other settings; delete it or rerun with them "
-                             f"(resume needs the same TrainConfig)")
-        model.load_state_dict(state["model"])
-        if aux is not None:
-            aux.load_state(state["aux"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        record, smooth, done = state["record"], state["smooth"], state["step"]
+        record, smooth, done = load_checkpoint(ckpt, record["config"], model, aux, opt, sched)
         log(f"resumed from {ckpt} at step {done}/{total}")
     elif cfg.resume:
         log(f"no checkpoint at {ckpt}: starting from step 0")
@@ -415,10 +406,7 @@ def train(cfg: TrainConfig) -> Path:
             record["eval"].append({"step": step, **ev})
             log("eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
             save(model, processor, out, record)
-            torch.save({"model": model.state_dict(), "aux": aux.state() if aux else None,
-                        "opt": opt.state_dict(), "sched": sched.state_dict(), "record": record, "smooth": smooth,
-                        "step": step}, ckpt.with_suffix(".tmp"))
-            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+            save_checkpoint(ckpt, model, aux, opt, sched, record, smooth, step)
         if progress(step) >= 1.0 and step < total:
             log(f"CPU-time budget of {cfg.max_minutes} min x {cfg.threads} cores reached at step {step}/{total}; stopping")
             break
@@ -432,6 +420,33 @@ def train(cfg: TrainConfig) -> Path:
     ckpt.unlink(missing_ok=True)
     log(f"saved to {out} after {record['minutes']:.1f} min")
     return out
+
+
+def save_checkpoint(path: Path, model, aux: AuxHeads | None, opt, sched, record: dict, smooth, step: int) -> None:
+    """Everything `--resume 1` needs to continue at `step`, written atomically."""
+    import torch
+
+    torch.save({"model": model.state_dict(), "aux": aux.state() if aux else None, "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "record": record, "smooth": smooth, "step": step},
+               path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def load_checkpoint(path: Path, config: dict, model, aux: AuxHeads | None, opt, sched) -> tuple[dict, dict, int]:
+    """Restore `save_checkpoint`'s state in place; returns the loss record, smoothed losses and step.
+    Refuses a checkpoint written with another `config` (only `resume` may differ)."""
+    import torch
+
+    state = torch.load(path, weights_only=False)
+    if {**state["record"]["config"], "resume": 0} != {**config, "resume": 0}:
+        raise SystemExit(f"{path} was written with other settings; delete it or rerun with them "
+                         f"(resume needs the same TrainConfig)")
+    model.load_state_dict(state["model"])
+    if aux is not None:
+        aux.load_state(state["aux"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state["record"], state["smooth"], state["step"]
 
 
 def cpu_seconds() -> float:

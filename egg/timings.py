@@ -1,0 +1,63 @@
+"""Time the two commands a newcomer runs, on a fresh clone: `python -m egg.timings` (`make timings`).
+
+Clones the committed HEAD into a temporary folder and runs there, in order, `make setup`
+(the virtual environment and installs), `make reproduce` and `make test`, as the README
+tells a newcomer. It checks that `make reproduce` left the clone's tree clean, and writes
+what it measured to `docs/timings.json`. The README's run times are checked against that
+file by `tests/test_readme.py`, so they are a measurement, not a guess. A failing command
+stops the run and names itself; nothing is written then.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / "docs" / "timings.json"
+STEPS = ("setup", "reproduce", "test")
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def measure(repo: Path = ROOT, steps=STEPS, log=print) -> dict:
+    """Seconds each `make` step took in a fresh clone of `repo`'s HEAD, and whether the tree stayed clean."""
+    with tempfile.TemporaryDirectory(prefix="egg-timings-") as tmp:
+        clone = Path(tmp) / "egg"
+        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        rec = {"commit": _git("rev-parse", "--short", "HEAD", cwd=clone), "date": time.strftime("%Y-%m-%d"),
+               "cores": os.cpu_count(), "seconds": {}}
+        for step in steps:
+            log(f"make {step} ...")
+            t0 = time.time()
+            done = subprocess.run(["make", step], cwd=clone)
+            if done.returncode:
+                raise SystemExit(f"make {step} failed (exit {done.returncode}) in the fresh clone {clone}")
+            rec["seconds"][step] = round(time.time() - t0)
+            log(f"make {step}: {rec['seconds'][step]} s")
+            if step == "reproduce":
+                dirty = _git("status", "--porcelain", cwd=clone)
+                if dirty:
+                    raise SystemExit(f"make reproduce left the tree dirty:\n{dirty}")
+        return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(RECORD), help=f"where to write the record (default {RECORD.relative_to(ROOT)})")
+    a = ap.parse_args(argv)
+    rec = measure()
+    Path(a.out).write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"wrote {a.out}: {rec['seconds']} on {rec['cores']} cores at {rec['commit']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
