@@ -228,14 +228,14 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     return out
 
 
-def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int) -> list[Example]:
-    """Tight crops around evidence with what they read: the vision tower's warm-up task."""
+def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0) -> list[Example]:
+    """Crops around evidence, up to `max_scale` x its side, with what they read: the vision tower's warm-up task."""
     img, W, H = item.image, *item.image.size
     reads = [(q, a, b) for q, a, b in item.facts if _is_read(a)]
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.0, 2.0), exact_p=EXACT_P), size)[None]
+        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.0, max_scale), exact_p=EXACT_P), size)[None]
         out.append(Example(ims, [(q, a)], item.family, "read"))
     return out
 
@@ -245,7 +245,7 @@ _COLLATOR = None  # one per rendering process
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
-    family, split, start, n, seed, per_item, model, mix, geometry = args
+    family, split, start, n, seed, per_item, model, mix, geometry, read_scale = args
     if _COLLATOR is None:
         _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
     size = model["image_size"]
@@ -254,7 +254,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         item = bench.item(family, split, i, seed, geometry)
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
-        reads.extend(reading_crops(item, rng, 3, size))
+        reads.extend(reading_crops(item, rng, 3, size, read_scale))
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         if size > 128:
@@ -268,7 +268,7 @@ def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
            "digits": cfg.geometry != "v1", "looks": cfg.look > 0}
     jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
-             cfg.geometry)
+             cfg.geometry, cfg.read_scale)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
     data: list[Example] = []
     reads: list[Example] = []

@@ -94,6 +94,7 @@ class TrainConfig:
     read_pool: str = "mean"  # how the glyph-reading probe pools a crop's visual tokens ("mean" or "max")
     freeze_vision: int = 0  # 1: the decoder steps leave the vision tower as its warm-up made it (LLaVA's stage 2)
     read_steps: int = 0  # decoder steps on the warm-up's tight reading crops, one image each, before the curriculum
+    read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     model: dict = field(default_factory=dict)
 
@@ -202,7 +203,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
 # The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
 WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
                "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
-               "look")
+               "look", "read_scale")
 
 
 def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:
