@@ -4,7 +4,8 @@ Clones the committed HEAD into a temporary folder and runs there, in order, `mak
 (the virtual environment and installs), `make reproduce` and `make test`, as the README
 tells a newcomer. It checks that `make reproduce` left the clone's tree clean, and writes
 what it measured to `docs/timings.json`. The README's run times are checked against that
-file by `tests/test_readme.py`, so they are a measurement, not a guess. A failing command
+file by `tests/test_readme.py`, so they are a measurement, not a guess (that one test is
+left out of the clone's own `make test`, which renews the record it checks). A failing command
 stops the run and names itself; nothing is written then.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "docs" / "timings.json"
 STEPS = ("setup", "reproduce", "test")
+# The clone's `make test` leaves out the one test that compares the README with the record this
+# run is about to replace: a stale record must not stop its own renewal.
+SKIP_OWN_CHECK = "--deselect tests/test_readme.py::test_readme_run_times_are_the_measured_ones"
 
 
 def _git(*args: str, cwd: Path) -> str:
@@ -37,7 +41,7 @@ def measure(repo: Path = ROOT, steps=STEPS, log=print) -> dict:
         for step in steps:
             log(f"make {step} ...")
             t0 = time.time()
-            done = subprocess.run(["make", step], cwd=clone)
+            done = subprocess.run(["make", step], cwd=clone, env={**os.environ, "PYTEST_ADDOPTS": SKIP_OWN_CHECK})
             if done.returncode:
                 raise SystemExit(f"make {step} failed (exit {done.returncode}) in the fresh clone {clone}")
             rec["seconds"][step] = round(time.time() - t0)

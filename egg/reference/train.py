@@ -397,8 +397,9 @@ def train(cfg: TrainConfig) -> Path:
         smooth = {**(smooth or {}), **{k: cfg.smoothing * smooth[k] + (1 - cfg.smoothing) * v if k in (smooth or {})
                                        else v for k, v in parts.items()}}  # reading crops have no look loss
         if step % 20 == 0:
+            phase = "crop" if pool is reads else "read" if pool is first else "mix"
             record["loss"].append({"step": step, **{k: float(v) for k, v in smooth.items()},
-                                   "lr": sched.get_last_lr()[0], "phase": {id(reads): "crop", id(first): "read"}.get(id(pool), "mix")})
+                                   "lr": sched.get_last_lr()[0], "phase": phase})
         if step % 100 == 0:
             log(f"step {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in smooth.items())
                 + f" {(time.time() - t_train) / step:.2f}s/step lr {sched.get_last_lr()[0]:.2e}")
