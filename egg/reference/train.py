@@ -306,7 +306,7 @@ def quick_eval(model, processor, n: int, seed: int, size: int, geometry: str = "
 def train(cfg: TrainConfig) -> Path:
     """Render the data, warm up the vision tower, train the decoder, evaluate, save.
 
-    One function on purpose (about 100 lines): like nanoGPT's train.py, the loop reads top to
+    One function on purpose (over 80 lines): like nanoGPT's train.py, the loop reads top to
     bottom with every setting coming from ``cfg``. Returns the output directory."""
     import torch
 
