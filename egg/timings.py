@@ -32,7 +32,7 @@ def _git(*args: str, cwd: Path) -> str:
 
 
 def measure(repo: Path = ROOT, steps=STEPS, log=print) -> dict:
-    """Seconds each `make` step took in a fresh clone of `repo`'s HEAD, and whether the tree stayed clean."""
+    """Seconds each `make` step took in a fresh clone of `repo`'s HEAD; stops if `make reproduce` dirties the tree."""
     with tempfile.TemporaryDirectory(prefix="egg-timings-") as tmp:
         clone = Path(tmp) / "egg"
         subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)

@@ -93,7 +93,7 @@ class TrainConfig:
     geometry: str = "v1"  # the benchmark geometry the training items are drawn in (egg.synthetic.Geometry)
     read_pool: str = "mean"  # how the glyph-reading probe pools a crop's visual tokens ("mean" or "max")
     freeze_vision: int = 0  # 1: the decoder steps leave the vision tower as its warm-up made it (LLaVA's stage 2)
-    read_steps: int = 0  # decoder steps on the warm-up's tight reading crops, one image each, before the curriculum
+    read_steps: int = 0  # decoder steps on the warm-up's reading crops, one image each, before the curriculum
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     model: dict = field(default_factory=dict)
@@ -104,7 +104,7 @@ class TrainConfig:
 # the data alone (positions as column/row tenths), not by a loss on attention: that loss trains
 # exactly the signal the ViCrop baselines read. A detail is taught where its object's box is
 # at least 48 px in some image, i.e. its glyph (a quarter of that side) 12 px. The decoder first
-# reads the warm-up's tight crops alone (`read_steps`): started on two images of 576 tokens each,
+# reads the warm-up's reading crops alone (`read_steps`): started on two images of 576 tokens each,
 # it answered every question from the prior, with or without the oracle crop, in two runs of
 # 1000 and 500 steps (log-likelihood of the answer equal with the true, another item's or no
 # crop); on single crops its first answer token was right on 64% of held-out crops after 500
@@ -349,7 +349,7 @@ def train(cfg: TrainConfig) -> Path:
         plan += [(reads, idx) for idx in batches(reads, cfg.batch_size, rng)]
     plan = plan[: cfg.read_steps]
     if cfg.read_steps:
-        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} tight crops, one image each")
+        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each")
     first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind, looks=ex.looks[:1]) for ex in data
              if ex.kind in ("evidence", "two", "window") and 0 not in ex.untrained]
     plan += [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
