@@ -284,3 +284,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     tower = {k.split("vision_tower.", 1)[1]: v for k, v in b.items() if "vision_tower." in k}
     assert tower.keys() == warm.keys() and all(torch.equal(warm[k], tower[k]) for k in tower)
     assert not (tmp_path / "b" / "train_cache" / "resume.pt").exists()  # a finished run leaves no checkpoint
+
+
+def test_a_reading_stage_without_a_batch_of_crops_is_refused(tmp_path):
+    """Fewer reading crops than a batch would make the stage's plan loop forever: refused by name."""
+    cfg = T.TrainConfig(out=str(tmp_path / "ref"), items_per_family=1, examples_per_item=1, batch_size=64,
+                        vision_steps=0, read_steps=1, max_steps=1, workers=1, threads=1)
+    with pytest.raises(ValueError, match="read_steps needs batch_size=64 reading crops"):
+        T.train(cfg)

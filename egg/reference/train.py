@@ -106,9 +106,8 @@ class TrainConfig:
 # at least 48 px in some image, i.e. its glyph (a quarter of that side) 12 px. The decoder first
 # reads the warm-up's reading crops alone (`read_steps`): started on two images of 576 tokens each,
 # it answered every question from the prior, with or without the oracle crop, in two runs of
-# 1000 and 500 steps (log-likelihood of the answer equal with the true, another item's or no
-# crop); on single crops its first answer token was right on 64% of held-out crops after 500
-# steps (the first 100: 9%).
+# 1000 and 500 steps (the answer's log-likelihood equal with the true, another item's or no crop);
+# on single crops its first answer token was right on 64% of held-out crops after 500 steps.
 PRESETS: dict[str, dict] = {
     "llava15": dict(
         geometry="llava15", look=0.0, readable_px=48.0, vision_steps=1000, items_per_family=600,
@@ -341,12 +340,14 @@ def train(cfg: TrainConfig) -> Path:
         model.model.vision_tower.requires_grad_(False)
         params = [q for q in params if q.requires_grad]
     rng = np.random.default_rng(cfg.seed)
-    # Stages: optionally the reading crops alone (one image, the detail large in it); then
-    # single-question conversations whose answer is readable (in an appended crop or a small
-    # window); then the full mixture.
+    # Stages: optionally the reading crops alone (one image each); then single-question conversations
+    # whose answer is readable (in an appended crop or a small window); then the full mixture.
     plan = []
     while len(plan) < cfg.read_steps:
-        plan += [(reads, idx) for idx in batches(reads, cfg.batch_size, rng)]
+        more = batches(reads, cfg.batch_size, rng)
+        if not more:  # fewer crops than a batch: the loop would never end
+            raise ValueError(f"read_steps needs batch_size={cfg.batch_size} reading crops or more, got {len(reads)}")
+        plan += [(reads, idx) for idx in more]
     plan = plan[: cfg.read_steps]
     if cfg.read_steps:
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each")
@@ -394,8 +395,9 @@ def train(cfg: TrainConfig) -> Path:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        smooth = {**(smooth or {}), **{k: cfg.smoothing * smooth[k] + (1 - cfg.smoothing) * v if k in (smooth or {})
-                                       else v for k, v in parts.items()}}  # reading crops have no look loss
+        smooth = dict(smooth or {})  # a key may start late: reading crops have no look loss
+        for k, v in parts.items():
+            smooth[k] = cfg.smoothing * smooth[k] + (1 - cfg.smoothing) * v if k in smooth else v
         if step % 20 == 0:
             phase = "crop" if pool is reads else "read" if pool is first else "mix"
             record["loss"].append({"step": step, **{k: float(v) for k, v in smooth.items()},
