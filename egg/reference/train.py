@@ -86,6 +86,7 @@ class TrainConfig:
     position: float = 0.1  # weight of the row/column probe on the visual tokens (0: none; the vision warm-up uses 1)
     read_weight: float = 0.5  # weight of the glyph-reading probe in the decoder steps' auxiliary loss
     vision_warmup: int = 100  # learning-rate warm-up steps of the vision tower's pretraining
+    vision_decay: int = 0  # 1: after its warm-up, the tower's learning rate falls to 0 along a cosine
     betas: tuple = (0.9, 0.98)  # AdamW betas of the decoder steps
     grad_clip: float = 1.0  # gradient-norm clip of the decoder steps
     smoothing: float = 0.95  # exponential smoothing of the logged losses
@@ -99,20 +100,17 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
 
 
-# LLaVA-1.5's geometry (336 px, patch 14: 24x24 tokens) on the benchmark drawn for it. Narrower
-# and shallower than the 8x8 model, because each image is 9x the tokens. Locating is taught by
-# the data alone (positions as column/row tenths), not by a loss on attention: that loss trains
-# exactly the signal the ViCrop baselines read. A detail is taught where its object's box is
-# at least 48 px in some image, i.e. its glyph (a quarter of that side) 12 px. The decoder first
-# reads the warm-up's reading crops alone (`read_steps`): started on two images of 576 tokens each,
-# it answered every question from the prior, with or without the oracle crop, in two runs of
-# 1000 and 500 steps (the answer's log-likelihood equal with the true, another item's or no crop);
-# on single crops its first answer token was right on 64% of held-out crops after 500 steps.
+# LLaVA-1.5's geometry (336 px, patch 14: 24x24 tokens), narrower and shallower than the 8x8
+# model. Locating is taught by the data alone (positions as column/row tenths), not by a loss on
+# attention, which trains exactly the signal the ViCrop baselines read. A detail is taught where
+# its object's box is at least 48 px in some image (its glyph 19 px). The tower warms up on crops
+# up to 4x the evidence; the decoder first reads them alone (`read_steps`): started on two images
+# of 576 tokens each, it answered from the prior, with or without the oracle crop (CHANGELOG).
 PRESETS: dict[str, dict] = {
     "llava15": dict(
-        geometry="llava15", look=0.0, readable_px=48.0, vision_steps=1000, items_per_family=600,
+        geometry="llava15", look=0.0, readable_px=48.0, vision_steps=3000, items_per_family=600,
         examples_per_item=4, epochs=2, max_steps=3000, batch_size=16, warmup=100, eval_every=500, eval_items=20,
-        read_pool="max", freeze_vision=1, read_steps=1000,
+        read_pool="max", freeze_vision=1, read_steps=1000, read_scale=4.0, vision_decay=1,
         model=dict(image_size=336, patch_size=14, vision_hidden=64, vision_layers=3, vision_heads=4,
                    text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
@@ -177,7 +175,8 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
 
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(params + aux.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.vision_warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.vision_warmup) * (
+        0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.vision_steps))) if cfg.vision_decay else 1.0))
     rng = np.random.default_rng(cfg.seed + 1)
     curve, smooth = [], None
     bs = cfg.batch_size * 2
@@ -202,7 +201,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
 # The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
 WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
                "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
-               "look", "read_scale")
+               "look", "read_scale", "vision_decay")
 
 
 def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:

@@ -107,8 +107,10 @@ class Geometry:
 
     - ``v1``: each family's own sizes (area fractions of the canvas), sized for an 8x8 grid.
     - ``llava15``: LLaVA-1.5's 24x24 grid. The named object covers 1-4 token cells in area at the
-      full view (`object_cells`, log-uniform) and its detail is about `detail` x its side: 3-7
-      input pixels at the full view (unreadable), 13-30 px in a crop 3x the object's side.
+      full view (`object_cells`, log-uniform) and its detail is about `detail` x its side: 4-10
+      input pixels at the full view (unreadable), 24-50 px in a crop 3x the object's side. At a
+      quarter of its side (13-30 px at 3x), the 64-wide reference tower read a tight crop but not
+      a 3x one (CHANGELOG, 2026-12-01).
     """
 
     name: str
@@ -127,7 +129,7 @@ class Geometry:
         return max(12, int(round(math.sqrt(cells * w * h) / self.grid)))
 
 
-GEOMETRIES = {"v1": Geometry("v1"), "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.25)}
+GEOMETRIES = {"v1": Geometry("v1"), "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4)}
 
 
 def geometry(name: str | Geometry) -> Geometry:
