@@ -6,7 +6,10 @@ and adversarial (colour and shape both present in the image, but never together)
 negative's evidence box is its most confusable object (same colour), which a model must
 inspect to say no. The training facts ask about every object ("yes") and, per colour on the
 canvas, about one absent shape of that colour ("no"), so that a model trained on them cannot
-answer from the prior.
+answer from the prior. Drawn for a token grid (`Geometry.detail`), an object spans 4-16 cells,
+so that its shape is seen at the full view, and the training facts also ask what shape an object
+of a colour seen once is: a tower warmed up on colours and reading crops alone never told the
+shapes apart, and its model answered "no" to every pope question (CHANGELOG, 2026-12-01).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     d = ImageDraw.Draw(img)
     taken, objs = [], []
     for _ in range(int(rng.integers(4, 8))):
-        s = geo.object_side(rng, w, h, FRAC)
+        s = geo.object_side(rng, w, h, FRAC) * (1 if geo.detail is None else 2)
         box = place(rng, w, h, s, s, taken)
         c, t = pick(rng, list(COLOURS)), pick(rng, SHAPES)
         draw_shape(d, t, box, COLOURS[c])
@@ -53,6 +56,8 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
                 facts.append((f"is there a {colours[i % len(colours)]} {t} in the image ?", "no", b))
             elif shapes:
                 facts.append((f"is there a {c} {shapes[i % len(shapes)]} in the image ?", "no", b))
+        seen = Counter(c for c, _, _ in objs)
+        facts += [(f"what shape is in the {c} region ?", t, b) for c, t, b in objs if seen[c] == 1]
     if rng.random() < 0.5 or not absent:
         c, t, box = objs[int(rng.integers(0, len(objs)))]
         return Item(img, f"is there a {c} {t} in the image ?", ["yes"], [box], "pope",
