@@ -148,3 +148,21 @@ def test_llava15_pope_teaches_as_many_no_as_yes():
         yes += sum(a == "yes" for _, a, _ in it.facts)
         no += sum(a == "no" for _, a, _ in it.facts)
     assert 0.8 <= no / yes <= 2.0, (yes, no)
+
+
+def test_llava15_pope_objects_are_seen_whole_and_their_shapes_taught():
+    """Drawn for a 24x24 grid, a pope object spans about 4-16 cells (its shape seen at the full
+    view), and the training facts ask the shape of each object whose colour is unique."""
+    cells, asked = [], 0
+    for it in bench.load("pope", "train", n=20, geometry="llava15"):
+        W, H = it.image.size
+        yes = [(q, b) for q, a, b in it.facts if a == "yes"]  # one per object
+        cells += [(b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24 for _, b in yes]
+        colours = [q.split()[3] for q, _ in yes]
+        shapes = {q.split()[5]: a for q, a, _ in it.facts if q.startswith("what shape is in the")}
+        assert set(shapes) == {c for c in colours if colours.count(c) == 1}
+        assert all(f"is there a {c} {t} in the image ?" in {q for q, _ in yes} for c, t in shapes.items())
+        asked += len(shapes)
+    assert 3 <= np.median(cells) <= 17 and min(cells) >= 2, cells
+    assert asked >= 20
+    assert not any(q.startswith("what shape") for q, _, _ in bench.item("pope", "train", 0).facts)  # v1 unchanged

@@ -20,10 +20,12 @@ def test_tokenizer_round_trips_numbers_and_words(ref_processor):
 
 
 def test_benchmark_vocabulary_is_covered(ref_processor):
+    """An out-of-vocabulary word would reach the model as <unk>: no question, answer or training
+    fact of either geometry has one."""
     tok = ref_processor.tokenizer
-    for fam in bench.families():
-        for it in bench.load(fam, "val", n=5):
-            texts = [it.question, *it.answers, *it.options, *(q for q, _, _ in it.facts)]
+    for fam, geometry in [(f, g) for f in bench.families() for g in ("v1", "llava15")]:
+        for it in bench.load(fam, "val", n=5, geometry=geometry):
+            texts = [it.question, *it.answers, *it.options, *(f"{q} {a or ''}" for q, a, _ in it.facts)]
             for t in texts:
                 ids = tok(t, add_special_tokens=False)["input_ids"]
                 assert tok.unk_token_id not in ids, t
@@ -292,3 +294,16 @@ def test_a_reading_stage_without_a_batch_of_crops_is_refused(tmp_path):
                         vision_steps=0, read_steps=1, max_steps=1, workers=1, threads=1)
     with pytest.raises(ValueError, match="read_steps needs batch_size=64 reading crops"):
         T.train(cfg)
+
+
+def test_the_vision_warm_up_rate_decays_to_zero_only_when_asked():
+    """A linear start over `vision_warmup` steps, then flat, or with `vision_decay` a cosine to 0;
+    a cached warm-up is keyed on the choice."""
+    flat = T.TrainConfig(vision_steps=1000, vision_warmup=100)
+    cos = T.TrainConfig(vision_steps=1000, vision_warmup=100, vision_decay=1)
+    assert T.vision_rate(flat, 0) == pytest.approx(0.01) and T.vision_rate(flat, 999) == 1.0
+    assert T.vision_rate(cos, 99) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.099)))
+    assert T.vision_rate(cos, 500) == pytest.approx(0.5) and T.vision_rate(cos, 1000) == pytest.approx(0.0)
+    assert all(T.vision_rate(cos, s) >= T.vision_rate(cos, s + 1) for s in range(100, 1000))
+    assert "vision_decay" in T.WARMUP_KEYS
+

@@ -8,10 +8,8 @@ gradient over the full image is noise. So every item yields several examples:
 - full image + a jittered, rescaled crop around the evidence -> answer;
 - full image + a random crop that may miss the evidence -> answer;
 - full image + two crops (both evidence boxes for multi-evidence items, else evidence + random);
-- full image alone, "where is the {target} ?" -> a coarse position (meant as a locating signal;
-  alone it did not teach where to look: small objects' positions were answered at chance, 13%
-  of text items for 11% chance; with the attention supervision below and the position probe,
-  28%);
+- full image alone, "where is the {target} ?" -> a coarse position (alone it did not teach where
+  to look on the 8x8 model: 13% of text items for 11% chance; 28% with the supervision below);
 - a window of the canvas around the evidence (2.5-12 x its side) as the only image, so the
   detail is readable in the first view when the window is small: the model learns to read a
   detail *where the named object is* in its first image, and an unreadable one still draws its
@@ -54,7 +52,6 @@ import numpy as np
 from .. import synthetic as bench
 from ..synthetic.core import COLOURS
 from .build import ReferenceConfig, build_model, build_processor
-
 from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, _resize, batches, oracle_crop, render_dataset)
 
 
@@ -123,9 +120,8 @@ class AuxHeads:
     A tiny LLaVA trained from scratch on answers alone never learns to look (the loss sits at
     the answer prior); supervising "which key colour is in this patch" and "what does this
     crop read" makes the visual tokens informative, after which the decoder learns to use them.
-    "Which row and column is this patch" keeps each token's place in its features: rotary
-    attention gives the decoder relative positions in its scores but none in what it reads, so a
-    model taught to attend to the named object could otherwise not say where that object is.
+    "Which row and column is this patch" keeps each token's place in its features: rotary attention
+    gives the decoder relative positions in its scores but none in what it reads.
     """
 
     def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean"):
@@ -169,14 +165,19 @@ class AuxHeads:
         return lc, lr, lp
 
 
+def vision_rate(cfg: TrainConfig, s: int) -> float:
+    """The warm-up's learning-rate factor after `s` steps: a linear start, then flat or a cosine to 0."""
+    decay = 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.vision_steps))) if cfg.vision_decay else 1.0
+    return min(1.0, (s + 1) / cfg.vision_warmup) * decay
+
+
 def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -> list[dict]:
     """Warm up the vision tower and projector on tight reading crops, through the auxiliary heads only."""
     import torch
 
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(params + aux.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.vision_warmup) * (
-        0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.vision_steps))) if cfg.vision_decay else 1.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: vision_rate(cfg, s))
     rng = np.random.default_rng(cfg.seed + 1)
     curve, smooth = [], None
     bs = cfg.batch_size * 2
