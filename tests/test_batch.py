@@ -51,6 +51,31 @@ def test_vicrop_batch_equals_single_calls(vlm, items, variant):
             assert getattr(b.cost, c) == getattr(a.cost, c), c
 
 
+def test_shared_caches_encode_each_image_once_and_change_no_result(vlm, items):
+    """A testbed runs EGG and every ViCrop variant on one item: with one cache per item shared by
+    the calls, the later calls find the original's encoding (at least 4 fewer images encoded
+    where no pixel gradient is needed), and every answer, box and map is the one of the calls run apart."""
+    from egg.adapters import EmbeddingCache
+    from egg.baselines import VARIANTS
+
+    ims, qs = [it.image for it in items[:4]], [it.question for it in items[:4]]
+    apart = [egg.ground_batch(vlm, ims, qs)] + [egg.vicrop_batch(vlm, ims, qs, variant=v) for v in VARIANTS]
+    caches = [EmbeddingCache() for _ in ims]
+    shared = [egg.ground_batch(vlm, ims, qs, caches=caches)] + [egg.vicrop_batch(vlm, ims, qs, variant=v, caches=caches)
+                                                               for v in VARIANTS]
+    for run_a, run_s in zip(apart, shared):
+        for a, b in zip(run_a, run_s):
+            _same(a, b)
+    encoded = lambda runs: [sum(g.cost.images_encoded for g in run) for run in runs]
+    assert encoded(shared)[0] == encoded(apart)[0]  # the first call encodes as before
+    # rel-att and grad-att find the 4 originals encoded (and a crop, where an earlier call cut the
+    # same); pure-grad needs its pixels' gradient twice
+    e_s, e_a = encoded(shared), encoded(apart)
+    assert e_s[1] <= e_a[1] - 4 and e_s[2] <= e_a[2] - 4 and e_s[3] == e_a[3], (e_s, e_a)
+    with pytest.raises(ValueError, match="caches needs one entry per question: got 1 for 4"):
+        egg.ground_batch(vlm, ims, qs, caches=caches[:1])
+
+
 def test_items_in_a_batch_stop_on_their_own_rule(vlm, items):
     ims, qs = [it.image for it in items], [it.question for it in items]
     batch = egg.ground_batch(vlm, ims, qs, batch_size=len(items), stopping="confidence", max_iterations=3)

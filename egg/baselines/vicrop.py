@@ -299,11 +299,12 @@ def vicrop(
 
 def vicrop_batch(vlm, images: Sequence, questions: Sequence[str], variant: str = "rel-att", layer: int | None = None,
                  window_sizes: Sequence[float] | None = None, max_new_tokens: int = 8,
-                 batch_size: int = 8) -> list[Grounding]:
+                 batch_size: int = 8, caches: Sequence[EmbeddingCache] | None = None) -> list[Grounding]:
     """``vicrop`` for each (image, question) pair, ``batch_size`` questions per model pass
     (maps in one batched pass per prompt set, answers in one padded ``generate``). Each
     result equals ``vicrop``'s; its ``cost`` counts the passes it took part in, as a single
-    call would, and its share of the time."""
+    call would, and its share of the time. `caches`: as ``egg.ground_batch``'s (a shared
+    cache's encodings are not run, nor counted, again)."""
     adapter = as_adapter(vlm)
     checks.choice("variant", variant, VARIANTS)
     if layer is not None:
@@ -315,19 +316,20 @@ def vicrop_batch(vlm, images: Sequence, questions: Sequence[str], variant: str =
     if len(images) != len(questions):
         raise ValueError(f"vicrop_batch needs one question per image, got {len(images)} images and "
                          f"{len(questions)} questions")
+    caches = [c if c is not None else EmbeddingCache() for c in checks.one_per("caches", caches, len(images))]
     imgs, qs = [load_image(im) for im in images], [check_question(q) for q in questions]
     layer = adapter.num_layers // 2 if layer is None else layer
     out: list[Grounding] = []
     for k in range(0, len(imgs), b):
-        out += _vicrop_chunk(adapter, imgs[k:k + b], qs[k:k + b], variant, layer, window_sizes, max_new_tokens)
+        out += _vicrop_chunk(adapter, imgs[k:k + b], qs[k:k + b], variant, layer, window_sizes, max_new_tokens,
+                             caches[k:k + b])
     return out
 
 
 def _vicrop_chunk(adapter: VLMAdapter, imgs: list, qs: list[str], variant: str, layer: int, window_sizes,
-                  max_new_tokens: int) -> list[Grounding]:
+                  max_new_tokens: int, caches: list[EmbeddingCache]) -> list[Grounding]:
     counter = adapter.counter
     c0, t0 = counter.copy(), time.perf_counter()
-    caches = [EmbeddingCache() for _ in imgs]
     preps = [adapter.prepare([im], q, cache=c) for im, q, c in zip(imgs, qs, caches)]
     results = VARIANTS[variant](adapter, preps, imgs, layer, caches)
     states = []

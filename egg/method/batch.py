@@ -31,10 +31,12 @@ def ground_options(**options) -> dict:
 
 
 def ground_batch(vlm, images: Sequence, questions: Sequence[str], *, batch_size: int = 8,
-                 **options) -> list[Grounding]:
+                 caches: Sequence | None = None, **options) -> list[Grounding]:
     """``egg.ground`` for each (image, question) pair, ``batch_size`` questions per model pass.
 
     images, questions: equal-length sequences (an image may repeat).
+    caches: one ``EmbeddingCache`` per question, to share its image's encodings with other calls
+        (a testbed running every method on one item); None gives each question a new one.
     options: ``ground``'s keyword options, shared by every question.
     Returns one ``Grounding`` per question, in order. Each one's ``cost`` counts the passes
     it took part in as a single call would (so costs stay comparable) and its share of the
@@ -46,11 +48,12 @@ def ground_batch(vlm, images: Sequence, questions: Sequence[str], *, batch_size:
         raise ValueError(f"ground_batch needs one question per image, got {len(images)} images and "
                          f"{len(questions)} questions")
     b = checks.integer("batch_size", batch_size, lo=1)
+    caches = checks.one_per("caches", caches, len(images))
     opts = ground_options(**options)
     out: list[Grounding] = []
     for start in range(0, len(images), b):
-        searches = [Search(adapter, im, q, **opts) for im, q in zip(images[start:start + b],
-                                                                   questions[start:start + b])]
+        part = range(start, min(start + b, len(images)))
+        searches = [Search(adapter, images[i], questions[i], cache=caches[i], **opts) for i in part]
         out.extend(_run(adapter, searches))
     return out
 

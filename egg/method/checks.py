@@ -48,6 +48,16 @@ def choice(name: str, value, options: Iterable[str], allow_callable: bool = Fals
     return value
 
 
+def one_per(name: str, values, n: int) -> list:
+    """``values`` as a list of ``n`` (one per question), or ``n`` Nones when it is None."""
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} needs one entry per question: got {len(values)} for {n} questions")
+    return values
+
+
 def _range(lo, hi, lo_open: bool = False) -> str:
     if lo is not None and hi is not None:
         return f" in {'(' if lo_open else '['}{lo}, {hi}]"

@@ -267,7 +267,7 @@ class Search:
 
     def __init__(self, adapter: VLMAdapter, image, question: str, *, objective, token_index, num_layers, sigma,
                  threshold, k, max_ratio, stopping, max_iterations, fixed_n, min_crop_area, max_new_tokens,
-                 answer_every, cache_visual):
+                 answer_every, cache_visual, cache: EmbeddingCache | None = None):
         self.adapter = adapter
         self.o = check_options(adapter, objective=objective, token_index=token_index, num_layers=num_layers,
                                sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio,
@@ -277,7 +277,8 @@ class Search:
         self.img = load_image(image)
         self.q = check_question(question)
         self.answer_every, self.cache_visual = answer_every, cache_visual
-        self.cache = EmbeddingCache() if cache_visual else None
+        # `cache`: one shared with other calls on the same image (their encodings are reused)
+        self.cache = (cache if cache is not None else EmbeddingCache()) if cache_visual else None
         self.trace: list[Iteration] = []
         self.history: list[IterationStats] = []
         self.crops: list[Box] = []

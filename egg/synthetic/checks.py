@@ -85,13 +85,14 @@ def loose_crop(box, factor: float) -> tuple[float, float, float, float]:
 
 
 def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, methods: bool = False,
-                 fields: dict | None = None) -> TestbedRow:
+                 fields: dict | None = None, cache: EmbeddingCache | None = None) -> TestbedRow:
     """All testbed diagnostics for one item (the methods' too with `methods`, module docstring;
-    `fields`: the item's `method_fields` when a batch computed them already)."""
+    `fields`: the item's `method_fields` when a batch computed them already; `cache`: the one
+    they encoded the item's image into)."""
     adapter = as_adapter(vlm)
     img, q = item.image, item.question
     W, H = img.size
-    cache = EmbeddingCache()  # the full image is encoded once for all six questions
+    cache = cache if cache is not None else EmbeddingCache()  # the full image is encoded once for every question
     prep = adapter.prepare([img], q, cache=cache)
     res = relevance(adapter, prep, cache=cache)
     grid = prep.grids[0]
@@ -122,7 +123,7 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     extra = {}
     if methods:
         extra = {"crop3x": score(ask([loose_crop(b, 3.0) for b in item.boxes])),
-                 **(fields if fields is not None else method_fields(vlm, [item])[0])}
+                 **(fields if fields is not None else method_fields(vlm, [item], caches=[cache])[0])}
     return TestbedRow(
         family=item.family, index=int(item.meta.get("index", -1)), multi_evidence=item.multi_evidence,
         evidence_fraction=item.evidence_fraction, base=score(base_answer), oracle=score(oracle_answer),
@@ -133,16 +134,18 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     )
 
 
-def method_fields(vlm, items: list[bench.Item], batch_size: int = 8) -> list[dict]:
+def method_fields(vlm, items: list[bench.Item], batch_size: int = 8, caches: list | None = None) -> list[dict]:
     """EGG at the paper's defaults and the three ViCrop variants on each item, `batch_size`
-    questions per model pass (each result equals the single call's, egg.ground_batch)."""
+    questions per model pass (each result equals the single call's, egg.ground_batch); each
+    item's image is encoded once for all four, into its entry of `caches` if given."""
     from ..baselines import VARIANTS, vicrop_batch
     from ..method.batch import ground_batch
     from ..method.boxes import box_area
 
     images, questions = [it.image for it in items], [it.question for it in items]
+    caches = caches if caches is not None else [EmbeddingCache() for _ in items]
     out = []
-    for it, g in zip(items, ground_batch(vlm, images, questions, batch_size=batch_size)):
+    for it, g in zip(items, ground_batch(vlm, images, questions, batch_size=batch_size, caches=caches)):
         first = g.trace[0].boxes[0] if g.trace[0].boxes else None
         evidence = float(np.mean([box_area(b) for b in it.boxes]))
         out.append({"egg": bench.score(it.family, g.answer, it), "egg_answer": g.answer,
@@ -150,7 +153,8 @@ def method_fields(vlm, items: list[bench.Item], batch_size: int = 8) -> list[dic
                     "egg_spatial_entropy": float(g.trace[0].spatial_entropy),
                     "egg_box_ratio": box_area(first) / evidence if first is not None else math.nan})
     for v in VARIANTS:
-        for it, row, g in zip(items, out, vicrop_batch(vlm, images, questions, variant=v, batch_size=batch_size)):
+        for it, row, g in zip(items, out, vicrop_batch(vlm, images, questions, variant=v, batch_size=batch_size,
+                                                       caches=caches)):
             row["vicrop_" + v.replace("-", "_")] = bench.score(it.family, g.answer, it)
     return out
 
@@ -171,9 +175,10 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
         with tqdm(total=len(items), desc=fam, disable=not progress, leave=False) as bar:
             for k in range(0, len(items), chunk):
                 part = items[k:k + chunk]
-                fields = method_fields(vlm, part, batch_size=chunk) if methods else [None] * len(part)
-                for item, f in zip(part, fields):
-                    rows.append(measure_item(vlm, item, seed=seed, methods=methods, fields=f).to_dict())
+                caches = [EmbeddingCache() for _ in part]
+                fields = method_fields(vlm, part, chunk, caches) if methods else [None] * len(part)
+                for item, f, c in zip(part, fields, caches):
+                    rows.append(measure_item(vlm, item, seed=seed, methods=methods, fields=f, cache=c).to_dict())
                 bar.update(len(part))
         progress_line(f"testbed: {fam} done, {len(rows)} items so far")
     return pd.DataFrame(rows)
