@@ -25,6 +25,15 @@ def test_measure_scores_every_item_and_bounds_chance(vlm, rows):
     assert (rows.entropy <= rows.max_entropy + 1e-6).all()
 
 
+def test_the_base_answer_is_egg_answer_from_the_maps_own_pass(vlm, rows):
+    """The base answer continues the key/value cache of the base map's forward: the same
+    tokens as a plain ``egg.answer``."""
+    import egg
+
+    items = bench.load("text", "test", 3, 0) + bench.load("doc", "test", 3, 0)
+    assert rows.base_answer.tolist() == [egg.answer(vlm, it.image, it.question) for it in items]
+
+
 def test_measure_is_deterministic(vlm, rows):
     again = testbed.measure(vlm, families=["text", "doc"], n=3, progress=False)
     pd.testing.assert_frame_equal(rows, again)

@@ -94,7 +94,7 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     W, H = img.size
     cache = cache if cache is not None else EmbeddingCache()  # the full image is encoded once for every question
     prep = adapter.prepare([img], q, cache=cache)
-    res = relevance(adapter, prep, cache=cache)
+    res = relevance(adapter, prep, cache=cache, keep_kv=True)  # its pass is also the base answer's prefill
     grid = prep.grids[0]
     rows, cols = grid.shape
     sm = smooth(res.maps[0], sigma)
@@ -112,7 +112,8 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
         crops = [clamp_aspect(b, (W, H), min_side=adapter.min_crop_side) for b in crops]
         return answer_with_crops(adapter, img, q, crops, cache=cache)
 
-    base_answer, oracle_answer = ask([]), ask(item.boxes)
+    base_answer = adapter.generate(prep, cache=cache, kv=res.kv)
+    oracle_answer = ask(item.boxes)
     pw, ph = min(2 * cw, W), min(2 * ch, H)  # peak, random and box crops share this size
     peak = centred_crop(cell, pw, ph)
     rng = np.random.default_rng([seed, int(item.meta.get("index", 0))])
