@@ -110,6 +110,21 @@ def test_unreadable_details_are_asked_but_not_taught(ref_processor):
     assert all(not e.untrained for e in D.examples_for(it, np.random.default_rng(0), 40, 96, readable_px=0))
 
 
+def test_a_two_ring_comparison_is_taught_only_where_both_shapes_are_readable():
+    """vstar's "are the shapes the same ?" answers yes or no, but is read off two details: drawn
+    for a token grid it is untaught in a full view alone (taught, every model said "yes"), and
+    taught where a view shows both rings large enough."""
+    it = next(i for i in bench.load("vstar", "train", 30, geometry="llava15") if i.multi_evidence)
+    assert it.meta["compares"] and "compares" not in next(
+        i for i in bench.load("vstar", "train", 30) if i.multi_evidence).meta  # v1 items unchanged
+    exs = [e for e in D.examples_for(it, np.random.default_rng(0), 60, 336, readable_px=48.0)
+           if e.turns[0][0] == it.question]
+    alone = [e for e in exs if len(e.images) == 1]
+    both = [e for e in exs if e.kind == "two"]
+    assert alone and all(0 in e.untrained for e in alone)
+    assert both and any(0 not in e.untrained for e in both)
+
+
 def test_look_tokens_are_the_patches_under_the_box_in_every_view():
     full, crop = (0, 0, 960, 960), (100, 100, 220, 220)
     box = (130, 130, 160, 150)  # full view (x0.1): 13-16 x 13-15 px -> patch (1, 1) only

@@ -187,7 +187,8 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     named = {**{q: [b] for q, b in where.items()}, item.question: list(item.boxes)}
     reads = [f for f, (_, a, _) in zip(facts, item.facts) if a is not None]
     details = [f for f in facts if f[2] is not None]  # readable in a window on their own
-    own = (item.question, target_answer(item), list(item.boxes) if _is_read(target_answer(item)) else None)
+    read_own = _is_read(target_answer(item)) or item.meta.get("compares", False)  # a yes/no comparing details
+    own = (item.question, target_answer(item), list(item.boxes) if read_own else None)
     kinds, probs = list(KINDS), np.array(list(KINDS.values()))
     out = []
     for kind in map(str, rng.choice(kinds, size=n, p=probs / probs.sum())):

@@ -47,8 +47,10 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
         truth = "yes" if g1 == g2 else "no"
         opts = ["yes", "no"]
         q = mc_question(f"are the shapes in the {c1} and {c2} rings the same ?", opts)
-        return Item(img, q, ["A" if truth == "yes" else "B"], [b1, b2], "vstar", options=opts,
-                    meta={"key": [c1, c2], "truth": truth, "target": f"{c1} ring"}, facts=facts)
+        # drawn for a token grid, the yes/no is marked as read off both rings (`compares`): taught
+        # only where both are readable, not from the prior at the full view (where every model said yes)
+        meta = {"key": [c1, c2], "truth": truth, "target": f"{c1} ring", **({"compares": True} if geo.detail else {})}
+        return Item(img, q, ["A" if truth == "yes" else "B"], [b1, b2], "vstar", options=opts, meta=meta, facts=facts)
     c, g, b = rings[0]
     opts, letter = mc_options(rng, g, SHAPES)
     q = mc_question(f"what shape is in the {c} ring ?", opts)
