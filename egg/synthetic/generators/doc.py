@@ -23,9 +23,10 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     for c, v in zip(colours, values):
         s = geo.object_side(rng, w, h, FRAC)
         # v1: a narrow coloured tag beside the value; with a detail size, the tag is most of the
-        # field and the digit's height is `detail` x the field's (square-equivalent) side
-        fw, fh, tag_w, fill = ((int(s * 1.3), max(10, int(s * 0.75)), 0.3, 0.9) if geo.detail is None
-                               else (int(s * 1.3), max(10, int(s * 0.75)), 0.6, geo.detail * s / max(10, int(s * 0.75))))
+        # field and the digit's height is `detail` x the field's longer side, the side a crop's
+        # scale is measured on (at the square-equivalent side, a 3x crop read 40% against 72-80%)
+        fw, fh = int(s * 1.3), max(10, int(s * 0.75))
+        tag_w, fill = (0.3, 0.9) if geo.detail is None else (0.6, geo.detail * fw / fh)
         box = place(rng, w, h, fw, fh, taken)
         tag = (box[0], box[1], box[0] + int(fw * tag_w), box[3])
         val = (tag[2], box[1], box[2], box[3])
