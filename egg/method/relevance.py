@@ -82,16 +82,11 @@ def relevance(
     keep_kv: keep the forward's key/value cache (``RelevanceResult.kv``).
     """
     adapter: VLMAdapter = as_adapter(vlm)
-    if int(token_index) != token_index or token_index < 1:
-        raise ValueError(f"token_index must be an integer >= 1, got {token_index!r}")
-    fn = get_objective(objective)
+    fn = _checked(objective, token_index)
     if visual_embeds is None:
         visual_embeds = adapter.visual_embeddings(prepared, cache)
     base = visual_embeds.detach()
-    prefix: list[int] = []
-    if token_index > 1:
-        prefix = adapter.greedy_suffix(prepared, token_index - 1, base)
-    prep = prepared.with_suffix(prefix) if prefix else prepared
+    prefix, prep = _prefixed(adapter, prepared, token_index, base)
 
     leaf = base.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -121,17 +116,14 @@ def relevance_batch(
     prompt's key/value cache, as ``relevance(..., keep_kv=True)`` does.
     """
     adapter: VLMAdapter = as_adapter(vlm)
-    if int(token_index) != token_index or token_index < 1:
-        raise ValueError(f"token_index must be an integer >= 1, got {token_index!r}")
-    fn = get_objective(objective)
+    fn = _checked(objective, token_index)
     prepared = list(prepared)
     caches = list(caches) if caches is not None else [None] * len(prepared)
     if visual_embeds is None:
         visual_embeds = [adapter.visual_embeddings(p, c) for p, c in zip(prepared, caches)]
     bases = [v.detach() for v in visual_embeds]
-    prefixes = [adapter.greedy_suffix(p, token_index - 1, b) if token_index > 1 else []
-                for p, b in zip(prepared, bases)]
-    preps = [p.with_suffix(x) if x else p for p, x in zip(prepared, prefixes)]
+    pairs = [_prefixed(adapter, p, token_index, b) for p, b in zip(prepared, bases)]
+    prefixes, preps = [x for x, _ in pairs], [p for _, p in pairs]
     leaves = [b.clone().requires_grad_(True) for b in bases]
     with torch.enable_grad():
         want = bool(keep_kv) and token_index == 1
@@ -141,6 +133,18 @@ def relevance_batch(
         grads = _gradient(adapter, sum((v for v in values if v.requires_grad), torch.zeros(())), leaves)
     return [_result(adapter, p, g, logits[i], values[i], x, False, kv)
             for i, (p, g, x, kv) in enumerate(zip(prepared, grads, prefixes, kvs))]
+
+
+def _checked(objective, token_index) -> Objective:
+    if int(token_index) != token_index or token_index < 1:
+        raise ValueError(f"token_index must be an integer >= 1, got {token_index!r}")
+    return get_objective(objective)
+
+
+def _prefixed(adapter: VLMAdapter, prepared: Prepared, token_index: int, base: torch.Tensor):
+    """(prefix, prompt): the greedy answer tokens before the differentiated one, appended."""
+    prefix = adapter.greedy_suffix(prepared, token_index - 1, base) if token_index > 1 else []
+    return prefix, (prepared.with_suffix(prefix) if prefix else prepared)
 
 
 def _scalar(value: torch.Tensor) -> torch.Tensor:
