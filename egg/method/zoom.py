@@ -284,6 +284,7 @@ class Search:
         self.crops: list[Box] = []
         self.degenerate_stop = self.converged = self.done = False
         self.kept: dict[int, tuple] = {}  # state -> (prepared, kv) of the last mapped state only
+        self.preps: dict[int, object] = {}  # state -> its prepared prompt, for the answer without re-preparing
         self._it: Iteration | None = None
 
     def next_prompt(self):
@@ -295,7 +296,14 @@ class Search:
         self._it.min_crop_area = area
         if not self.rule.needs_map(state, area):
             return None
-        return self.adapter.prepare([self.img] + cut(self.img, self.crops, self.cache), self.q, cache=self.cache)
+        return self._prompt(state, self.crops)
+
+    def _prompt(self, state: int, crops):
+        """The state's prompt (the original and its crops), prepared once."""
+        if state not in self.preps:
+            self.preps[state] = self.adapter.prepare([self.img] + cut(self.img, crops, self.cache), self.q,
+                                                     cache=self.cache)
+        return self.preps[state]
 
     def take(self, prep, rel) -> None:
         """The state's map (a ``RelevanceResult`` over ``prep``): regions and statistics."""
@@ -312,8 +320,8 @@ class Search:
         if self.answer_every:
             counter = self.adapter.counter
             c0, t0 = counter.copy(), time.perf_counter()
-            it.answer = answer_with_crops(self.adapter, self.img, self.q, self.crops, self.o["max_new_tokens"],
-                                          self.cache)
+            it.answer = self.adapter.generate(self._prompt(it.index, self.crops), self.o["max_new_tokens"],
+                                              cache=self.cache)
             extra = counter.copy() - c0
             extra.wall_time = time.perf_counter() - t0
             cost = cost + extra
@@ -345,8 +353,7 @@ class Search:
             return None, None
         if self.best in self.kept:
             return self.kept[self.best]
-        prep = self.adapter.prepare([self.img] + cut(self.img, chosen.crops, self.cache), self.q, cache=self.cache)
-        return prep, None
+        return self._prompt(self.best, chosen.crops), None
 
     def set_answer(self, answer: str, cost) -> None:
         chosen = self.trace[self.best]
