@@ -166,3 +166,37 @@ def test_llava15_pope_objects_are_seen_whole_and_their_shapes_taught():
     assert 3 <= np.median(cells) <= 17 and min(cells) >= 2, cells
     assert asked >= 20
     assert not any(q.startswith("what shape") for q, _, _ in bench.item("pope", "train", 0).facts)  # v1 unchanged
+
+
+def test_items_follow_the_geometry_the_model_was_trained_on(ref_dir, tmp_path):
+    """A model whose config names its geometry (as egg.reference.train saves it) gets items
+    sized for its grid from every entry point that draws them; a model without one gets v1."""
+    import json
+    import shutil
+
+    import egg
+    from egg.figures.explorer import Explorer
+    from egg import runs
+    from egg.runs import runner
+    from egg.runs.loop import ItemSource
+    from egg.synthetic import checks
+
+    d = tmp_path / "model"
+    shutil.copytree(ref_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    assert bench.geometry_for(egg.load_model(str(d))).name == "v1"
+    (d / "config.json").write_text(json.dumps({**cfg, "egg_geometry": "llava15"}))
+    vlm = egg.load_model(str(d))
+    assert bench.geometry_for(vlm).name == "llava15"
+    want = bench.item("text", "test", 0, 0, geometry="llava15")
+    assert want.evidence_fraction != bench.item("text", "test", 0, 0).evidence_fraction
+    assert _item_hash(ItemSource("text", geometry=bench.geometry_for(vlm)).item(0)) == _item_hash(want)
+    rows = checks.measure(vlm, families=["text"], n=1, progress=False)
+    assert rows.evidence_fraction.iloc[0] == pytest.approx(want.evidence_fraction)
+    for df in (runner.run(vlm, "synthetic:text", method="base", n=1, progress=False),
+               runs.run(vlm, ["base"], families=["text"], n=1, progress=False)):
+        assert df.evidence_fraction.iloc[0] == pytest.approx(want.evidence_fraction)
+    assert _item_hash(Explorer(vlm, family="text", index=0, iterations=0, max_new_tokens=2).item) == _item_hash(want)
+    (d / "config.json").write_text(json.dumps({**cfg, "egg_geometry": "llava-1.5"}))
+    with pytest.raises(ValueError, match="llava15"):
+        bench.geometry_for(egg.load_model(str(d)))

@@ -1,6 +1,8 @@
 """The reference VLM's pieces: tokenizer, processor, the training data path."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import numpy as np
@@ -220,6 +222,7 @@ def test_training_with_max_steps_is_reproducible(tmp_path):
     vision = [k for k in a if k.startswith("vision_tower.")]
     assert vision and any(not torch.equal(a[k], c[k]) for k in vision)
     log = (outs[0] / "training_log.json").read_text()
+    assert json.loads((outs[0] / "config.json").read_text())["egg_geometry"] == "v1"  # bench.geometry_for
     assert '"steps": 3' in log and (tmp_path / "train_cache" / "train.log").is_file()
 
 

@@ -164,7 +164,8 @@ class Explorer:
 
     def load_item(self, update: bool = True) -> None:
         """Show the benchmark item named by the family and index controls (its question too)."""
-        self.item = bench.item(self.family.value, self.split, int(self.index.value), self.seed)
+        self.item = bench.item(self.family.value, self.split, int(self.index.value), self.seed,
+                               bench.geometry_for(self.adapter))
         self.image = self.item.image
         self._suspend += 1
         try:

@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import synthetic as bench
-from ..synthetic.core import COLOURS
+from ..synthetic.core import COLOURS, GEOMETRY_ATTR
 from .build import ReferenceConfig, build_model, build_processor
 from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, _resize, batches, oracle_crop, render_dataset)
 
@@ -465,12 +466,11 @@ def save(model, processor, out: Path, record: dict) -> None:
     """Write atomically-ish: a finished directory is never left half-written."""
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
+    setattr(model.config, GEOMETRY_ATTR, record["config"]["geometry"])  # bench.geometry_for reads it
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "training_log.json").write_text(json.dumps(record, indent=1))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     os.replace(tmp, out)
 

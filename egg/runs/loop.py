@@ -63,7 +63,8 @@ class ItemSource:
     (notebooks: the procedural family; ``python -m egg run``: the real benchmark);
     ``synthetic:<family>`` and ``real:<benchmark>`` choose explicitly."""
 
-    def __init__(self, name: str, split: str | None = None, seed: int = 0, data=None, prefer: str = "procedural"):
+    def __init__(self, name: str, split: str | None = None, seed: int = 0, data=None, prefer: str = "procedural",
+                 geometry="v1"):
         if prefer not in ("procedural", "real"):
             raise ValueError(f"prefer must be 'procedural' or 'real', got {prefer!r}")
         from .. import datasets as benchmarks
@@ -81,6 +82,7 @@ class ItemSource:
             if name not in bench.FAMILIES:
                 raise ValueError(f"unknown procedural family {name!r}; expected one of {bench.families()}")
             self.kind, self.family, self.size = "procedural", name, None
+            self.geometry = bench.geometry(geometry)
             self.split = split or "test"
             return
         if name not in benchmarks.names():
@@ -95,7 +97,7 @@ class ItemSource:
 
     def item(self, i: int):
         if self.kind == "procedural":
-            return bench.item(self.family, self.split, i, self.seed)
+            return bench.item(self.family, self.split, i, self.seed, self.geometry)
         try:
             it = self.data[i]
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable image bytes
@@ -343,7 +345,8 @@ def run(vlm, methods, families=None, n: int = 20, split: str = "test", seed: int
     fams = list(bench.families() if families is None else ([families] if isinstance(families, str) else families))
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    sources = [ItemSource(f, split, seed, (data or {}).get(f)) for f in fams]  # bare "pope": the family
+    geo = bench.geometry_for(vlm)  # items sized for the model's grid; its fingerprint keys the records
+    sources = [ItemSource(f, split, seed, (data or {}).get(f), geometry=geo) for f in fams]  # bare "pope": the family
     counts = [int(n) if s.size is None else min(int(n), s.size) for s in sources]
     fp = f"{model_fingerprint(vlm)}:{code_fingerprint()}"
     done, failed = split_outcomes(read_lines(path)[0]) if path is not None else ({}, {})

@@ -41,6 +41,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from .. import synthetic as bench
 from .loop import ItemSource, Spec, execute, jobs_for, records_frame
 from .records import Record, code_fingerprint, model_fingerprint
 from .registry import METHODS, effective_options
@@ -153,6 +154,8 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
         vlm = load_vlm(model, device=device)
     else:
         vlm = model
+    if src.kind == "procedural":
+        src.geometry = bench.geometry_for(vlm)  # items sized for the model's grid
     if method == "oracle" and src.kind == "real" and not _has_boxes(src, indices):
         raise ValueError(f"method 'oracle' needs ground-truth boxes; benchmark {benchmark!r} has none "
                          "(use 'textvqa-boxes' or 'vstar' with its annotation files)")

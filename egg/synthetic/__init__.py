@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .core import GEOMETRIES, SPLITS, Box, Geometry, Item, geometry, rng_for
+from .core import GEOMETRIES, SPLITS, Box, Geometry, Item, geometry, geometry_for, rng_for
 
 FAMILIES = {
     "text": "TextVQA",
@@ -66,5 +66,5 @@ def score(family: str, prediction: str, item: Item) -> float:
     return metrics.item_score("exact_match" if name == "pope" else name, prediction, item)
 
 
-__all__ = ["Box", "Item", "SPLITS", "Geometry", "GEOMETRIES", "families", "geometry", "item", "load", "score",
+__all__ = ["Box", "Item", "SPLITS", "Geometry", "GEOMETRIES", "families", "geometry", "geometry_for", "item", "load", "score",
            "metric_name", "DETAIL_FAMILIES", "CONTROL_FAMILY", "FAMILIES"]

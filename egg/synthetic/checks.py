@@ -161,8 +161,9 @@ def method_fields(vlm, items: list[bench.Item], batch_size: int = 8, caches: lis
 
 
 def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0, progress: bool = True,
-            methods: bool = False, geometry: str = "v1"):
-    """One TestbedRow per item, as a DataFrame; items drawn in `geometry` (egg.synthetic.Geometry)."""
+            methods: bool = False, geometry: str | None = None):
+    """One TestbedRow per item, as a DataFrame; items drawn in `geometry` (egg.synthetic.Geometry;
+    None: the model's own, ``bench.geometry_for``)."""
     import pandas as pd
     from tqdm import (
         tqdm,  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
@@ -172,7 +173,7 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
     rows = []
     chunk = 8 if methods else 1  # the methods run batched over this many items
     for fam in families:
-        items = bench.load(fam, split, n, seed, geometry=geometry)
+        items = bench.load(fam, split, n, seed, geometry=geometry or bench.geometry_for(vlm))
         with tqdm(total=len(items), desc=fam, disable=not progress, leave=False) as bar:
             for k in range(0, len(items), chunk):
                 part = items[k:k + chunk]

@@ -132,6 +132,19 @@ class Geometry:
 GEOMETRIES = {"v1": Geometry("v1"), "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4)}
 
 
+#: The config attribute a reference model records its training geometry in (``egg.reference.train``).
+GEOMETRY_ATTR = "egg_geometry"
+
+
+def geometry_for(vlm) -> Geometry:
+    """The geometry a model's items are drawn in: the one it was trained on (its config's
+    ``egg_geometry``), else ``v1``. So a 24x24 reference model is tested on the items sized for
+    its grid without every caller naming it."""
+    from ..adapters import as_adapter
+
+    return geometry(getattr(as_adapter(vlm).model.config, GEOMETRY_ATTR, None) or "v1")
+
+
 def geometry(name: str | Geometry) -> Geometry:
     """A `Geometry` by name (or itself); unknown names are an error listing the known ones."""
     if isinstance(name, Geometry):
