@@ -144,16 +144,7 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
         raise ValueError(f"benchmark {benchmark!r} has {src.size} items; asked for items {start}..{stop - 1}")
     indices = [i for i in range(int(start), stop) if i % world_size == rank]
 
-    if isinstance(model, (str, os.PathLike)) or model is None:
-        import torch
-
-        from .files import load_vlm
-
-        if device is None and torch.cuda.is_available():
-            device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
-        vlm = load_vlm(model, device=device)
-    else:
-        vlm = model
+    vlm = _load(model, device, local_rank)
     if src.kind == "procedural":
         src.geometry = bench.geometry_for(vlm)  # items sized for the model's grid
     if method == "oracle" and src.kind == "real" and not _has_boxes(src, indices):
@@ -181,6 +172,19 @@ def run(model, benchmark: str, method: str = "egg", n: int | None = None, out=No
     df = records_frame(outcome.records)
     df.attrs["failures"] = outcome.failures
     return df
+
+
+def _load(model, device, local_rank: int):
+    """The VLM to run: ``model`` itself, or loaded from a path or hub id (on this process's GPU)."""
+    if not (isinstance(model, (str, os.PathLike)) or model is None):
+        return model
+    import torch
+
+    from .files import load_vlm
+
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
+    return load_vlm(model, device=device)
 
 
 def _has_boxes(src: ItemSource, indices: Sequence[int]) -> bool:
