@@ -283,8 +283,8 @@ class Search:
         self.history: list[IterationStats] = []
         self.crops: list[Box] = []
         self.degenerate_stop = self.converged = self.done = False
-        self.kept: dict[int, tuple] = {}  # state -> (prepared, kv) of the last mapped state only
         self.preps: dict[int, object] = {}  # state -> its prepared prompt, for the answer without re-preparing
+        self.kv: dict[int, object] = {}  # state -> key/value cache of its relevance pass; the last mapped state only
         self._it: Iteration | None = None
 
     def next_prompt(self):
@@ -311,7 +311,7 @@ class Search:
         it = _iteration(self.adapter, prep, rel, self.crops, state, o)
         it.min_crop_area = self._it.min_crop_area
         self._it = it
-        self.kept = {state: (prep, rel.kv)} if rel.kv is not None else {}
+        self.kv = {state: rel.kv} if rel.kv is not None else {}
 
     def close_state(self, cost) -> None:
         """Record the state (with ``cost``, plus its own answer when ``answer_every``) and
@@ -351,9 +351,7 @@ class Search:
         chosen = self.trace[self.best]
         if chosen.answer is not None:
             return None, None
-        if self.best in self.kept:
-            return self.kept[self.best]
-        return self._prompt(self.best, chosen.crops), None
+        return self._prompt(self.best, chosen.crops), self.kv.get(self.best)
 
     def set_answer(self, answer: str, cost) -> None:
         chosen = self.trace[self.best]

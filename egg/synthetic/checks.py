@@ -170,10 +170,11 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
     )
 
     families = families or bench.families()
+    geometry = geometry or bench.geometry_for(vlm)
     rows = []
     chunk = 8 if methods else 1  # the methods run batched over this many items
     for fam in families:
-        items = bench.load(fam, split, n, seed, geometry=geometry or bench.geometry_for(vlm))
+        items = bench.load(fam, split, n, seed, geometry=geometry)
         with tqdm(total=len(items), desc=fam, disable=not progress, leave=False) as bar:
             for k in range(0, len(items), chunk):
                 part = items[k:k + chunk]
