@@ -33,6 +33,10 @@ FAMILY_WEIGHT = {"rwqa": 2, "gqa": 2}
 EXACT_P = 0.35  # share of evidence crops that are the exact box, as the oracle crops
 READABLE_PX = 12.0  # smaller side, input pixels, below which a detail's answer is not taught (see above)
 WINDOW_SCALE = (2.5, 12.0)  # window side / detail side
+# pope's shapes are asked at the full view, where an object is 6-12x smaller than the canvas: its
+# reading crops reach that scale, or the tower learns shapes only where they fill a crop (run 9
+# answered "no" to every pope item). Other families' details are read in crops up to `read_scale`.
+FULL_VIEW_READS = {"pope": 10.0}
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "middle", "right"]
 
 
@@ -255,7 +259,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         item = bench.item(family, split, i, seed, geometry)
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
-        reads.extend(reading_crops(item, rng, 3, size, read_scale))
+        reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0))))
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         if size > 128:

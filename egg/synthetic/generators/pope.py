@@ -7,8 +7,9 @@ negative's evidence box is its most confusable object (same colour), which a mod
 inspect to say no. The training facts ask about every object ("yes") and, per colour on the
 canvas, about one absent shape of that colour ("no"), so that a model trained on them cannot
 answer from the prior. Drawn for a token grid (`Geometry.detail`), an object spans 4-16 cells,
-so that its shape is seen at the full view, and the training facts also ask what shape an object
-of a colour seen once is: a tower warmed up on colours and reading crops alone never told the
+so that its shape is seen at the full view, its training facts ask "no" exactly as often as "yes"
+(run 9, taught about twice as many, answered "no" to every item), and they also ask what shape
+an object of a colour seen once is: a tower warmed up on colours and reading crops alone never told the
 shapes apart, and its model answered "no" to every pope question (CHANGELOG, 2026-12-01).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     absent = [(c, t) for c in COLOURS for t in SHAPES if (c, t) not in present]
     # training facts that answer "no": per colour present, one of its absent shapes, at the first
     # object of that colour (chosen without the rng, so the item itself does not change)
-    first = {c: b for c, _, b in reversed(objs)}
+    first = {c: b for c, _, b in reversed(objs)} if geo.detail is None else {}  # a grid: balanced below
     for i, (c, b) in enumerate(first.items()):
         shapes = [t for t in SHAPES if (c, t) in absent]
         if shapes:
