@@ -198,6 +198,20 @@ def test_position_probe_targets_are_each_tokens_row_and_column():
     assert aux.loss(feats.flip(1), colour, read)[2].item() > 5  # tokens in the wrong places
 
 
+def test_colour_targets_stored_while_rendering_equal_the_computed_ones(ref_processor):
+    """Rendering stores each example's colour targets as bits; a batch of such examples must
+    carry exactly the targets computed from its pixels."""
+    S = ref_processor.image_processor.size["height"]
+    exs = D.examples_for(bench.item("pope", "train", 0), np.random.default_rng(0), 6, S)
+    col = D.Collator(ref_processor)
+    plain = col(exs)
+    for ex in exs:
+        ex.colours = D.pack_colours(ex.images, col.patch)
+    stored = col(exs)
+    assert plain["colour_targets"].sum() > 0
+    assert torch.equal(plain["colour_targets"], stored["colour_targets"])
+
+
 def test_patch_colours_finds_a_red_patch():
     img = np.full((1, 64, 64, 3), 230, dtype=np.uint8)
     img[0, 8:16, 24:32] = (220, 30, 30)  # patch row 1, col 3

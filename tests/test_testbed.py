@@ -100,7 +100,8 @@ def _method_rows(egg_hits: int, n: int = 40) -> pd.DataFrame:
             rows.append(dict(family=fam, base=float(i < n // 10), oracle=float(i < 9 * n // 10), crop3x=float(i < 8 * n // 10),
                              egg=float(i < egg_hits), vicrop_rel_att=float(i < n // 5), vicrop_grad_att=float(i < n // 4),
                              vicrop_pure_grad=0.0, egg_box_ratio=4.0 + i % 3, egg_spatial_entropy=float(i % 2),
-                             egg_best_index=i % 3, base_answer="yes" if i % 2 else "no"))
+                             egg_best_index=i % 3, base_answer="yes" if i % 2 else "no",
+                             egg_answer="Yes " if i % 4 else "no"))
     df = pd.DataFrame(rows)
     df.loc[df.family == "rwqa", ["base", "oracle"]] = 1.0
     pope = df.family == "pope"
@@ -117,6 +118,15 @@ def test_method_acceptance_reads_each_target_from_the_rows():
     assert goal and not any(verdict[t] for t in goal)
     # n is reported with every pooled number
     assert all("n = " in m for t, _, m in bad if t in goal)
+
+
+def test_method_table_gives_accuracy_and_answer_diversity_per_family():
+    t = testbed.method_table(_method_rows(30))
+    assert list(t.index) == ["text", "vstar", "doc", "info", "pope", "rwqa"] and (t.n == 40).all()
+    assert t.loc["text", "egg"] == pytest.approx(75.0) and t.loc["text", "vicrop_grad_att"] == pytest.approx(25.0)
+    assert t.loc["rwqa", "oracle"] == pytest.approx(100.0) and t.loc["pope", "base"] == pytest.approx(70.0)
+    assert t.loc["doc", "top base answer"] in ("'yes' (50%)", "'no' (50%)")
+    assert t.loc["doc", "top egg answer"] == "'yes' (75%)"  # stripped and lower-cased before counting
 
 
 def test_gap_recovered_is_the_pooled_share_with_an_interval():

@@ -284,9 +284,23 @@ def training_record(path=None) -> dict:
 
 
 
-
 VICROP_COLUMNS = ["vicrop_rel_att", "vicrop_grad_att", "vicrop_pure_grad"]
 READING_FAMILIES = ["text", "doc", "info"]
+
+
+def method_table(rows):
+    """Per family, on ``measure(..., methods=True)`` rows: accuracy (%) of the full view, the
+    oracle, a crop 3x the evidence, EGG and each ViCrop variant, with the most frequent base and
+    EGG answers and their shares: a family answered the same way on every item carries no signal."""
+    import pandas as pd
+
+    cols = ["base", "oracle", "crop3x", "egg", *VICROP_COLUMNS]
+    out = []
+    for fam, g in rows.groupby("family", sort=False):
+        top = {k: g[k + "_answer"].str.strip().str.lower().value_counts() for k in ("base", "egg")}
+        out.append({"family": fam, "n": len(g), **{c: 100 * g[c].mean() for c in cols},
+                    **{f"top {k} answer": f"{v.index[0]!r} ({100 * v.iloc[0] / len(g):.0f}%)" for k, v in top.items()}})
+    return pd.DataFrame(out).set_index("family")
 
 
 def gap_recovered(rows, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
