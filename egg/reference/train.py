@@ -107,8 +107,8 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "llava15": dict(
         geometry="llava15", look=0.0, readable_px=48.0, vision_steps=3000, items_per_family=600,
-        examples_per_item=4, epochs=2, max_steps=4000, batch_size=16, warmup=100, eval_every=1000, eval_items=20,
-        read_pool="max", freeze_vision=1, read_steps=2500, read_scale=4.0, vision_decay=1,
+        examples_per_item=4, epochs=2, max_steps=3500, batch_size=16, warmup=100, eval_every=1000, eval_items=20,
+        read_pool="max", freeze_vision=1, read_steps=2000, read_scale=4.0, vision_decay=1,
         model=dict(image_size=336, patch_size=14, vision_hidden=64, vision_layers=3, vision_heads=4,
                    text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
