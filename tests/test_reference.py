@@ -212,6 +212,31 @@ def test_colour_targets_stored_while_rendering_equal_the_computed_ones(ref_proce
     assert torch.equal(plain["colour_targets"], stored["colour_targets"])
 
 
+RENDER_AFTER_THE_POOL_STARTED = '''
+import torch
+torch.set_num_threads(2)
+(torch.randn(800, 800) @ torch.randn(800, 800)).sum()  # the parent's OpenMP pool is running
+from egg.reference.train import TrainConfig, PRESETS
+from egg.reference.build import ReferenceConfig
+from egg.reference.data import render_dataset
+p = dict(PRESETS["llava15"]); m = p.pop("model")
+data, reads = render_dataset(TrainConfig(**{**p, "items_per_family": 2, "workers": 2}), ReferenceConfig(**m), print)
+assert all(ex.colours is not None for ex in data + reads)
+print("rendered", len(data))
+'''
+
+
+def test_rendering_workers_do_not_hang_in_the_parents_thread_pool():
+    """Forked render workers compute colour targets with torch; entering the OpenMP pool their
+    parent started hangs them (it did, at 0% CPU), unless they run on one thread."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RENDER_AFTER_THE_POOL_STARTED], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "rendered" in out.stdout, out.stderr[-2000:]
+
+
 def test_patch_colours_finds_a_red_patch():
     img = np.full((1, 64, 64, 3), 230, dtype=np.uint8)
     img[0, 8:16, 24:32] = (220, 30, 30)  # patch row 1, col 3

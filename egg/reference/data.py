@@ -260,6 +260,11 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
     family, split, start, n, seed, per_item, model, mix, geometry, read_scale = args
     if _COLLATOR is None:
+        import torch
+
+        # a forked worker must not enter the OpenMP pool its parent started (it hangs there):
+        # one thread, as torch's DataLoader workers run
+        torch.set_num_threads(1)
         _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
     size = model["image_size"]
     out, reads = [], []
@@ -400,7 +405,7 @@ def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int
     """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
     import torch
 
-    im = torch.from_numpy(images).to(torch.int16)
+    im = torch.from_numpy(np.require(images, requirements="W")).to(torch.int16)  # a read-only view is copied
     d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
     n, H, W, C = d.shape
     d = d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4))
