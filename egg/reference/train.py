@@ -410,6 +410,7 @@ def train(cfg: TrainConfig) -> Path:
             ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
             record["eval"].append({"step": step, **ev})
             log("eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
+            record.update(steps=step, finished=False, minutes=(time.time() - t_start) / 60)
             save(model, processor, out, record)
             save_checkpoint(ckpt, model, aux, opt, sched, record, smooth, step)
         if progress(step) >= 1.0 and step < total:
@@ -418,8 +419,7 @@ def train(cfg: TrainConfig) -> Path:
     ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
     record["eval"].append({"step": step, **ev})
     log("final eval " + " ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()))
-    record["steps"] = step
-    record["minutes"] = (time.time() - t_start) / 60
+    record.update(steps=step, finished=True, minutes=(time.time() - t_start) / 60)
     record["cpu_minutes"] = (cpu_seconds() - cpu_start) / 60
     save(model, processor, out, record)
     ckpt.unlink(missing_ok=True)

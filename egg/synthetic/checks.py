@@ -283,6 +283,19 @@ def training_record(path=None) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def training_line(record: dict) -> str:
+    """How long the model trained, from its record: a model saved at an evaluation of a run that
+    did not finish (the weights `egg.reference.train` writes at every `eval_every`) says so."""
+    if not record:
+        return "no training record (not a model egg.reference.train wrote)"
+    planned = record["config"].get("max_steps", 0)
+    if record.get("finished", "minutes" in record):
+        return f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model {record['config']['model']}"
+    step = record.get("steps") or max((e["step"] for e in record.get("eval", [])), default=0)
+    return (f"saved at step {step} of {planned or 'a time budget'}, before its run finished; "
+            f"model {record['config']['model']}")
+
+
 
 VICROP_COLUMNS = ["vicrop_rel_att", "vicrop_grad_att", "vicrop_pure_grad"]
 READING_FAMILIES = ["text", "doc", "info"]
