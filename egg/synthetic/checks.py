@@ -296,7 +296,6 @@ def training_line(record: dict) -> str:
             f"model {record['config']['model']}")
 
 
-
 VICROP_COLUMNS = ["vicrop_rel_att", "vicrop_grad_att", "vicrop_pure_grad"]
 READING_FAMILIES = ["text", "doc", "info"]
 
