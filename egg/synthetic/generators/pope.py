@@ -40,14 +40,15 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     facts = [(f"is there a {c} {t} in the image ?", "yes", b) for c, t, b in objs]
     facts += [(f"where is the {c} {t} ?", None, b) for c, t, b in objs]
     absent = [(c, t) for c in COLOURS for t in SHAPES if (c, t) not in present]
-    # training facts that answer "no": per colour present, one of its absent shapes, at the first
-    # object of that colour (chosen without the rng, so the item itself does not change)
-    first = {c: b for c, _, b in reversed(objs)} if geo.detail is None else {}  # a grid: balanced below
-    for i, (c, b) in enumerate(first.items()):
-        shapes = [t for t in SHAPES if (c, t) in absent]
-        if shapes:
-            facts.append((f"is there a {c} {shapes[(i + len(objs)) % len(shapes)]} in the image ?", "no", b))
-    if geo.detail is not None:
+    if geo.detail is None:
+        # training facts that answer "no": per colour present, one of its absent shapes, at the first
+        # object of that colour (chosen without the rng, so the item itself does not change)
+        first = {c: b for c, _, b in reversed(objs)}
+        for i, (c, b) in enumerate(first.items()):
+            shapes = [t for t in SHAPES if (c, t) in absent]
+            if shapes:
+                facts.append((f"is there a {c} {shapes[(i + len(objs)) % len(shapes)]} in the image ?", "no", b))
+    else:
         # as many "no" facts as "yes" ones, each at an object that shares its colour or its shape
         # (the adversarial negatives); a model then has to see the shape to answer
         for i, (c, t, b) in enumerate(objs):
