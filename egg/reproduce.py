@@ -12,6 +12,7 @@ itself; the ones already executed stay written.
 from __future__ import annotations
 
 import argparse
+import base64
 import configparser
 import contextlib
 import json
@@ -66,15 +67,32 @@ def _sanitizers(cfg: Path = SANITIZE) -> list[tuple[re.Pattern, str]]:
 _WIDGET_ID = (re.compile(r'"model_id": "[0-9a-f]{32}"'), '"model_id": "WIDGET"')
 
 
-def visible(nb: dict, sanitizers=None) -> str:
+#: Embedded PNGs, which nbval does not compare either.
+_PNG = re.compile(r'"image/png": "([^"]*)"')
+
+
+def visible(nb: dict, sanitizers=None, images: bool = True) -> str:
     """What nbval compares: sources and outputs, with the sanitising rules applied (and
-    widget ids, which change on every run, masked)."""
-    subs = (_sanitizers() if sanitizers is None else sanitizers) + [_WIDGET_ID]
+    widget ids, which change on every run, masked); without the embedded PNGs unless ``images``."""
+    subs = (_sanitizers() if sanitizers is None else sanitizers) + [_WIDGET_ID] + ([] if images else [(_PNG, "PNG")])
     text = json.dumps([[c.get("source"), [] if _ignored(c) else c.get("outputs", [])] for c in nb.get("cells", [])],
                       sort_keys=True)
     for rx, rep in subs:
         text = rx.sub(rep, text)
     return text
+
+
+def same_notebook(old: dict, new: dict) -> bool:
+    """Whether a reader sees the same thing in both: equal text, and pictures equal within
+    another CPU's float noise (`egg.figures.base.same_picture`)."""
+    if visible(old) == visible(new):
+        return True
+    if visible(old, images=False) != visible(new, images=False):
+        return False
+    from .figures.base import same_picture
+
+    pngs = [[base64.b64decode(m.replace("\\n", "")) for m in _PNG.findall(visible(nb))] for nb in (old, new)]
+    return len(pngs[0]) == len(pngs[1]) and all(map(same_picture, *pngs))
 
 
 def _ignored(cell: dict) -> bool:
@@ -86,11 +104,11 @@ def _ignored(cell: dict) -> bool:
 
 def write_back(executed: Path, committed: Path) -> bool:
     """Replace ``committed`` with the normalised ``executed`` notebook unless both show the
-    same thing; True when the file was rewritten."""
+    same thing (`same_notebook`); True when the file was rewritten."""
     new = normalise(json.loads(executed.read_text(encoding="utf-8")))
     if committed.exists():
         old = json.loads(committed.read_text(encoding="utf-8"))
-        if visible(old) == visible(new):
+        if same_notebook(old, new):
             return False
     committed.write_text(dumps(new), encoding="utf-8")
     return True

@@ -1,0 +1,70 @@
+"""Another CPU's float noise in a figure leaves the committed figures and notebooks as they were;
+a real change rewrites them."""
+import base64
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from egg.figures.base import save_figure, same_picture  # noqa: E402
+from egg.reproduce import same_notebook, write_back  # noqa: E402
+
+
+def _ramp(bump: float):
+    """A small grey ramp with its first cell brightened by ``bump`` (0-1)."""
+    fig, ax = plt.subplots(figsize=(1, 1))
+    a = np.linspace(0.2, 0.8, 16).reshape(4, 4)
+    a[0, 0] += bump
+    ax.imshow(a, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    return fig
+
+
+def _png(bump: float) -> bytes:
+    fig, buf = _ramp(bump), io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40, metadata={"Software": None}, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def test_same_picture_tells_float_noise_from_a_change():
+    base, noise, change = _png(0.0), _png(3 / 255), _png(0.15)
+    assert base != noise  # the noise is really there in the bytes
+    assert same_picture(base, noise) and not same_picture(base, change)
+
+
+def _save(tmp_path, bump: float) -> bytes:
+    fig = _ramp(bump)
+    save_figure(fig, "ramp", tmp_path, dpi=40)
+    plt.close(fig)
+    return (tmp_path / "ramp.png").read_bytes() + (tmp_path / "ramp.pdf").read_bytes()
+
+
+def test_save_figure_keeps_the_files_of_the_same_figure(tmp_path):
+    first = _save(tmp_path, 0.0)
+    assert _save(tmp_path, 3 / 255) == first  # PNG and PDF both left as they were
+    assert _save(tmp_path, 0.15) != first
+
+
+def _notebook(text: str, png: bytes) -> dict:
+    out = {"output_type": "display_data", "metadata": {},
+           "data": {"text/plain": [text], "image/png": base64.b64encode(png).decode() + "\n"}}
+    return {"cells": [{"cell_type": "code", "source": ["plot()"], "metadata": {}, "outputs": [out]}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_write_back_keeps_a_notebook_that_differs_by_float_noise(tmp_path):
+    committed, executed = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    old = _notebook("<Figure>", _png(0.0))
+    committed.write_text(json.dumps(old))
+    assert same_notebook(old, _notebook("<Figure>", _png(3 / 255)))
+    for nb, rewritten in [(_notebook("<Figure>", _png(3 / 255)), False), (_notebook("<Figure>", _png(0.15)), True),
+                          (_notebook("<Figure 2>", _png(0.0)), True)]:
+        committed.write_text(json.dumps(old))
+        executed.write_text(json.dumps(nb))
+        assert write_back(executed, committed) is rewritten
+        assert (json.loads(committed.read_text()) == nb) is rewritten
