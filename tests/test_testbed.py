@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -133,6 +134,18 @@ def test_gap_recovered_is_the_pooled_share_with_an_interval():
     df = _method_rows(20)
     share, lo, hi = testbed.gap_recovered(df[df.family == "text"], n_boot=300)
     assert share == pytest.approx((20 - 4) / (36 - 4)) and lo < share < hi
+
+
+def test_gap_recovered_is_undefined_when_the_oracle_may_not_help():
+    """Run 11 ignored its crops (oracle = base + 0.6 points on 500 items); its share was printed
+    as 0% [-800000000, 200000000]. A gap whose interval reaches 0 gives no share, and the
+    target says so."""
+    df = _method_rows(20)
+    flat = df.assign(oracle=df.base.to_numpy().copy())
+    flat.loc[flat.index[0], "oracle"] = 1.0 - flat.loc[flat.index[0], "base"]  # one item apart
+    assert all(np.isnan(testbed.gap_recovered(flat, n_boot=300)))
+    met, measured = next((m, w) for t, m, w in testbed.method_acceptance(flat, n_boot=300) if t.startswith("EGG recovers"))
+    assert met is False and measured.startswith("undefined: the oracle gap")
 
 
 def test_measure_with_methods_batches_them_as_single_calls_would(vlm):

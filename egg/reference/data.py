@@ -415,3 +415,11 @@ def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int
 def pack_colours(images: np.ndarray, patch: int) -> np.ndarray:
     """`patch_colours` as bits (n, patches, ceil(colours / 8)) uint8: what `Example.colours` keeps."""
     return np.packbits(patch_colours(images, patch) > 0, axis=-1)
+
+
+def cpu_seconds() -> float:
+    """CPU time used by this process and its finished children (the rendering pool)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

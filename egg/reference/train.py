@@ -52,8 +52,9 @@ import numpy as np
 
 from .. import synthetic as bench
 from ..synthetic.core import COLOURS, GEOMETRY_ATTR
-from .build import ReferenceConfig, build_model, build_processor
-from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, _resize, batches, oracle_crop, render_dataset)
+from .build import ReferenceConfig, build_model, build_processor, standardise_projector
+from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, _resize, batches, cpu_seconds, oracle_crop,
+                   render_dataset)
 
 
 @dataclass
@@ -340,6 +341,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.freeze_vision:  # no graph through the tower: its activations are not kept for a backward
         model.model.vision_tower.requires_grad_(False)
         params = [q for q in params if q.requires_grad]
+        shift, spread = standardise_projector(model, col(reads[:64])["pixel_values"].to(cfg.device))
+        log(f"projector standardised on the frozen tower's features (offset {shift:.1f}, spread {spread:.2f})")
     rng = np.random.default_rng(cfg.seed)
     # Stages: optionally the reading crops alone (one image each); then single-question conversations
     # whose answer is readable (in an appended crop or a small window); then the full mixture.
@@ -452,14 +455,6 @@ def load_checkpoint(path: Path, config: dict, model, aux: AuxHeads | None, opt, 
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     return state["record"], state["smooth"], state["step"]
-
-
-def cpu_seconds() -> float:
-    """CPU time used by this process and its finished children (the rendering pool)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def save(model, processor, out: Path, record: dict) -> None:
