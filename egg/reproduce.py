@@ -71,10 +71,10 @@ _WIDGET_ID = (re.compile(r'"model_id": "[0-9a-f]{32}"'), '"model_id": "WIDGET"')
 _PNG = re.compile(r'"image/png": "([^"]*)"')
 
 
-def visible(nb: dict, sanitizers=None, images: bool = True) -> str:
+def visible(nb: dict, sanitizers=None) -> str:
     """What nbval compares: sources and outputs, with the sanitising rules applied (and
-    widget ids, which change on every run, masked); without the embedded PNGs unless ``images``."""
-    subs = (_sanitizers() if sanitizers is None else sanitizers) + [_WIDGET_ID] + ([] if images else [(_PNG, "PNG")])
+    widget ids, which change on every run, masked)."""
+    subs = (_sanitizers() if sanitizers is None else sanitizers) + [_WIDGET_ID]
     text = json.dumps([[c.get("source"), [] if _ignored(c) else c.get("outputs", [])] for c in nb.get("cells", [])],
                       sort_keys=True)
     for rx, rep in subs:
@@ -85,13 +85,14 @@ def visible(nb: dict, sanitizers=None, images: bool = True) -> str:
 def same_notebook(old: dict, new: dict) -> bool:
     """Whether a reader sees the same thing in both: equal text, and pictures equal within
     another CPU's float noise (`egg.figures.base.same_picture`)."""
-    if visible(old) == visible(new):
+    shown = visible(old), visible(new)
+    if shown[0] == shown[1]:
         return True
-    if visible(old, images=False) != visible(new, images=False):
+    if _PNG.sub("PNG", shown[0]) != _PNG.sub("PNG", shown[1]):
         return False
     from .figures.base import same_picture
 
-    pngs = [[base64.b64decode(m.replace("\\n", "")) for m in _PNG.findall(visible(nb))] for nb in (old, new)]
+    pngs = [[base64.b64decode(m.replace("\\n", "")) for m in _PNG.findall(v)] for v in shown]
     return len(pngs[0]) == len(pngs[1]) and all(map(same_picture, *pngs))
 
 

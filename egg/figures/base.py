@@ -61,9 +61,7 @@ def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats:
     leaves `git status` clean. Returns the paths, relative to the project root when inside it
     (so printed paths carry no machine-specific prefix)."""
     d = resolve_dir(out_dir)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
-    png, old = buf.getvalue(), d / f"{name}.png"
+    png, old = figure_png(fig, dpi, bbox_inches="tight"), d / f"{name}.png"
     unchanged = "png" in formats and old.exists() and same_picture(old.read_bytes(), png)
     written = []
     for fmt in formats:
@@ -78,8 +76,8 @@ def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats:
     return written
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
+def figure_png(fig, dpi: int = 80, **savefig) -> bytes:
     """The figure as PNG bytes (no software tag: equal figures give equal bytes)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **savefig)
     return buf.getvalue()
