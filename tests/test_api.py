@@ -59,6 +59,17 @@ def test_load_model_default_reference():
             load_model()
 
 
+
+def test_the_llava15_reference_maps_a_24x24_grid_on_its_own_items():
+    """Issue #16's grid target on the committed LLaVA-1.5-geometry model: one 24x24 map per
+    image at state 0, on items drawn in the geometry its config records."""
+    from egg import bench
+    vlm = load_model(REFERENCE_DIR.parent / "reference-llava15")
+    it = bench.item("text", "val", 0, geometry=bench.geometry_for(vlm))
+    assert it.meta["geometry"] == "llava15"
+    g = ground(vlm, it.image, it.question)
+    assert tuple(g.trace[0].maps[0].shape) == (24, 24)
+
 # --------------------------------------------------------------------------- odd inputs
 
 
