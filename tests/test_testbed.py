@@ -166,3 +166,22 @@ def test_training_line_tells_a_finished_run_from_a_mid_run_save():
     stamped = {**mid, "steps": 3000, "finished": False, "minutes": 90.0}
     assert testbed.training_line(stamped).startswith("saved at step 3000 of 3500")
     assert testbed.training_line({}).startswith("no training record")
+
+
+def test_within_one_tenth_compares_positions_not_text():
+    assert testbed.within_one_tenth("3 7", "4 6") and testbed.within_one_tenth("3 7", "3 7")
+    assert not testbed.within_one_tenth("3 7", "5 7") and not testbed.within_one_tenth("3", "3 7")
+    assert testbed.within_one_tenth("top left", "top left") and not testbed.within_one_tenth("top left", "top right")
+    assert not testbed.within_one_tenth("z", "3 7")
+
+
+def test_locating_asks_every_position_fact_with_its_true_position(vlm):
+    """One row per answerless fact of each item; the truth is where the fact's box is."""
+    from egg.reference.data import position_words
+
+    rows = testbed.locating(vlm, families=["text", "vstar"], n=2, seed=3)
+    items = [it for f in ["text", "vstar"] for it in bench.load(f, "val", 2, 3)]
+    expected = [(q, position_words(b, it.image.size)) for it in items for q, a, b in it.facts if a is None]
+    assert len(rows) == len(expected) > 0
+    assert list(zip(rows.question, rows.truth)) == expected
+    assert (rows.near | ~rows.exact).all()  # an exact answer is also within one tenth

@@ -382,3 +382,36 @@ def method_acceptance(rows, n_boot: int = 2000, seed: int = 0) -> list[tuple[str
           f"{100 * dhi:+.1f}] points (n = {n})")),
     ]
     return out
+
+
+def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0):
+    """The training data's own locating questions ("where is the blue sign ?") asked at the full
+    view, one row per question: the true position (column and row tenths; words on the 8x8
+    geometry, as `egg.reference.data.position_words` teaches them), the model's answer, whether
+    it is exact and within one tenth. A model that gives one position for every object has not
+    learned to locate, and no relevance map of it can point (run 12, CHANGELOG stop 30)."""
+    import pandas as pd
+
+    from ..api import answer
+    from ..reference.data import position_words
+
+    geometry = bench.geometry_for(vlm)
+    rows = []
+    for fam in families or bench.families():
+        for item in bench.load(fam, split, n, seed, geometry=geometry):
+            for q, a, box in item.facts:
+                if a is None:  # a fact without an answer is a position
+                    truth = position_words(box, item.image.size, digits=geometry.name != "v1")
+                    pred = answer(vlm, item.image, q).strip()
+                    rows.append({"family": fam, "question": q, "truth": truth, "answer": pred,
+                                 "exact": pred == truth, "near": within_one_tenth(pred, truth)})
+    return pd.DataFrame(rows, columns=["family", "question", "truth", "answer", "exact", "near"])
+
+
+def within_one_tenth(pred: str, truth: str) -> bool:
+    """Column and row tenths ("3 7") each within one of the truth's; words must match exactly."""
+    try:
+        p, t = [int(v) for v in pred.split()], [int(v) for v in truth.split()]
+    except ValueError:
+        return pred == truth
+    return len(p) == len(t) == 2 and all(abs(a - b) <= 1 for a, b in zip(p, t))
