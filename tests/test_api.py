@@ -59,7 +59,6 @@ def test_load_model_default_reference():
             load_model()
 
 
-
 def test_the_llava15_reference_maps_a_24x24_grid_on_its_own_items():
     """Issue #16's grid target on the committed LLaVA-1.5-geometry model: one 24x24 map per
     image at state 0, on items drawn in the geometry its config records."""
@@ -69,6 +68,7 @@ def test_the_llava15_reference_maps_a_24x24_grid_on_its_own_items():
     assert it.meta["geometry"] == "llava15"
     g = ground(vlm, it.image, it.question)
     assert tuple(g.trace[0].maps[0].shape) == (24, 24)
+
 
 # --------------------------------------------------------------------------- odd inputs
 
