@@ -107,6 +107,11 @@ def oracle_crop(box, image_size, context: float = 2.0) -> tuple[int, int, int, i
     return int(x0), int(y0), int(min(W, x0 + side)), int(min(H, y0 + side))
 
 
+def position_digits(geometry: str) -> bool:
+    """Whether positions are taught as column and row tenths (finer geometries) or words (v1)."""
+    return geometry != "v1"
+
+
 def position_words(box, image_size, digits: bool = False) -> str:
     """Where `box` is: "top left" (3 x 3), or with `digits` its column and row tenths, "3 7",
     as grounding data states coordinates; fine enough to tell apart objects a few cells wide."""
@@ -285,7 +290,7 @@ def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[
     """Render all training items (parallel over `workers` processes); deterministic order."""
     chunk = 100
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
-           "digits": cfg.geometry != "v1", "looks": cfg.look > 0}
+           "digits": position_digits(cfg.geometry), "looks": cfg.look > 0}
     jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
              cfg.geometry, cfg.read_scale)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]

@@ -392,17 +392,17 @@ def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0)
     learned to locate, and no relevance map of it can point (run 12, CHANGELOG stop 30)."""
     import pandas as pd
 
-    from ..api import answer
-    from ..reference.data import position_words
+    from ..reference.data import position_digits, position_words
 
-    geometry = bench.geometry_for(vlm)
+    adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
     rows = []
     for fam in families or bench.families():
         for item in bench.load(fam, split, n, seed, geometry=geometry):
+            cache = EmbeddingCache()  # the image is encoded once for all its questions
             for q, a, box in item.facts:
                 if a is None:  # a fact without an answer is a position
-                    truth = position_words(box, item.image.size, digits=geometry.name != "v1")
-                    pred = answer(vlm, item.image, q).strip()
+                    truth = position_words(box, item.image.size, digits=position_digits(geometry.name))
+                    pred = answer_with_crops(adapter, item.image, q, [], cache=cache).strip()
                     rows.append({"family": fam, "question": q, "truth": truth, "answer": pred,
                                  "exact": pred == truth, "near": within_one_tenth(pred, truth)})
     return pd.DataFrame(rows, columns=["family", "question", "truth", "answer", "exact", "near"])
