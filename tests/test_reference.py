@@ -371,11 +371,38 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert not (tmp_path / "b" / "train_cache" / "resume.pt").exists()  # a finished run leaves no checkpoint
 
 
+@pytest.mark.slow
+def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
+    """`init` starts from a finished model (no warm-up; its frozen tower stays as it was) and
+    `full_steps` first trains on conversations about the full view alone, with the loss on where
+    each answer attends; a missing model or one of another shape is refused by name."""
+    from safetensors.torch import load_file
+
+    kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, eval_items=1, workers=1, threads=2,
+              freeze_vision=1)
+    first = T.train(T.TrainConfig(out=str(tmp_path / "a" / "ref"), vision_steps=2, max_steps=2, **kw))
+    later = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), init=str(first), aux=0, vision_steps=0, look=1.0,
+                                  full_steps=3, max_steps=4, **kw))
+    log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
+    assert "continuing" in log and "full-view stage: 3 steps" in log and "vision warm-up" not in log
+    record = json.loads((later / "training_log.json").read_text())
+    assert record["continues"]["vision_steps"] == 2 and record["steps"] == 4
+    assert set(record["eval"][-1]["text"]) == {"base", "oracle", "locate"}
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(later / "model.safetensors"))
+    tower = [k for k in a if "vision_tower." in k]
+    assert tower and all(torch.equal(a[k], b[k]) for k in tower)
+    assert any(not torch.equal(a[k], b[k]) for k in a if "language_model." in k)
+    with pytest.raises(SystemExit, match="no reference model saved there"):
+        T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(tmp_path / "nothing"), **kw))
+    with pytest.raises(SystemExit, match="another shape"):
+        T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(first), model={"text_hidden": 64}, **kw))
+
+
 def test_a_reading_stage_without_a_batch_of_crops_is_refused(tmp_path):
     """Fewer reading crops than a batch would make the stage's plan loop forever: refused by name."""
     cfg = T.TrainConfig(out=str(tmp_path / "ref"), items_per_family=1, examples_per_item=1, batch_size=64,
                         vision_steps=0, read_steps=1, max_steps=1, workers=1, threads=1)
-    with pytest.raises(ValueError, match="read_steps needs batch_size=64 reading crops"):
+    with pytest.raises(ValueError, match="read_steps needs batch_size=64 examples"):
         T.train(cfg)
 
 
