@@ -248,6 +248,23 @@ def test_verdict_c2():
     rows = [r for r in rows] + [rec("text", i, "vicrop-grad-att", 1, iou=0.9, pointing=1.0) for i in range(30)]
     v = ex.verdict_c2(frame(rows))
     assert v.status == "not supported" and "vicrop-grad-att: IoU -2" in v.sentence
+    assert "attention" not in v.sentence
+    named = ex.verdict_c2(frame(rows), attention_loss=3.0)  # a model trained to attend: the verdict says so
+    assert named.status == v.status and named.sentence.startswith(v.sentence)
+    assert "loss pulling its answer's attention onto the named object (weight 3)" in named.sentence
+
+
+def test_trained_attention_reads_the_record_beside_the_weights(tmp_path):
+    """The embedded model's record gives its `look` weight; a model without a record (a hub id) 0."""
+    from types import SimpleNamespace
+
+    from egg.api import REFERENCE_DIR
+
+    look = json.loads((REFERENCE_DIR / "training_log.json").read_text())["config"]["look"]
+    assert look > 0 and ex.trained_attention(SimpleNamespace(source=str(REFERENCE_DIR))) == look
+    assert ex.trained_attention(SimpleNamespace(source="llava-hf/llava-1.5-7b-hf")) == 0.0
+    (tmp_path / "training_log.json").write_text(json.dumps({"config": {"look": 0.0}}))
+    assert ex.trained_attention(SimpleNamespace(source=str(tmp_path))) == 0.0
 
 
 def test_verdict_c3():

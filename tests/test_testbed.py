@@ -161,10 +161,13 @@ def test_measure_with_methods_batches_them_as_single_calls_would(vlm):
 def test_training_line_tells_a_finished_run_from_a_mid_run_save():
     record = testbed.training_record()  # the embedded model's, finished
     assert testbed.training_line(record).startswith(f"trained for {record['steps']} steps in ")
+    assert record["config"]["look"] == 3 and testbed.training_line(record).endswith(
+        "trained with a loss on where its answer attends (weight 3)")
     mid = {"config": {"max_steps": 3500, "model": {}}, "eval": [{"step": 1000}, {"step": 2000}]}
     assert testbed.training_line(mid).startswith("saved at step 2000 of 3500, before its run finished")
     stamped = {**mid, "steps": 3000, "finished": False, "minutes": 90.0}
     assert testbed.training_line(stamped).startswith("saved at step 3000 of 3500")
+    assert "attends" not in testbed.training_line(stamped)  # no `look` in its config: no such loss
     assert testbed.training_line({}).startswith("no training record")
 
 

@@ -50,7 +50,7 @@ from .tables import (Delta, ablation_table, accuracy_table, bucket_legend, cost_
                      evidence_kind, headline,
                      localisation_table, multi_evidence_table, paired_delta, pareto_front, reference_point,
                      size_bucket, stopping_table)
-from .verdicts import Verdict, verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_multi
+from .verdicts import Verdict, trained_attention, verdict_c1, verdict_c2, verdict_c3, verdict_c4, verdict_multi
 from ..outputs import REPO_ROOT, resolve_dir
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
     "model_fingerprint", "code_fingerprint", "accuracy_table", "delta_table", "delta_summary", "localisation_table", "cost_table",
     "stopping_table", "reference_point", "ablation_table", "multi_evidence_table", "pareto_front", "paired_delta", "size_bucket",
     "bucket_legend", "stopping_configs", "ablation_configs", "layer_values", "multi_configs", "verdict_c1",
-    "verdict_c2", "verdict_c3", "verdict_c4", "verdict_multi", "save_table", "to_markdown", "resolve_dir",
+    "verdict_c2", "trained_attention", "verdict_c3", "verdict_c4", "verdict_multi", "save_table", "to_markdown", "resolve_dir",
     "results_path", "load_vlm", "quiet", "SIZE_BUCKETS", "FE_FORWARD", "FE_BACKWARD", "NEUTRAL_BAND",
     "PAPER_CHOICES", "MULTI_FAMILIES", "REPO_ROOT",
 ]

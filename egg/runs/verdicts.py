@@ -87,10 +87,13 @@ def verdict_c1(df: pd.DataFrame, method: str = "egg", baseline: str = "base",
                                      "per_family": {f: asdict(x) for f, x in per.items()}})
 
 
-def verdict_c2(df: pd.DataFrame, method: str = "egg", rivals: Sequence[str] | None = None) -> Verdict:
+def verdict_c2(df: pd.DataFrame, method: str = "egg", rivals: Sequence[str] | None = None,
+               attention_loss: float = 0.0) -> Verdict:
     """C2: ``method`` localises better than each ViCrop variant: paired delta of IoU (points,
     primary) per rival; supported if every IoU CI is above 0, not supported if any IoU delta
-    is <= 0, else inconclusive. Pointing deltas are reported alongside."""
+    is <= 0, else inconclusive. Pointing deltas are reported alongside. ``attention_loss`` is the
+    weight of a training loss on where the model's answer attends (`trained_attention`): the
+    verdict then names it, since it trains the very signal ViCrop's attention variants read."""
     present = set(df["variant"])
     rivals = [r for r in (rivals if rivals is not None else VICROP_METHODS) if r in present]
     if method not in present or not rivals:
@@ -105,8 +108,20 @@ def verdict_c2(df: pd.DataFrame, method: str = "egg", rivals: Sequence[str] | No
     s = (f"C2 {status}: {method} mean IoU {own['iou'].mean() * 100:.1f}, pointing "
          f"{own['pointing'].mean() * 100:.1f} (points, n = {own['iou'].notna().sum()}); "
          f"{method} - ViCrop " + "; ".join(parts) + ".")
+    if attention_loss > 0:
+        s += (f" The model was trained with a loss pulling its answer's attention onto the named object "
+              f"(weight {attention_loss:g}), which shapes the attention ViCrop reads as directly as {method}'s map.")
     return Verdict("C2", status, s, {"iou": {r: asdict(d) for r, d in ious.items()},
                                      "pointing": {r: asdict(d) for r, d in points.items()}})
+
+
+def trained_attention(vlm) -> float:
+    """The weight of the training loss on where the answer attends (`TrainConfig.look`), from the
+    training record beside the weights `vlm` was loaded from; 0 for a model without one (a real VLM)."""
+    from ..synthetic.checks import training_record
+
+    record = training_record(vlm.source) if getattr(vlm, "source", None) else {}
+    return float(record.get("config", {}).get("look", 0.0)) if record else 0.0
 
 
 def verdict_c3(df: pd.DataFrame, rule: str = "spatial-entropy", rules: Sequence[str] | None = None) -> Verdict:

@@ -289,11 +289,14 @@ def training_line(record: dict) -> str:
     if not record:
         return "no training record (not a model egg.reference.train wrote)"
     planned = record["config"].get("max_steps", 0)
+    look = record["config"].get("look", 0)  # an attention loss favours the attention-reading baselines: say so
+    told = f"; trained with a loss on where its answer attends (weight {look:g})" if look else ""
     if record.get("finished", "minutes" in record):
-        return f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model {record['config']['model']}"
+        return (f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model "
+                f"{record['config']['model']}{told}")
     step = record.get("steps") or max((e["step"] for e in record.get("eval", [])), default=0)
     return (f"saved at step {step} of {planned or 'a time budget'}, before its run finished; "
-            f"model {record['config']['model']}")
+            f"model {record['config']['model']}{told}")
 
 
 VICROP_COLUMNS = ["vicrop_rel_att", "vicrop_grad_att", "vicrop_pure_grad"]
