@@ -35,6 +35,10 @@ not show the answer (the control's large region, a relation) is learnt to be ign
 range from the exact evidence box (squashed to the input square, as the oracle and
 EGG's own boxes are) to a few times its size, so that a tight crop reads like training did.
 
+A later stage continues a finished model (`init`, as LLaVA's stages continue each other): no warm-up,
+the tower and projector as they were, and optionally `full_steps` on the full view alone first
+(every turn of the conversations whose only image is the full view) before the mixture.
+
 Run with `python -m egg.reference.train` (or `make train-reference`).
 """
 from __future__ import annotations
@@ -48,12 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import synthetic as bench
-from ..synthetic.core import COLOURS, GEOMETRY_ATTR
+from ..synthetic.core import COLOURS
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
 from .checkpoint import load_checkpoint, load_initial, save, save_checkpoint
-from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, _resize, batches, cpu_seconds, oracle_crop,
-                   render_dataset)
+from .evaluation import eval_line, quick_eval
+from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset
 
 
 @dataclass
@@ -295,52 +298,6 @@ def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, 
             raise ValueError(f"{name} needs batch_size={size} examples or more, got {len(pool)}")
         plan += [(pool, idx) for idx in more]
     return plan[:steps]
-
-
-# ---------------------------------------------------------------- evaluation during training
-def quick_eval(model, processor, n: int, seed: int, size: int, geometry: str = "v1") -> dict:
-    """Val accuracy per family: full image alone, and with the oracle crop(s) appended; and the share
-    of its locating questions answered exactly at the full view (`egg.synthetic.checks.locating`):
-    a model that cannot place the named object has no map that points at it."""
-    import torch
-
-    from ..adapters import VLM
-    from ..synthetic import score
-    from ..synthetic.checks import locating
-
-    col = Collator(processor)
-    res = {}
-    model.eval()
-    for fam in bench.families():
-        base, orc = [], []
-        for it in bench.load(fam, "val", n, seed, geometry=geometry):
-            W, H = it.image.size
-            full = _resize(it.image, (0, 0, W, H), size)
-            for crops, acc in (([], base), ([oracle_crop(b, (W, H)) for b in it.boxes], orc)):
-                ims = np.stack([full] + [_resize(it.image, c, size) for c in crops])
-                batch = col([Example(ims, [(it.question, "")], fam, "eval")])
-                ids = batch["input_ids"].to(model.device)
-                with torch.no_grad():
-                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                                         pixel_values=batch["pixel_values"].to(model.device), do_sample=False)
-                pred = processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-                acc.append(score(fam, pred, it))
-        res[fam] = {"base": float(np.mean(base)), "oracle": float(np.mean(orc))}
-    setattr(model.config, GEOMETRY_ATTR, geometry)  # the geometry `locating` draws its items in
-    trained = [p.requires_grad for p in model.parameters()]
-    vlm = VLM.from_model(model, processor)  # an adapter freezes the model's parameters: restored below
-    for fam, share in locating(vlm, n=max(2, n // 4), seed=seed).groupby("family").exact.mean().items():
-        res[fam]["locate"] = float(share)
-    for p, flag in zip(model.parameters(), trained):
-        p.requires_grad_(flag)
-    model.train()
-    return res
-
-
-def eval_line(ev: dict) -> str:
-    """`quick_eval`'s result as the log prints it: family:base/oracle, then the locating shares."""
-    return (" ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()) + " locate "
-            + " ".join(f"{f}:{v['locate']:.2f}" for f, v in ev.items() if "locate" in v))
 
 
 # ---------------------------------------------------------------- training loop
