@@ -99,7 +99,7 @@ class TrainConfig:
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
-    full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (`llava15-locate`)
+    full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (CHANGELOG stop 31)
     model: dict = field(default_factory=dict)
 
 
@@ -118,17 +118,6 @@ PRESETS: dict[str, dict] = {
                    text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
 }
-# Run 12 (`llava15`) reads a crop it is handed but never learned to place the named object: asked
-# where it is at the full view, it gave one position for all (2% exact). Taught by the data alone,
-# 300 more steps of full-view locating left that unchanged (loss flat at 1.50); with the loss on
-# where the answer attends (`look`) the answer's attention share on the object rose from 11% to
-# 67% in 500 steps, and then the answers followed (CHANGELOG stop 31). So this stage continues
-# run 12 with that loss, on the full view first and then on the mixture; the ViCrop baselines,
-# which read attention, profit from it as directly as EGG does (notebook 09 says so).
-PRESETS["llava15-locate"] = {
-    **PRESETS["llava15"], "init": "data/reference-llava15", "look": 3.0, "aux": 0, "vision_steps": 0,
-    "read_steps": 0, "curriculum": 0.0, "epochs": 1, "full_steps": 800, "max_steps": 1000, "warmup": 50,
-    "eval_every": 400}
 
 
 class AuxHeads:
