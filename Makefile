@@ -21,7 +21,6 @@ help:
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
-	@echo "make train-reference PRESET=llava15-locate  continue it on locating at the full view, into data/reference-llava15-locate"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -55,8 +54,7 @@ test-fast: setup
 nbval: setup
 	$(NBVAL)
 
-# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15;
-# PRESET=llava15-locate then continues that one into data/reference-llava15-locate
+# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15
 train-reference: setup
 	$(PY) -m egg.reference.train $(if $(PRESET),--preset $(PRESET) --out data/reference-$(PRESET),--out data/reference)
 
