@@ -110,7 +110,8 @@ def verdict_c2(df: pd.DataFrame, method: str = "egg", rivals: Sequence[str] | No
          f"{method} - ViCrop " + "; ".join(parts) + ".")
     if attention_loss > 0:
         s += (f" The model was trained with a loss pulling its answer's attention onto the named object "
-              f"(weight {attention_loss:g}), which shapes the attention ViCrop reads as directly as {method}'s map.")
+              f"(weight {attention_loss:g}): it trains the attention ViCrop's attention variants read directly, "
+              f"and {method}'s gradient only through it.")
     return Verdict("C2", status, s, {"iou": {r: asdict(d) for r, d in ious.items()},
                                      "pointing": {r: asdict(d) for r, d in points.items()}})
 
@@ -121,7 +122,7 @@ def trained_attention(vlm) -> float:
     from ..synthetic.checks import training_record
 
     record = training_record(vlm.source) if getattr(vlm, "source", None) else {}
-    return float(record.get("config", {}).get("look", 0.0)) if record else 0.0
+    return float(record.get("config", {}).get("look", 0.0))
 
 
 def verdict_c3(df: pd.DataFrame, rule: str = "spatial-entropy", rules: Sequence[str] | None = None) -> Verdict:
