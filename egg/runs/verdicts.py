@@ -119,10 +119,9 @@ def verdict_c2(df: pd.DataFrame, method: str = "egg", rivals: Sequence[str] | No
 def trained_attention(vlm) -> float:
     """The weight of the training loss on where the answer attends (`TrainConfig.look`), from the
     training record beside the weights `vlm` was loaded from; 0 for a model without one (a real VLM)."""
-    from ..synthetic.checks import training_record
+    from ..synthetic.checks import attention_loss, training_record
 
-    record = training_record(vlm.source) if getattr(vlm, "source", None) else {}
-    return float(record.get("config", {}).get("look", 0.0))
+    return attention_loss(training_record(vlm.source) if getattr(vlm, "source", None) else {})
 
 
 def verdict_c3(df: pd.DataFrame, rule: str = "spatial-entropy", rules: Sequence[str] | None = None) -> Verdict:

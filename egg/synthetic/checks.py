@@ -283,13 +283,19 @@ def training_record(path=None) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def attention_loss(record: dict) -> float:
+    """The weight of the training loss on where the answer attends (`TrainConfig.look`) in a
+    training record; 0 for none (no record, or a run without it)."""
+    return float(record.get("config", {}).get("look", 0.0)) if record else 0.0
+
+
 def training_line(record: dict) -> str:
     """How long the model trained, from its record: a model saved at an evaluation of a run that
     did not finish (the weights `egg.reference.train` writes at every `eval_every`) says so."""
     if not record:
         return "no training record (not a model egg.reference.train wrote)"
     planned = record["config"].get("max_steps", 0)
-    look = record["config"].get("look", 0)  # an attention loss favours the attention-reading baselines: say so
+    look = attention_loss(record)  # it favours the attention-reading baselines: say so
     told = f"; trained with a loss on where its answer attends (weight {look:g})" if look else ""
     if record.get("finished", "minutes" in record):
         return (f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model "
