@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,7 @@ class TrainConfig:
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
     full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (CHANGELOG stop 31)
+    train_only: str = ""  # a regex: the decoder steps update only the model parameters whose names match it
     model: dict = field(default_factory=dict)
 
 
@@ -118,6 +120,16 @@ PRESETS: dict[str, dict] = {
                    text_hidden=128, text_layers=3, text_heads=4, max_positions=2048, position_init="sincos"),
     ),
 }
+
+
+def only_matching(model, pattern: str) -> list:
+    """Freeze every parameter whose name does not match ``pattern``; the ones left to train."""
+    rx = re.compile(pattern)
+    keep = [q for name, q in model.named_parameters() if q.requires_grad_(bool(rx.search(name))).requires_grad]
+    if not keep:
+        raise ValueError(f"train_only={pattern!r} matches no parameter name, e.g. "
+                         f"{next(n for n, _ in model.named_parameters())!r}")
+    return keep
 
 
 class AuxHeads:
@@ -333,6 +345,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.freeze_vision:  # no graph through the tower: its activations are not kept for a backward
         model.model.vision_tower.requires_grad_(False)
         params = [q for q in params if q.requires_grad]
+    if cfg.train_only:  # e.g. the decoder's query/key projections: where it attends, not what it reads
+        params = only_matching(model, cfg.train_only) + (aux.parameters() if aux else [])
     if cfg.freeze_vision and not cfg.init:  # a continued model's projector is standardised already
         shift, spread = standardise_projector(model, col(reads[:64])["pixel_values"].to(cfg.device))
         log(f"projector standardised on the frozen tower's features (offset {shift:.1f}, spread {spread:.2f})")
