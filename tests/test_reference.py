@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -375,7 +376,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
 def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
     """`init` starts from a finished model (no warm-up; its frozen tower stays as it was) and
     `full_steps` first trains on conversations about the full view alone, with the loss on where
-    each answer attends; a missing model or one of another shape is refused by name."""
+    each answer attends; `train_only` changes only the parameters it names; a missing model or
+    one of another shape is refused by name."""
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, eval_items=1, workers=1, threads=2,
@@ -392,6 +394,13 @@ def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
     tower = [k for k in a if "vision_tower." in k]
     assert tower and all(torch.equal(a[k], b[k]) for k in tower)
     assert any(not torch.equal(a[k], b[k]) for k in a if "language_model." in k)
+    qk = T.train(T.TrainConfig(out=str(tmp_path / "d" / "ref"), init=str(first), aux=0, vision_steps=0, look=1.0,
+                               max_steps=2, train_only=r"language_model.*self_attn\.(q|k)_proj", **kw))
+    c = load_file(str(qk / "model.safetensors"))
+    changed = {k for k in a if not torch.equal(a[k], c[k])}
+    assert changed and all(re.search(r"self_attn\.(q|k)_proj", k) for k in changed)
+    with pytest.raises(ValueError, match="matches no parameter name"):
+        T.only_matching(torch.nn.Linear(2, 2), "nothing")
     with pytest.raises(SystemExit, match="no reference model saved there"):
         T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(tmp_path / "nothing"), **kw))
     with pytest.raises(SystemExit, match="another shape"):
