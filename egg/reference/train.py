@@ -37,7 +37,8 @@ EGG's own boxes are) to a few times its size, so that a tight crop reads like tr
 
 A later stage continues a finished model (`init`, as LLaVA's stages continue each other): no warm-up,
 the tower and projector as they were, and optionally `full_steps` on the full view alone first
-(every turn of the conversations whose only image is the full view) before the mixture.
+(every turn of the conversations whose only image is the full view) before the mixture;
+`train_only` limits the steps to the parameters it names (e.g. the decoder's query/key projections).
 
 Run with `python -m egg.reference.train` (or `make train-reference`).
 """
