@@ -71,7 +71,7 @@ def prepare_for_inference(model, device: str = "cpu", device_map=None, gradient_
     model.eval()
     if gradient_checkpointing:
         # Checkpointing only acts on layers marked as training; the adapter marks the decoder
-        # layers (not their dropout) while it takes a gradient (VLMAdapter._checkpointing).
+        # layers (not their dropout) while it takes a gradient (``VLMAdapter.memory_saving``).
         kw = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)

@@ -94,6 +94,23 @@ def test_visual_embeddings_match_model_and_cache_skips_seen_images(adapter, ref_
     assert cache.hits >= 2
 
 
+def test_a_prompts_pixels_and_the_calls_image_cache_are_held_once(adapter, scene, question):
+    """The zoom loop prompts the original again at every state: the cache keeps its
+    processed pixels, and once a prompt with crops is prepared the cache reads its rows of
+    that prompt's tensor (a view), so that the two do not each hold a copy."""
+    cache = EmbeddingCache()
+    crop = scene.crop((0, 0, 120, 80))
+    first = adapter.prepare([scene], question, cache=cache)
+    both = adapter.prepare([scene, crop], question, cache=cache)
+    again = adapter.prepare([scene], question, cache=cache)
+    plain = adapter.prepare([scene, crop], question)
+    assert torch.equal(both.inputs["pixel_values"], plain.inputs["pixel_values"])
+    assert torch.equal(again.inputs["pixel_values"], first.inputs["pixel_values"])
+    storage = lambda p: p.inputs["pixel_values"].untyped_storage().data_ptr()  # noqa: E731
+    assert storage(again) == storage(both) != storage(first)
+    assert cache.pixels.misses == 2 and cache.pixels.hits == 2  # each image processed once
+
+
 def test_forward_matches_model_and_layer_truncation(adapter, ref_model, scene, question):
     prep = adapter.prepare([scene], question)
     vis = adapter.visual_embeddings(prep)

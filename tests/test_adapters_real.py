@@ -585,6 +585,39 @@ def test_load_model_picks_adapter_from_saved_config(family, tmp_path):
     assert not loaded.model.training
 
 
+def test_memory_saving_mode_gives_the_plain_models_maps_and_answers(family, image):
+    """``gradient_checkpointing=True`` (memory-saving mode) recomputes the decoder layers in
+    the backward pass and runs every decoder MLP over the sequence in chunks. Maps and
+    answers equal the plain model's; the MLPs really ran in chunks, in the forward pass,
+    the backward pass's recompute and generation; and the mode does not leak into a plain
+    model's passes."""
+    from egg.api import prepare_for_inference
+
+    name, plain = family
+    model, proc = BUILDERS[name]()  # the same seeded weights as the fixture's
+    saving = VLM.from_model(prepare_for_inference(model, gradient_checkpointing=True), proc, source="checkpointed")
+    saving.adapter.mlp_chunk = 8
+    assert saving.adapter.saves_memory and not plain.adapter.saves_memory
+    seen = {"saving": [], "plain": []}
+    hooks = [v.adapter.mlp_module(0).down_proj.register_forward_hook(
+        lambda m, args, out, k=k: seen[k].append(args[0].shape[-2])) for k, v in (("saving", saving), ("plain", plain))]
+    try:
+        q = "what shape is red ?"
+        p_s, p_p = saving.adapter.prepare([image] + _crops(image, 1), q), plain.adapter.prepare([image] + _crops(image, 1), q)
+        r_s, r_p = relevance(saving, p_s), relevance(plain, p_p)
+        for x, y in zip(r_s.maps, r_p.maps):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-9)
+        chunked_relevance, seen["saving"] = seen["saving"], []
+        assert saving.adapter.generate_ids(p_s, 3) == plain.adapter.generate_ids(p_p, 3)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = p_s.input_ids.shape[1]
+    assert n > 8 and max(chunked_relevance) <= 8 and len(chunked_relevance) > -(-n // 8)  # forward + recompute
+    assert seen["saving"] and max(seen["saving"]) <= 8  # generation's prefill, then one token a step
+    assert max(seen["plain"]) >= n  # the plain model runs its MLPs over the whole sequence
+
+
 def test_load_model_offline_error_names_download_and_parameter(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for repo in ("egg-tests/not-cached-llava-v1.6", "egg-tests/not-cached-qwen2.5-vl", "egg-tests/not-cached-internvl3.5"):
@@ -639,3 +672,9 @@ def test_cached_image_processing_equals_the_processor(family, image):
             assert torch.equal(v, cached.inputs[k]) if torch.is_tensor(v) else v == cached.inputs[k], (name, k)
         assert [g.shape for g in plain.grids] == [g.shape for g in cached.grids]
     assert cache.pixels.hits >= 1 or name == "llava_next"
+    alone = vlm.adapter.prepare([image], "what shape is red ?", cache=cache)
+    assert torch.equal(alone.inputs["pixel_values"], vlm.adapter.prepare([image], "what ?").inputs["pixel_values"])
+    if name in QWEN:  # (LLaVA-NeXT's tiles do not stack per image; InternVL's processor copies the pixels itself)
+        # pixels are held once: the original's entry now reads its rows of the last prompt's tensor
+        ptr = lambda p: p.inputs["pixel_values"].untyped_storage().data_ptr()  # noqa: E731
+        assert ptr(alone) == ptr(cached) != ptr(plain)

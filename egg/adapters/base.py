@@ -138,6 +138,11 @@ class VLMAdapter(Decoding, abc.ABC):
         ``(output, weights)`` under eager attention)."""
         return self.decoder_layers[layer].self_attn
 
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        """The feed-forward block of decoder layer ``layer``: a module that acts on each
+        position alone (memory-saving mode runs it over the sequence in chunks)."""
+        return self.decoder_layers[layer].mlp
+
     @property
     @abc.abstractmethod
     def patch_size(self) -> int:

@@ -227,7 +227,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             kw["attention_mask"] = prepared.attention_mask
             kw["mm_token_type_ids"] = self._mm_token_type_ids(prepared)
         ids = kw["input_ids"]
-        with torch.no_grad():
+        with torch.no_grad(), self.memory_saving():
             out = self.model.generate(**kw, max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
                                       pad_token_id=self._pad_id())
         new = [int(t) for t in out[0, ids.shape[1]:].tolist()]

@@ -283,7 +283,9 @@ class Search:
         self.history: list[IterationStats] = []
         self.crops: list[Box] = []
         self.degenerate_stop = self.converged = self.done = False
-        self.preps: dict[int, object] = {}  # state -> its prepared prompt, for the answer without re-preparing
+        # the last prompted state -> its prompt (an earlier one, chosen for the answer, is prepared
+        # again: its pixels are in `cache.pixels`, and holding every state's would hold them all)
+        self.preps: dict[int, object] = {}
         self.kv: dict[int, object] = {}  # state -> key/value cache of its relevance pass; the last mapped state only
         self._it: Iteration | None = None
 
@@ -299,10 +301,10 @@ class Search:
         return self._prompt(state, self.crops)
 
     def _prompt(self, state: int, crops):
-        """The state's prompt (the original and its crops), prepared once."""
+        """The state's prompt (the original and its crops)."""
         if state not in self.preps:
-            self.preps[state] = self.adapter.prepare([self.img] + cut(self.img, crops, self.cache), self.q,
-                                                     cache=self.cache)
+            self.preps = {state: self.adapter.prepare([self.img] + cut(self.img, crops, self.cache), self.q,
+                                                      cache=self.cache)}
         return self.preps[state]
 
     def take(self, prep, rel) -> None:
