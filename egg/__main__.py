@@ -287,7 +287,8 @@ def _cost(a) -> int:
         gc = perf.memory(perf.random_llava(g, gradient_checkpointing=True), items)
         out["figures"][f"random{g}_checkpointing_memory"] = gc
         print(f"  with gradient_checkpointing=True: peak memory ground = {gc['ratio']:.2f} x answer "
-              f"({gc['ground']['peak_mb']:.1f} MB vs {gc['answer']['peak_mb']:.1f} MB)")
+              f"({gc['ground']['peak_mb']:.1f} MB vs {gc['answer']['peak_mb']:.1f} MB); = {gc['ratio_same_prompt']:.2f} x "
+              f"answering over the images it chose ({gc['same_prompt']['peak_mb']:.1f} MB)")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -96,9 +96,9 @@ def same_notebook(old: dict, new: dict) -> bool:
 
 def _pngs(nb: dict) -> list[bytes]:
     """The notebook's embedded PNGs, decoded from the file as it is (no sanitiser applied)."""
-    return [base64.b64decode("".join(v) if isinstance(v, list) else v)
-            for c in nb.get("cells", []) if not _ignored(c) for o in c.get("outputs", [])
-            for k, v in o.get("data", {}).items() if k == "image/png"]
+    found = [o.get("data", {}).get("image/png") for c in nb.get("cells", []) if not _ignored(c)
+             for o in c.get("outputs", [])]
+    return [base64.b64decode("".join(v) if isinstance(v, list) else v) for v in found if v is not None]
 
 
 def _ignored(cell: dict) -> bool:

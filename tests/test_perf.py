@@ -36,6 +36,9 @@ def test_memory_and_iteration_figures_on_a_random_24x24_llava():
     items = [bench.item("text", "test", i, 0) for i in range(2)]
     mem = perf.memory(vlm, items)
     assert mem["ground"]["peak_mb"] > mem["answer"]["peak_mb"] > mem["weights_mb"] > 0
+    # answering over the chosen crops too costs at least what answering over the original alone does
+    assert mem["same_prompt"]["peak_mb"] >= mem["answer"]["peak_mb"]
+    assert mem["ratio_same_prompt"] == mem["ground"]["peak_mb"] / mem["same_prompt"]["peak_mb"]
     ckpt = perf.memory(perf.random_llava(24, gradient_checkpointing=True), items)
     assert ckpt["ground"]["above_weights_mb"] < mem["ground"]["above_weights_mb"]  # checkpointing saves memory
     it = perf.iteration_cost(vlm, items, repeats=1)

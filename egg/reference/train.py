@@ -126,7 +126,11 @@ PRESETS: dict[str, dict] = {
 def only_matching(model, pattern: str) -> list:
     """Freeze every parameter whose name does not match ``pattern``; the ones left to train."""
     rx = re.compile(pattern)
-    keep = [q for name, q in model.named_parameters() if q.requires_grad_(bool(rx.search(name))).requires_grad]
+    keep = []
+    for name, q in model.named_parameters():
+        q.requires_grad_(bool(rx.search(name)))
+        if q.requires_grad:
+            keep.append(q)
     if not keep:
         raise ValueError(f"train_only={pattern!r} matches no parameter name, e.g. "
                          f"{next(n for n, _ in model.named_parameters())!r}")

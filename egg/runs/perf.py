@@ -122,18 +122,25 @@ def memory(vlm, items: Sequence) -> dict:
     (the largest over ``items``): on a GPU the peak CUDA memory allocated (weights
     included); on the CPU the model's weights plus the peak of the tensors the call
     allocates (``tensor_peak_mb``). ``ratio`` = ground's over answer's;
-    ``activation_ratio`` compares the memory above the weights alone."""
+    ``activation_ratio`` compares the memory above the weights alone. ``same_prompt``:
+    answering over the images ``ground`` chose (the original and its crops, no grounding),
+    and ``ratio_same_prompt`` ground's peak over that one: what grounding adds beyond the
+    longer prompt its crops make."""
     import torch
 
     from ..adapters import as_adapter
     from ..api import answer
-    from ..method.zoom import ground
+    from ..method.zoom import answer_with_crops, ground
 
     model = as_adapter(vlm).model
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     gpu = next(model.parameters()).is_cuda
-    calls = {"answer": lambda it: answer(vlm, it.image, it.question),
-             "ground": lambda it: ground(vlm, it.image, it.question)}
+    chosen = {}
+
+    def grounded(it):
+        chosen[id(it)] = ground(vlm, it.image, it.question).crops
+    calls = {"answer": lambda it: answer(vlm, it.image, it.question), "ground": grounded,
+             "same_prompt": lambda it: answer_with_crops(as_adapter(vlm), it.image, it.question, chosen[id(it)])}
     for fn in calls.values():  # warm-up: lazy initialisation is not the method's
         fn(items[0])
     out = {}
@@ -149,6 +156,7 @@ def memory(vlm, items: Sequence) -> dict:
         out[name] = {"above_weights_mb": float(max(peaks)), "peak_mb": float(weights + max(peaks))}
     out["weights_mb"] = weights
     out["ratio"] = out["ground"]["peak_mb"] / out["answer"]["peak_mb"]
+    out["ratio_same_prompt"] = out["ground"]["peak_mb"] / out["same_prompt"]["peak_mb"]
     a_extra = out["answer"]["above_weights_mb"]
     out["activation_ratio"] = out["ground"]["above_weights_mb"] / a_extra if a_extra > 0 else float("nan")
     out["measure"] = "cuda allocated" if gpu else "weights + torch tensors"
@@ -192,7 +200,8 @@ def format_figures(name: str, f: dict, report: "CostReport | None" = None) -> st
         f"({it['iteration'] * 1e3:.1f} ms vs {it['forward'] * 1e3:.1f} ms)",
         f"  peak memory: ground = {mem['ratio']:.2f} x answer ({mem['measure']}: {mem['ground']['peak_mb']:.1f} MB vs "
         f"{mem['answer']['peak_mb']:.1f} MB, of which weights {mem['weights_mb']:.1f} MB; above the weights "
-        f"{mem['activation_ratio']:.2f} x)",
+        f"{mem['activation_ratio']:.2f} x); = {mem['ratio_same_prompt']:.2f} x answering over the images it chose "
+        f"({mem['same_prompt']['peak_mb']:.1f} MB)",
         f"  batch of {b['batch_size']}: {b['ratio']:.2f} x the throughput of single calls "
         f"({b['batched_sec_per_q']:.3f} vs {b['single_sec_per_q']:.3f} s/question, {b['n_questions']} questions; "
         f"same answers and boxes: {b['same_results']})",
