@@ -12,6 +12,7 @@ import torch
 from egg import bench
 from egg.reference import data as D
 from egg.reference import train as T
+from egg.reference.look import look_loss
 
 
 def test_tokenizer_round_trips_numbers_and_words(ref_processor):
@@ -175,12 +176,57 @@ def test_look_loss_is_the_log_share_of_visual_attention_on_the_object():
     on_obj[0, :, 5, 5] = 0.5
     spread[0, :, 5, 1:5] = 0.25
     layers = lambda a: (torch.zeros_like(a), a, a)  # noqa: E731 - the first layer is never supervised
-    assert T.look_loss(layers(on_obj), is_vis, look_q, look_at).item() < 1e-5
-    assert abs(T.look_loss(layers(spread), is_vis, look_q, look_at).item() - np.log(n_vis)) < 1e-5
+    assert look_loss(layers(on_obj), is_vis, look_q, look_at).item() < 1e-5
+    assert abs(look_loss(layers(spread), is_vis, look_q, look_at).item() - np.log(n_vis)) < 1e-5
     mixed = on_obj.clone()
     mixed[0, 1] = spread[0, 1]  # head 1 looks elsewhere: only counted when supervised
-    assert T.look_loss(layers(mixed), is_vis, look_q, look_at, heads=1).item() < 1e-5
-    assert T.look_loss(layers(mixed), is_vis, look_q, look_at).item() > 0.5
+    assert look_loss(layers(mixed), is_vis, look_q, look_at, heads=1).item() < 1e-5
+    assert look_loss(layers(mixed), is_vis, look_q, look_at).item() > 0.5
+
+
+def test_the_attention_losss_rows_equal_eager_attentions_and_keep_the_fast_kernel(ref_cfg, ref_processor):
+    """The trainer's attention loss reads a few rows of every layer's attention weights. It now
+    records queries and keys under SDPA (``egg.reference.look``) instead of running eager
+    attention: the rows, the loss and its gradient equal eager attention's, and the model's
+    loss is the one of its plain SDPA pass."""
+    from egg.reference.build import build_model
+    from egg.reference.look import attention_rows, capturing, register
+
+    it = bench.item("text", "train", 5)
+    exs = D.examples_for(it, np.random.default_rng(0), 40, 96)
+    two = [e for e in exs if len(e.turns) >= 2]
+    batch = D.Collator(ref_processor)([e for e in two if len(e.images) == len(two[0].images)][:3])  # one count a batch
+    assert len(batch["look_q"]) >= 3
+    model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)
+    lm = model.model.language_model
+    emb = model.get_input_embeddings()(batch["input_ids"]).detach()
+    is_vis = batch["input_ids"] == model.config.image_token_id
+
+    def loss_and_grad(impl):
+        lm.set_attn_implementation(impl)
+        x = emb.clone().requires_grad_(True)
+        if impl == "eager":
+            out = model(inputs_embeds=x, attention_mask=batch["attention_mask"], output_attentions=True)
+            rows = [a[batch["look_q"][:, 0], :, batch["look_q"][:, 1]] for a in out.attentions]
+            lf = look_loss(out.attentions, is_vis, batch["look_q"], batch["look_at"])
+        else:
+            with capturing() as captured:
+                out = model(inputs_embeds=x)
+            assert len(captured) == ref_cfg.text_layers
+            rows = attention_rows(captured, batch["look_q"])
+            lf = look_loss(rows, is_vis, batch["look_q"], batch["look_at"])
+        return out.logits, rows, lf, torch.autograd.grad(lf, x)[0]
+
+    e_logits, e_rows, e_loss, e_grad = loss_and_grad("eager")
+    r_logits, r_rows, r_loss, r_grad = loss_and_grad(register())
+    lm.set_attn_implementation("sdpa")
+    s_logits = model(inputs_embeds=emb).logits
+    for a, b in zip(e_rows, r_rows):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(e_loss, r_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(e_grad, r_grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(r_logits, s_logits, rtol=0, atol=0)  # the same SDPA pass
+    assert float(e_loss.detach()) > 0 and float(e_grad.abs().sum()) > 0
 
 
 def test_position_probe_targets_are_each_tokens_row_and_column():

@@ -59,6 +59,7 @@ from .build import ReferenceConfig, build_model, build_processor, standardise_pr
 from .checkpoint import load_checkpoint, load_initial, save, save_checkpoint
 from .evaluation import eval_line, quick_eval
 from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset
+from .look import attention_rows, capturing, look_loss, register
 
 
 @dataclass
@@ -262,13 +263,15 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     want = cfg.look > 0 and len(batch["look_q"]) > 0
     # The collator pads on the right, so under causal attention no real token sees a pad and the
     # mask changes nothing but the kernel: without it torch keeps its causal flash attention,
-    # 1.6-1.7x faster at 24x24 tokens per image (measured, 2 and 3 images).
-    mask = batch["attention_mask"] if want else None
-    out = model(inputs_embeds=emb, attention_mask=mask, labels=batch["labels"], output_attentions=want)
+    # 1.6-1.7x faster at 24x24 tokens per image (measured, 2 and 3 images). The attention loss
+    # reads a few rows of the attention weights, computed from the recorded queries and keys.
+    with capturing() as captured:  # queries and keys of the ROWS attention (set in `train` when look > 0)
+        out = model(inputs_embeds=emb, labels=batch["labels"])
     loss = out.loss
     parts = {"lm": loss.item()}
     if want:
-        lf = look_loss(out.attentions, is_vis, batch["look_q"], batch["look_at"], cfg.look_heads)
+        rows = attention_rows(captured, batch["look_q"])
+        lf = look_loss(rows, is_vis, batch["look_q"], batch["look_at"], cfg.look_heads)
         parts["look"] = lf.item()
         loss = loss + cfg.look * lf
     if aux is not None:
@@ -276,23 +279,6 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
         parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
         loss = loss + lc + cfg.read_weight * lr + cfg.position * lp
     return loss, parts
-
-
-def look_loss(attentions, is_vis, look_q, look_at, heads: int | None = None):
-    """-log of the share of the visual attention that falls on the named object's tokens, from the
-    position predicting each answer, averaged over the first `heads` heads (all if None) of the
-    layers after the first (which cannot yet know the question). Every example in a batch has
-    the same number of images."""
-    import torch
-
-    b, q = look_q[:, 0], look_q[:, 1]
-    vis = is_vis[b]  # (n, L)
-    shares = []
-    for att in attentions[1:]:
-        a = att[b, : heads or None, q].mean(1)  # (n, L): heads averaged
-        a_vis = a[vis].view(len(b), -1)  # (n, n_visual), in token order
-        shares.append((a_vis * look_at).sum(-1) / a_vis.sum(-1).clamp_min(1e-9))
-    return -torch.log(torch.stack(shares).mean(0).clamp_min(1e-6)).mean()
 
 
 def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, name: str) -> list[tuple]:
@@ -390,8 +376,8 @@ def train(cfg: TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress(s))))
     log(f"{total} steps planned, {budget / 60:.1f} CPU-min left for them")
-    if cfg.look > 0:  # attention weights are returned by eager attention only (not saved in the config)
-        model.model.language_model.set_attn_implementation("eager")
+    if cfg.look > 0:  # SDPA that records queries and keys for the attention loss (egg.reference.look)
+        model.model.language_model.set_attn_implementation(register())
     smooth, done = None, 0
     ckpt = work / "resume.pt"
     if cfg.resume and ckpt.exists():
