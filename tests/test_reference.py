@@ -227,6 +227,14 @@ def test_the_attention_losss_rows_equal_eager_attentions_and_keep_the_fast_kerne
     torch.testing.assert_close(e_grad, r_grad, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(r_logits, s_logits, rtol=0, atol=0)  # the same SDPA pass
     assert float(e_loss.detach()) > 0 and float(e_grad.abs().sum()) > 0
+    # the trainer's own step, as `train` sets it up for either setting of `look_rows`
+    steps = {}
+    for rows in (0, 1):
+        lm.set_attn_implementation(register() if rows else "eager")
+        steps[rows] = T.lm_step(model, batch, None, T.TrainConfig(look=3.0, look_rows=rows))
+    lm.set_attn_implementation("sdpa")
+    assert steps[0][1]["look"] == pytest.approx(steps[1][1]["look"], rel=1e-5) and steps[0][1]["look"] > 0
+    torch.testing.assert_close(steps[0][0], steps[1][0], rtol=1e-5, atol=1e-6)
 
 
 def test_position_probe_targets_are_each_tokens_row_and_column():
