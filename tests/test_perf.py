@@ -30,6 +30,17 @@ def test_tensor_peak_counts_what_is_alive_at_once():
     assert 3.9 <= perf.tensor_peak_mb(one_after_another) <= 5.0
 
 
+def test_the_memory_probe_writes_nothing_to_stderr():
+    """Freeing, under the profiler, a block allocated before it started makes torch print a
+    time-stamped warning to stderr (once a process); a notebook that probes memory would then
+    show a new line at every run. In a fresh process, the probe must print nothing."""
+    code = ("import torch\nfrom egg.runs import perf\nheld = [torch.ones(1024, 1024)]\n"
+            "perf.tensor_peak_mb(lambda: (held.clear(), torch.ones(8)))\nprint('done')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr[-2000:]
+    assert r.stderr == ""
+
+
 def test_memory_and_iteration_figures_on_a_random_24x24_llava():
     vlm = perf.random_llava(24)
     assert vlm.adapter.prepare([bench.item("text", "test", 0, 0).image], "what ?").grids[0].shape == (24, 24)

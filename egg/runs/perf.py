@@ -103,12 +103,14 @@ def tensor_peak_mb(fn: Callable[[], object]) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_fd2():  # the profiler's C++ side prints a line to stderr as it starts and stops
+    # The profiler's C++ side writes to stderr as it starts and stops, and once a process, with
+    # a time stamp, when a block allocated before it started is freed under it (a notebook's
+    # outputs would then change at every run), so the whole probe runs with stderr closed.
+    with _quiet_fd2():
         prof.start()
-    try:
-        fn()
-    finally:
-        with _quiet_fd2():
+        try:
+            fn()
+        finally:
             prof.stop()
     now = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
