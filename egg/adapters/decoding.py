@@ -23,9 +23,10 @@ class _EarlyExit(Exception):
         self.hidden = hidden
 
 
-def _in_chunks(forward):
+def _in_chunks(forward, chunk: int):
     """``forward`` (a position-wise module's) applied to (B, L, ...) inputs ``run.chunk``
-    positions at a time, each chunk checkpointed while a gradient is taken."""
+    positions at a time (``chunk`` to start with), each chunk checkpointed while a gradient
+    is taken."""
     from torch.utils.checkpoint import checkpoint
 
     def run(x, *args, **kw):
@@ -37,7 +38,7 @@ def _in_chunks(forward):
                  else forward(x[:, i:i + size], *args, **kw) for i in range(0, x.shape[1], size)]
         return torch.cat(parts, dim=1)
 
-    run.chunk = 256
+    run.chunk = int(chunk)
     return run
 
 
@@ -207,9 +208,10 @@ class Decoding:
             return
         for i in range(self.num_layers):  # once per model; the backward's recompute runs them too
             m = self.mlp_module(i)
-            if not hasattr(m.forward, "chunk"):
-                m.forward = _in_chunks(m.forward)
-            m.forward.chunk = int(self.mlp_chunk)
+            if hasattr(m.forward, "chunk"):
+                m.forward.chunk = int(self.mlp_chunk)
+            else:
+                m.forward = _in_chunks(m.forward, self.mlp_chunk)
         layers = [l for l in self.decoder_layers if getattr(l, "gradient_checkpointing", False)]
         if not layers or not torch.is_grad_enabled():
             yield

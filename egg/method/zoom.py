@@ -283,9 +283,9 @@ class Search:
         self.history: list[IterationStats] = []
         self.crops: list[Box] = []
         self.degenerate_stop = self.converged = self.done = False
-        # the last prompted state -> its prompt (an earlier one, chosen for the answer, is prepared
-        # again: its pixels are in `cache.pixels`, and holding every state's would hold them all)
-        self.preps: dict[int, object] = {}
+        # (state, prompt) of the last prompted state; an earlier one, chosen for the answer, is prepared
+        # again (its pixels are in `cache.pixels`; holding every state's prompt would hold them all)
+        self._last_prompt: tuple[int, object] | None = None
         self.kv: dict[int, object] = {}  # state -> key/value cache of its relevance pass; the last mapped state only
         self._it: Iteration | None = None
 
@@ -302,10 +302,10 @@ class Search:
 
     def _prompt(self, state: int, crops):
         """The state's prompt (the original and its crops)."""
-        if state not in self.preps:
-            self.preps = {state: self.adapter.prepare([self.img] + cut(self.img, crops, self.cache), self.q,
-                                                      cache=self.cache)}
-        return self.preps[state]
+        if self._last_prompt is None or self._last_prompt[0] != state:
+            prep = self.adapter.prepare([self.img] + cut(self.img, crops, self.cache), self.q, cache=self.cache)
+            self._last_prompt = (state, prep)
+        return self._last_prompt[1]
 
     def take(self, prep, rel) -> None:
         """The state's map (a ``RelevanceResult`` over ``prep``): regions and statistics."""

@@ -134,7 +134,8 @@ def memory(vlm, items: Sequence) -> dict:
     from ..api import answer
     from ..method.zoom import answer_with_crops, ground
 
-    model = as_adapter(vlm).model
+    adapter = as_adapter(vlm)
+    model = adapter.model
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     gpu = next(model.parameters()).is_cuda
     chosen = {}
@@ -142,7 +143,7 @@ def memory(vlm, items: Sequence) -> dict:
     def grounded(it):
         chosen[id(it)] = ground(vlm, it.image, it.question).crops
     calls = {"answer": lambda it: answer(vlm, it.image, it.question), "ground": grounded,
-             "same_prompt": lambda it: answer_with_crops(as_adapter(vlm), it.image, it.question, chosen[id(it)])}
+             "same_prompt": lambda it: answer_with_crops(adapter, it.image, it.question, chosen[id(it)])}
     for fn in calls.values():  # warm-up: lazy initialisation is not the method's
         fn(items[0])
     out = {}
