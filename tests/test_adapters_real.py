@@ -184,8 +184,17 @@ def build_internvl():
     return _finish(InternVLForConditionalGeneration(cfg), tok), proc
 
 
+def build_llava():
+    """The reference architecture (plain LLaVA, 8 x 8 tokens per image), random init."""
+    from egg.reference.build import ReferenceConfig, build_model, build_processor
+
+    cfg = ReferenceConfig()
+    proc = build_processor(cfg)
+    return build_model(cfg, proc.tokenizer, seed=0), proc
+
+
 BUILDERS = {"llava_next": build_llava_next, "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl,
-            "internvl": build_internvl}
+            "internvl": build_internvl, "llava": build_llava}
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -585,16 +594,17 @@ def test_load_model_picks_adapter_from_saved_config(family, tmp_path):
     assert not loaded.model.training
 
 
-def test_memory_saving_mode_gives_the_plain_models_maps_and_answers(family, image):
+@pytest.mark.parametrize("name", FAMILIES + ("llava",))
+def test_memory_saving_mode_gives_the_plain_models_maps_and_answers(name, image):
     """``gradient_checkpointing=True`` (memory-saving mode) recomputes the decoder layers in
     the backward pass and runs every decoder MLP over the sequence in chunks. Maps and
     answers equal the plain model's; the MLPs really ran in chunks, in the forward pass,
     the backward pass's recompute and generation; and the mode does not leak into a plain
-    model's passes."""
+    model's passes. On every real family and on the reference's plain LLaVA."""
     from egg.api import prepare_for_inference
 
-    name, plain = family
-    model, proc = BUILDERS[name]()  # the same seeded weights as the fixture's
+    plain = VLM.from_model(*BUILDERS[name](), source=f"random-init {name}")
+    model, proc = BUILDERS[name]()  # the same seeded weights
     saving = VLM.from_model(prepare_for_inference(model, gradient_checkpointing=True), proc, source="checkpointed")
     saving.adapter.mlp_chunk = 8
     assert saving.adapter.saves_memory and not plain.adapter.saves_memory
