@@ -30,6 +30,21 @@ def test_tensor_peak_counts_what_is_alive_at_once():
     assert 3.9 <= perf.tensor_peak_mb(one_after_another) <= 5.0
 
 
+def test_the_memory_probe_counts_a_processors_pixels(adapter):
+    """A processor's pixels come from numpy (``torch.from_numpy``), which the profiler does not
+    see; on a GPU they are copied to the device and counted. The probe counts them too, so
+    that ``answer``'s pixels weigh as ``ground``'s (which it concatenates with torch) do."""
+    import numpy as np
+
+    held = []
+    assert 3.9 <= perf.tensor_peak_mb(lambda: held.append(torch.from_numpy(np.ones((1024, 1024), np.float32)))) <= 5.0
+    assert torch.from_numpy(np.zeros(3)).numpy().base is not None  # the patch is gone afterwards
+    image = bench.item("text", "test", 0, 0).image
+    prep = []
+    peak = perf.tensor_peak_mb(lambda: prep.append(adapter.prepare([image], "what ?")))
+    assert peak * 2**20 >= prep[0].inputs["pixel_values"].nbytes
+
+
 def test_the_memory_probe_writes_nothing_to_stderr():
     """Freeing, under the profiler, a block allocated before it started makes torch print a
     time-stamped warning to stderr (once a process); a notebook that probes memory would then

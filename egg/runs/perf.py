@@ -95,18 +95,36 @@ def batch_throughput(vlm, items: Sequence, batch_size: int = 8, repeats: int = 3
             "n_questions": len(items)}
 
 
+@contextlib.contextmanager
+def _numpy_outputs_owned() -> Iterator[None]:
+    """``torch.from_numpy`` returns a torch-owned copy for the block. An image processor's
+    pixels are numpy arrays handed to torch that way; the profiler sees only torch's own
+    allocations, so they went uncounted (``answer``'s pixels were, the ones ``ground``
+    assembles with ``torch.cat`` were not). On a GPU they are copied to the device and counted
+    there; the copy makes the CPU figure count them too."""
+    import torch
+
+    share = torch.from_numpy
+    torch.from_numpy = lambda array: share(array).clone()
+    try:
+        yield
+    finally:
+        torch.from_numpy = share
+
+
 def tensor_peak_mb(fn: Callable[[], object]) -> float:
-    """Peak memory (MB) of the tensors torch allocates while ``fn`` runs, above what was
-    allocated before: the profiler's allocation and free events summed in time order.
-    Unlike the process's resident size it is exact and repeatable, and it does not depend
-    on whether the C allocator gives freed blocks back."""
+    """Peak memory (MB) of the tensors held while ``fn`` runs, above what was allocated
+    before: the profiler's allocation and free events summed in time order, with arrays
+    handed over from numpy (a processor's pixels) counted as torch tensors (as on a GPU,
+    where they are copied to the device). Unlike the process's resident size it is exact and
+    repeatable, and it does not depend on whether the C allocator gives freed blocks back."""
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     # The profiler's C++ side writes to stderr as it starts and stops, and once a process, with
     # a time stamp, when a block allocated before it started is freed under it (a notebook's
     # outputs would then change at every run), so the whole probe runs with stderr closed.
-    with _quiet_fd2():
+    with _quiet_fd2(), _numpy_outputs_owned():
         prof.start()
         try:
             fn()
@@ -162,7 +180,7 @@ def memory(vlm, items: Sequence) -> dict:
     out["ratio_same_prompt"] = out["ground"]["peak_mb"] / out["same_prompt"]["peak_mb"]
     a_extra = out["answer"]["above_weights_mb"]
     out["activation_ratio"] = out["ground"]["above_weights_mb"] / a_extra if a_extra > 0 else float("nan")
-    out["measure"] = "cuda allocated" if gpu else "weights + torch tensors"
+    out["measure"] = "cuda allocated" if gpu else "weights + tensors"
     return out
 
 
