@@ -267,6 +267,7 @@ class Decoding:
                 visual_embeds = self.visual_embeddings(prepared, cache)
             with torch.no_grad(), self.memory_saving():
                 embeds = self.inputs_embeds(prepared, visual_embeds)
+                del visual_embeds  # its rows are in `embeds` (and each image's in the cache): no third copy
                 out = self.model.generate(
                     input_ids=ids, inputs_embeds=embeds, attention_mask=prepared.attention_mask,
                     max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,

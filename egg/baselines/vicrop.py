@@ -75,7 +75,7 @@ def _attention_maps(adapter: VLMAdapter, preps: list[Prepared], layer: int, cach
 
 
 def _grad_attention_maps(adapter: VLMAdapter, preps: list[Prepared], layer: int, caches: list) -> list[tuple]:
-    vis = [v.detach().clone().requires_grad_(True) for v in adapter.visual_embeddings_batch(preps, caches)]
+    vis = [v.detach().requires_grad_(True) for v in adapter.visual_embeddings_batch(preps, caches)]
     with torch.enable_grad():
         out = adapter.forward_batch(preps, vis, attention_layer=layer)
         loss = sum(argmax_log_prob(out.logits[i]) for i in range(len(preps)))  # rows do not interact

@@ -88,7 +88,7 @@ def relevance(
     base = visual_embeds.detach()
     prefix, prep = _prefixed(adapter, prepared, token_index, base)
 
-    leaf = base.clone().requires_grad_(True)
+    leaf = base.detach().requires_grad_(True)  # a new tensor on the same rows: the caller's stays as it was
     with torch.enable_grad():
         out = adapter.forward(prep, leaf, num_layers=num_layers, keep_kv=keep_kv and not prefix)
         value = _scalar(fn(out.logits))
@@ -124,7 +124,7 @@ def relevance_batch(
     bases = [v.detach() for v in visual_embeds]
     pairs = [_prefixed(adapter, p, token_index, b) for p, b in zip(prepared, bases)]
     prefixes, preps = [x for x, _ in pairs], [p for _, p in pairs]
-    leaves = [b.clone().requires_grad_(True) for b in bases]
+    leaves = [b.detach().requires_grad_(True) for b in bases]  # as in `relevance`: no copy
     with torch.enable_grad():
         want = bool(keep_kv) and token_index == 1
         out = adapter.forward_batch(preps, leaves, num_layers=num_layers, keep_kv=want)
