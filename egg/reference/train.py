@@ -369,7 +369,7 @@ def train(cfg: TrainConfig) -> Path:
     # The budget is CPU time (max_minutes on `threads` cores): a run sharing the machine with
     # other jobs gets the same amount of computation, only later.
     budget = max(60.0, cfg.max_minutes * 60 * cfg.threads - (cpu_seconds() - cpu_start))
-    t_train, cpu_train = time.time(), cpu_seconds()
+    cpu_train = cpu_seconds()
 
     def progress(s: int) -> float:
         """Fraction of training done, by steps or by the CPU-time budget, whichever is further
@@ -392,6 +392,7 @@ def train(cfg: TrainConfig) -> Path:
         log(f"no checkpoint at {ckpt}: starting from step 0")
     model.train()
     step = done
+    t_train = time.time()  # seconds per step count only the steps this process runs (a resume ran fewer)
     for step, (pool, idx) in enumerate(plan[done:], start=done + 1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
@@ -410,7 +411,7 @@ def train(cfg: TrainConfig) -> Path:
                                    "lr": sched.get_last_lr()[0], "phase": phase})
         if step % 100 == 0:
             log(f"step {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in smooth.items())
-                + f" {(time.time() - t_train) / step:.2f}s/step lr {sched.get_last_lr()[0]:.2e}")
+                + f" {(time.time() - t_train) / (step - done):.2f}s/step lr {sched.get_last_lr()[0]:.2e}")
         if cfg.eval_every and step % cfg.eval_every == 0:
             ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
             record["eval"].append({"step": step, **ev})
