@@ -4,7 +4,8 @@
         --out results/run.jsonl [--resume] [--split test] [--seed 0] [--data DIR] [--option k=2]
     python -m egg merge results/run.rank*-of-4.jsonl --out results/run.jsonl
     python -m egg benchmarks
-    python -m egg cost [--model PATH_OR_ID] [--device cuda] [--n 4] [--repeats 3] [--json FILE]
+    python -m egg cost [--model PATH_OR_ID] [--device cuda] [--n 4] [--repeats 3] [--json FILE] \\
+        [--random-grid 24] [--random-shape auto|none|llava-1.5-7b|llava-1.5-13b]
 """
 from __future__ import annotations
 
@@ -131,6 +132,10 @@ def _add_others(sub, raw) -> None:
     c.add_argument("--random-grid", type=int, default=24,
                    help="also measure a random-init LLaVA with GRID x GRID tokens per image (default 24, LLaVA-1.5's; "
                         "0 = skip), with and without gradient checkpointing")
+    c.add_argument("--random-shape", default="auto", choices=["auto", "none", "llava-1.5-7b", "llava-1.5-13b"],
+                   help="also measure a random-init model of that real shape, built on --device in --dtype "
+                        "(default bfloat16) from a config, no download; auto (default): llava-1.5-7b when a CUDA GPU "
+                        "is present, else none")
 
 
 class UserError(Exception):
@@ -279,19 +284,43 @@ def _cost(a) -> int:
         print(perf.format_figures(repr(vlm), out["figures"]["model"], report))
     if a.random_grid:
         g = a.random_grid
-        out.setdefault("figures", {})
-        big = perf.random_llava(g)
-        rep = cost.run(big, items, iterations=a.iterations, repeats=a.repeats, names=["egg-full"])
-        out["figures"][f"random{g}"] = perf.figures(big, items, repeats=a.repeats)
-        print(perf.format_figures(f"{big!r}", out["figures"][f"random{g}"], rep))
-        gc = perf.memory(perf.random_llava(g, gradient_checkpointing=True), items)
-        out["figures"][f"random{g}_checkpointing_memory"] = gc
-        print(f"  with gradient_checkpointing=True: peak memory ground = {gc['ratio']:.2f} x answer "
-              f"({gc['ground']['peak_mb']:.1f} MB vs {gc['answer']['peak_mb']:.1f} MB); = {gc['ratio_same_prompt']:.2f} x "
-              f"answering over the images it chose ({gc['same_prompt']['peak_mb']:.1f} MB)")
+        _random_figures(lambda ckpt: perf.random_llava(g, gradient_checkpointing=ckpt), f"random{g}", items, a, out)
+    shape = a.random_shape
+    if shape == "auto":
+        shape = "llava-1.5-7b" if torch.cuda.is_available() else "none"
+    if shape != "none":
+        device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu":
+            print(f"[cost] {shape} at random on the CPU: its weights alone take GBs of memory and a question "
+                  "minutes; this figure is meant for a GPU (--device cuda)")
+        _random_figures(lambda ckpt: perf.random_shape(shape, device, a.dtype or "bfloat16", ckpt), shape, items, a,
+                        out)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _random_figures(build, key: str, items: list, a, out: dict) -> None:
+    """A random model's figures (``build(checkpointing)``): ``ground`` against ``answer`` per
+    question, the performance figures, and peak memory again with gradient checkpointing
+    (one model at a time: a 7B model's weights are freed before the next is built)."""
+    import gc as collector
+
+    from .runs import cost, perf
+
+    out.setdefault("figures", {})
+    vlm = build(False)
+    rep = cost.run(vlm, items, iterations=a.iterations, repeats=a.repeats, names=["egg-full"])
+    out["figures"][key] = {**perf.figures(vlm, items, repeats=a.repeats), "cost": rep.to_dict()}
+    print(perf.format_figures(f"{vlm!r}", out["figures"][key], rep))
+    print(f"  per question: answer {rep.base_seconds:.3f} s, egg.ground {rep.rows['egg-full']['sec_per_q']:.3f} s")
+    del vlm, rep
+    collector.collect()
+    mem = perf.memory(build(True), items)
+    out["figures"][f"{key}_checkpointing_memory"] = mem
+    print(f"  with gradient_checkpointing=True: peak memory ground = {mem['ratio']:.2f} x answer "
+          f"({mem['ground']['peak_mb']:.1f} MB vs {mem['answer']['peak_mb']:.1f} MB); = {mem['ratio_same_prompt']:.2f} x "
+          f"answering over the images it chose ({mem['same_prompt']['peak_mb']:.1f} MB)")
 
 
 def _items(family: str, n: int, seed: int) -> list:

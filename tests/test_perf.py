@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+import egg
 from egg import synthetic as bench
 from egg.runs import perf
 
@@ -84,3 +87,32 @@ def test_cost_command_prints_every_figure(tmp_path):
     figs = json.loads(out.read_text())["figures"]
     assert set(figs) == {"model", "random12", "random12_checkpointing_memory"}
     assert figs["model"]["batch"]["same_results"] is True
+
+
+def test_the_7b_shape_is_llava_1_5_7b():
+    """The shape `egg cost` builds on a GPU has the real checkpoint's parameter count
+    (llava-hf/llava-1.5-7b-hf: 7,063,427,072), counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = perf.shape_model(perf.SHAPES["llava-1.5-7b"], image_token_id=32000)
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+    assert model.config.vision_feature_layer == -2 and model.config.text_config.num_hidden_layers == 32
+
+
+def test_a_random_model_of_a_real_shape_grounds_in_bfloat16():
+    """The same builder at small widths, in bfloat16: real LLaVA classes, 24 x 24 tokens, and
+    the figures `egg cost` prints for it."""
+    import dataclasses
+
+    small = dataclasses.replace(perf.SHAPES["llava-1.5-7b"], vision_hidden=64, vision_intermediate=128,
+                                vision_layers=2, vision_heads=2, text_hidden=128, text_intermediate=256,
+                                text_layers=2, text_heads=4)
+    vlm = perf.random_shape(small, dtype="bfloat16")
+    assert {p.dtype for p in vlm.model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored after building
+    assert vlm.model.config.text_config.vocab_size == 32064
+    it = bench.item("text", "test", 0, 0)
+    g = egg.ground(vlm, it.image, it.question)
+    assert g.trace[0].maps[0].shape == (24, 24) and np.isfinite(g.trace[0].maps[0]).all()
+    assert perf.iteration_cost(vlm, [it], repeats=1)["iteration"] > 0
+    with pytest.raises(ValueError, match="unknown shape 'llava-9b'"):
+        perf.random_shape("llava-9b")

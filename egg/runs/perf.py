@@ -1,6 +1,7 @@
 """Performance figures: one EGG iteration against a plain forward, peak memory of
 ``ground`` against ``answer``, and the throughput of ``ground_batch`` against single calls,
-on the reference model and on a random-init LLaVA of LLaVA-1.5's 24 x 24 tokens per image.
+on the reference model and on a random-init LLaVA of LLaVA-1.5's 24 x 24 tokens per image;
+on a GPU also on a random model of a real shape (``random_shape``: LLaVA-1.5-7B's by default).
 
 ``python -m egg cost`` prints them after the per-method table of ``egg.runs.cost``; every
 figure is measured in that one run (timings: the median of interleaved rounds).
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -199,6 +201,92 @@ def random_llava(grid: int = 24, patch: int = 14, gradient_checkpointing: bool =
     return VLM.from_model(model, proc, source=f"random-init LLaVA, {grid}x{grid} tokens{tag}")
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Widths and depths of a LLaVA (a CLIP tower, a two-layer projector, a Llama decoder)."""
+
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    vocab: int
+    image_size: int = 336
+    patch_size: int = 14
+    max_positions: int = 4096
+
+
+#: Real shapes, for the time and memory of a random model of them (``random_shape``); the
+#: 7B one has llava-hf/llava-1.5-7b-hf's 7,063,427,072 parameters (tested on the meta device).
+SHAPES = {
+    "llava-1.5-7b": Shape(1024, 4096, 24, 16, 4096, 11008, 32, 32, 32064),
+    "llava-1.5-13b": Shape(1024, 4096, 24, 16, 5120, 13824, 40, 40, 32064),
+}
+
+
+def shape_model(shape: Shape, image_token_id: int, special: dict | None = None):
+    """A randomly initialised ``LlavaForConditionalGeneration`` of ``shape``, with LLaVA-1.5's
+    choices (CLIP's quick GELU, the second-to-last tower layer's features, a GELU projector),
+    built on the current default device and dtype."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
+        num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+        image_size=shape.image_size, patch_size=shape.patch_size, projection_dim=768, hidden_act="quick_gelu")
+    text = LlamaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.text_hidden, intermediate_size=shape.text_intermediate,
+        num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads,
+        num_key_value_heads=shape.text_heads, max_position_embeddings=shape.max_positions, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, **(special or {}))
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=int(image_token_id),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    return LlavaForConditionalGeneration(config)
+
+
+def random_shape(shape: "str | Shape", device: str = "cpu", dtype=None, gradient_checkpointing: bool = False,
+                 seed: int = 0):
+    """A random-init LLaVA of a real shape (a name of ``SHAPES`` or a ``Shape``), built on
+    ``device`` in ``dtype`` (e.g. bfloat16) from a config, no download: the time and memory of
+    a question do not depend on the weights. The processor is the reference's at the shape's
+    image size (its small vocabulary is a subset of the model's). Its answers are random
+    tokens; it rarely stops before ``max_new_tokens``, so its answers cost their maximum."""
+    import torch
+
+    from ..adapters import VLM
+    from ..api import prepare_for_inference
+    from ..reference.build import IMAGE_TOKEN, ReferenceConfig, build_processor
+
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")
+        name, shape = shape, SHAPES[shape]
+    else:
+        name = "custom shape"
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    proc = build_processor(ReferenceConfig(image_size=shape.image_size, patch_size=shape.patch_size,
+                                           max_positions=shape.max_positions))
+    tok = proc.tokenizer
+    special = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # initialised where it runs: a 7B model never passes through CPU memory
+            model = shape_model(shape, tok.convert_tokens_to_ids(IMAGE_TOKEN), special)
+    finally:
+        torch.set_default_dtype(old)
+    model.generation_config.update(**special)
+    model = prepare_for_inference(model, device, None, gradient_checkpointing)
+    tag = ", gradient checkpointing" if gradient_checkpointing else ""
+    return VLM.from_model(model, proc, source=f"random-init {name}, {str(dtype or old).replace('torch.', '')}{tag}")
+
+
 def figures(vlm, items: Sequence, repeats: int = 3, batch_size: int = 8) -> dict:
     """The performance figures of one model (issue #19's list), each measured here in one
     run: one iteration over a plain forward, batch throughput over single calls, and peak
@@ -230,5 +318,5 @@ def format_figures(name: str, f: dict, report: "CostReport | None" = None) -> st
     return "\n".join(lines)
 
 
-__all__ = ["tensor_peak_mb", "iteration_cost", "batch_throughput", "memory", "random_llava", "figures",
-           "format_figures"]
+__all__ = ["tensor_peak_mb", "iteration_cost", "batch_throughput", "memory", "random_llava", "random_shape",
+           "shape_model", "Shape", "SHAPES", "figures", "format_figures"]
