@@ -136,6 +136,21 @@ def _add_others(sub, raw) -> None:
                    help="also measure a random-init model of that real shape, built on --device in --dtype "
                         "(default bfloat16) from a config, no download; auto (default): llava-1.5-7b when a CUDA GPU "
                         "is present, else none")
+    c.add_argument("--shape-layers", type=int, default=None,
+                   help="keep only this many decoder layers of --random-shape (its real widths on a CPU; e.g. 2)")
+    c.add_argument("--figures", type=_figure_list, default=",".join(FIGURE_NAMES),
+                   help=f"which performance figures to measure, comma-separated (default {','.join(FIGURE_NAMES)})")
+
+
+FIGURE_NAMES = ("iteration", "memory", "batch")  # egg.runs.perf.FIGURES, without importing torch to parse
+
+
+def _figure_list(text: str) -> tuple:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in names if x not in FIGURE_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown figures {bad or [text]}; choose from {','.join(FIGURE_NAMES)}")
+    return names
 
 
 class UserError(Exception):
@@ -280,7 +295,7 @@ def _cost(a) -> int:
     out = report.to_dict()
     if not a.no_figures:
         print("\n[cost] performance figures (each the median of interleaved rounds, measured in this run)")
-        out["figures"] = {"model": perf.figures(vlm, items, repeats=a.repeats)}
+        out["figures"] = {"model": perf.figures(vlm, items, repeats=a.repeats, which=a.figures)}
         print(perf.format_figures(repr(vlm), out["figures"]["model"], report))
     if a.random_grid:
         g = a.random_grid
@@ -293,8 +308,8 @@ def _cost(a) -> int:
         if device == "cpu":
             print(f"[cost] {shape} at random on the CPU: its weights alone take GBs of memory and a question "
                   "minutes; this figure is meant for a GPU (--device cuda)")
-        _random_figures(lambda ckpt: perf.random_shape(shape, device, a.dtype or "bfloat16", ckpt), shape, items, a,
-                        out)
+        _random_figures(lambda ckpt: perf.random_shape(shape, device, a.dtype or "bfloat16", ckpt,
+                                                       layers=a.shape_layers), shape, items, a, out)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
@@ -311,11 +326,13 @@ def _random_figures(build, key: str, items: list, a, out: dict) -> None:
     out.setdefault("figures", {})
     vlm = build(False)
     rep = cost.run(vlm, items, iterations=a.iterations, repeats=a.repeats, names=["egg-full"])
-    out["figures"][key] = {**perf.figures(vlm, items, repeats=a.repeats), "cost": rep.to_dict()}
+    out["figures"][key] = {**perf.figures(vlm, items, repeats=a.repeats, which=a.figures), "cost": rep.to_dict()}
     print(perf.format_figures(f"{vlm!r}", out["figures"][key], rep))
     print(f"  per question: answer {rep.base_seconds:.3f} s, egg.ground {rep.rows['egg-full']['sec_per_q']:.3f} s")
     del vlm, rep
     collector.collect()
+    if "memory" not in a.figures:
+        return
     mem = perf.memory(build(True), items)
     out["figures"][f"{key}_checkpointing_memory"] = mem
     print(f"  with gradient_checkpointing=True: peak memory ground = {mem['ratio']:.2f} x answer "

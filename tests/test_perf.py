@@ -116,3 +116,32 @@ def test_a_random_model_of_a_real_shape_grounds_in_bfloat16():
     assert perf.iteration_cost(vlm, [it], repeats=1)["iteration"] > 0
     with pytest.raises(ValueError, match="unknown shape 'llava-9b'"):
         perf.random_shape("llava-9b")
+
+
+def test_a_subset_of_the_figures_and_a_shape_cut_to_fewer_layers(tmp_path):
+    """`egg cost --figures iteration` measures that figure alone (a real-width model on a
+    CPU has time for no more), and `--shape-layers` keeps the shape's widths with fewer
+    decoder layers; a figure or a depth that does not exist is refused by name."""
+    import dataclasses
+
+    from egg.__main__ import FIGURE_NAMES
+
+    assert FIGURE_NAMES == perf.FIGURES
+    small = dataclasses.replace(perf.SHAPES["llava-1.5-7b"], vision_hidden=64, vision_intermediate=128,
+                                vision_layers=2, vision_heads=2, text_hidden=128, text_intermediate=256,
+                                text_layers=3, text_heads=4)
+    vlm = perf.random_shape(small, layers=1)
+    assert vlm.adapter.num_layers == 1 and vlm.model.config.text_config.hidden_size == 128
+    assert "1 of its 3 decoder layers" in vlm.source
+    items = [bench.item("text", "test", 0, 0)]
+    f = perf.figures(vlm, items, repeats=1, which=("iteration",))
+    assert set(f) == {"iteration"} and f["iteration"]["ratio"] > 1
+    text = perf.format_figures("m", f)
+    assert "x a plain forward" in text and "peak memory" not in text and "batch of" not in text
+    with pytest.raises(ValueError, match="unknown figures"):
+        perf.figures(vlm, items, which=("speed",))
+    with pytest.raises(ValueError, match=r"layers must be in \[1, 32\]"):
+        perf.random_shape("llava-1.5-7b", layers=40)
+    r = subprocess.run([sys.executable, "-m", "egg", "cost", "--figures", "iteration,speed"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown figures ['speed']" in r.stderr

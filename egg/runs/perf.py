@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -249,12 +249,14 @@ def shape_model(shape: Shape, image_token_id: int, special: dict | None = None):
 
 
 def random_shape(shape: "str | Shape", device: str = "cpu", dtype=None, gradient_checkpointing: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, layers: int | None = None):
     """A random-init LLaVA of a real shape (a name of ``SHAPES`` or a ``Shape``), built on
     ``device`` in ``dtype`` (e.g. bfloat16) from a config, no download: the time and memory of
     a question do not depend on the weights. The processor is the reference's at the shape's
     image size (its small vocabulary is a subset of the model's). Its answers are random
-    tokens; it rarely stops before ``max_new_tokens``, so its answers cost their maximum."""
+    tokens; it rarely stops before ``max_new_tokens``, so its answers cost their maximum.
+    ``layers``: keep only that many decoder layers (real widths on a machine too small for
+    the real depth: a layer's cost ratios do not depend on how many follow it)."""
     import torch
 
     from ..adapters import VLM
@@ -267,6 +269,11 @@ def random_shape(shape: "str | Shape", device: str = "cpu", dtype=None, gradient
         name, shape = shape, SHAPES[shape]
     else:
         name = "custom shape"
+    if layers is not None:
+        if not 1 <= int(layers) <= shape.text_layers:
+            raise ValueError(f"layers must be in [1, {shape.text_layers}] for {name}, got {layers}")
+        name = f"{name}, {int(layers)} of its {shape.text_layers} decoder layers"
+        shape = replace(shape, text_layers=int(layers))
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     proc = build_processor(ReferenceConfig(image_size=shape.image_size, patch_size=shape.patch_size,
                                            max_positions=shape.max_positions))
@@ -287,36 +294,51 @@ def random_shape(shape: "str | Shape", device: str = "cpu", dtype=None, gradient
     return VLM.from_model(model, proc, source=f"random-init {name}, {str(dtype or old).replace('torch.', '')}{tag}")
 
 
-def figures(vlm, items: Sequence, repeats: int = 3, batch_size: int = 8) -> dict:
+#: The performance figures ``figures`` measures, in its order.
+FIGURES = ("iteration", "memory", "batch")
+
+
+def figures(vlm, items: Sequence, repeats: int = 3, batch_size: int = 8, which: Sequence[str] = FIGURES) -> dict:
     """The performance figures of one model (issue #19's list), each measured here in one
-    run: one iteration over a plain forward, batch throughput over single calls, and peak
-    memory of ``ground`` over ``answer``."""
+    run: one iteration over a plain forward, peak memory of ``ground`` over ``answer``, and
+    batch throughput over single calls (``which``: a subset, for a model too slow for all)."""
+    unknown = sorted(set(which) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figures {unknown}; known: {list(FIGURES)}")
     items = list(items)
-    return {"iteration": iteration_cost(vlm, items, repeats), "memory": memory(vlm, items),
-            "batch": batch_throughput(vlm, items[: max(batch_size, len(items) - len(items) % batch_size)],
-                                      batch_size, repeats)}
+    measures = {
+        "iteration": lambda: iteration_cost(vlm, items, repeats),
+        "memory": lambda: memory(vlm, items),
+        "batch": lambda: batch_throughput(vlm, items[: max(batch_size, len(items) - len(items) % batch_size)],
+                                          batch_size, repeats),
+    }
+    return {name: measures[name]() for name in FIGURES if name in which}
 
 
 def format_figures(name: str, f: dict, report: "CostReport | None" = None) -> str:
     """Plain-text lines for ``figures`` (and ``ground`` x ``answer`` from a ``run`` report)."""
-    it, mem, b = f["iteration"], f["memory"], f["batch"]
     lines = [f"{name}:"]
     if report is not None:
         lines.append(f"  egg.ground (paper defaults) = {report.ratio('egg-full'):.2f} x egg.answer per question "
                      f"(wall time; CPU time {report.ratio('egg-full', 'cpu_sec_per_q'):.2f} x)")
-    lines += [
-        f"  one iteration (forward + backward to the visual embeddings) = {it['ratio']:.2f} x a plain forward "
-        f"({it['iteration'] * 1e3:.1f} ms vs {it['forward'] * 1e3:.1f} ms)",
-        f"  peak memory: ground = {mem['ratio']:.2f} x answer ({mem['measure']}: {mem['ground']['peak_mb']:.1f} MB vs "
-        f"{mem['answer']['peak_mb']:.1f} MB, of which weights {mem['weights_mb']:.1f} MB; above the weights "
-        f"{mem['activation_ratio']:.2f} x); = {mem['ratio_same_prompt']:.2f} x answering over the images it chose "
-        f"({mem['same_prompt']['peak_mb']:.1f} MB)",
-        f"  batch of {b['batch_size']}: {b['ratio']:.2f} x the throughput of single calls "
-        f"({b['batched_sec_per_q']:.3f} vs {b['single_sec_per_q']:.3f} s/question, {b['n_questions']} questions; "
-        f"same answers and boxes: {b['same_results']})",
-    ]
+    if "iteration" in f:
+        it = f["iteration"]
+        lines.append(f"  one iteration (forward + backward to the visual embeddings) = {it['ratio']:.2f} x a plain "
+                     f"forward ({it['iteration'] * 1e3:.1f} ms vs {it['forward'] * 1e3:.1f} ms)")
+    if "memory" in f:
+        mem = f["memory"]
+        lines.append(f"  peak memory: ground = {mem['ratio']:.2f} x answer ({mem['measure']}: "
+                     f"{mem['ground']['peak_mb']:.1f} MB vs {mem['answer']['peak_mb']:.1f} MB, of which weights "
+                     f"{mem['weights_mb']:.1f} MB; above the weights {mem['activation_ratio']:.2f} x); = "
+                     f"{mem['ratio_same_prompt']:.2f} x answering over the images it chose "
+                     f"({mem['same_prompt']['peak_mb']:.1f} MB)")
+    if "batch" in f:
+        b = f["batch"]
+        lines.append(f"  batch of {b['batch_size']}: {b['ratio']:.2f} x the throughput of single calls "
+                     f"({b['batched_sec_per_q']:.3f} vs {b['single_sec_per_q']:.3f} s/question, {b['n_questions']} "
+                     f"questions; same answers and boxes: {b['same_results']})")
     return "\n".join(lines)
 
 
 __all__ = ["tensor_peak_mb", "iteration_cost", "batch_throughput", "memory", "random_llava", "random_shape",
-           "shape_model", "Shape", "SHAPES", "figures", "format_figures"]
+           "shape_model", "Shape", "SHAPES", "FIGURES", "figures", "format_figures"]
