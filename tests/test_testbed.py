@@ -188,3 +188,24 @@ def test_locating_asks_every_position_fact_with_its_true_position(vlm):
     assert len(rows) == len(expected) > 0
     assert list(zip(rows.question, rows.truth)) == expected
     assert (rows.near | ~rows.exact).all()  # an exact answer is also within one tenth
+
+
+def test_object_cells_are_the_cells_whose_centre_a_box_holds():
+    mask = testbed.object_cells([(0, 0, 50, 50)], (4, 4), (100, 100))
+    assert mask.sum() == 4 and mask[:2, :2].all()
+    tiny = testbed.object_cells([(60, 60, 61, 61)], (4, 4), (100, 100))  # holds no cell centre
+    assert tiny.sum() == 1 and tiny[2, 2]
+    wide = testbed.object_cells([(0, 0, 50, 50), (60, 60, 61, 61)], (4, 4), (200, 100))  # x scaled
+    assert wide.sum() == 3 and wide[0, 0] and wide[1, 0] and wide[2, 1]
+
+
+def test_binding_peak_agrees_with_pointing_and_counts_the_other_objects(vlm, rows):
+    """A peak on the named object is exactly what `measure` counts as pointing; the other
+    objects are the item's answerless facts not at an evidence box."""
+    b = testbed.binding(vlm, families=["text", "doc"], n=3, split="test", seed=0)
+    assert b.peak.isin(["named", "other", "none"]).all()
+    assert (b.peak == "named").tolist() == rows.pointing.tolist()
+    items = bench.load("text", "test", 3, 0) + bench.load("doc", "test", 3, 0)
+    assert b.others.tolist() == [sum(a is None and tuple(x) not in map(tuple, it.boxes) for _, a, x in it.facts)
+                                 for it in items]
+    assert (b.others > 0).all() and (b.named_ratio > 0).all() and (b.other_ratio > 0).all()

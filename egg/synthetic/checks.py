@@ -417,6 +417,54 @@ def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0)
     return pd.DataFrame(rows, columns=["family", "question", "truth", "answer", "exact", "near"])
 
 
+def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, sigma: float = 1.0):
+    """Does the map find the object the question names, or any object of its kind? One row per
+    item: where the smoothed first map peaks ("named": in or within one cell of an evidence box,
+    as `measure`'s pointing counts it; "other": another object of the item, from its position
+    facts; "none"), and the raw map's mean over the named object's cells and over the other
+    objects' cells, each divided by the map's mean. A model that attends to signs but not to the
+    blue one gives "other" as often as there are other signs, and equal ratios (CHANGELOG stop 37)."""
+    import pandas as pd
+
+    adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
+    rows = []
+    for fam in families or bench.families():
+        for item in bench.load(fam, split, n, seed, geometry=geometry):
+            prep = adapter.prepare([item.image], item.question)
+            raw = np.asarray(relevance(adapter, prep).maps[0], dtype=float)
+            grid, (W, H) = prep.grids[0], item.image.size
+            r, c = first_argmax_2d(smooth(raw, sigma))
+            cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
+            cw, ch = cell[2] - cell[0], cell[3] - cell[1]
+            named = [tuple(b) for b in item.boxes]
+            others = [tuple(b) for _, a, b in item.facts if a is None and tuple(b) not in named]
+            px, py = box_center(cell)
+            hit = lambda boxes: any(h[0] <= px <= h[2] and h[1] <= py <= h[3]
+                                    for h in (_hit_region(b, W, H, cw, ch) for b in boxes))
+            mean = raw.mean() or 1.0
+            on = lambda boxes: raw[object_cells(boxes, raw.shape, (W, H))].mean() / mean if boxes else math.nan
+            rows.append({"family": fam, "index": int(item.meta.get("index", -1)), "others": len(others),
+                         "peak": "named" if hit(named) else "other" if hit(others) else "none",
+                         "named_ratio": on(named), "other_ratio": on(others)})
+    return pd.DataFrame(rows, columns=["family", "index", "others", "peak", "named_ratio", "other_ratio"])
+
+
+def object_cells(boxes, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The grid cells (rows x cols over an image of `size`) whose centre lies in one of `boxes`,
+    and for a box too small to hold a cell centre, the cell holding its own centre."""
+    rows, cols = shape
+    W, H = size
+    xs, ys = (np.arange(cols) + 0.5) * W / cols, (np.arange(rows) + 0.5) * H / rows
+    mask = np.zeros(shape, bool)
+    for b in boxes:
+        inside = ((ys >= b[1]) & (ys <= b[3]))[:, None] & ((xs >= b[0]) & (xs <= b[2]))[None, :]
+        if not inside.any():
+            cx, cy = box_center(b)
+            inside[min(rows - 1, int(cy * rows / H)), min(cols - 1, int(cx * cols / W))] = True
+        mask |= inside
+    return mask
+
+
 def within_one_tenth(pred: str, truth: str) -> bool:
     """Column and row tenths ("3 7") each within one of the truth's; words must match exactly."""
     try:
