@@ -202,10 +202,22 @@ def test_object_cells_are_the_cells_whose_centre_a_box_holds():
 def test_binding_peak_agrees_with_pointing_and_counts_the_other_objects(vlm, rows):
     """A peak on the named object is exactly what `measure` counts as pointing; the other
     objects are the item's answerless facts not at an evidence box."""
-    b = testbed.binding(vlm, families=["text", "doc"], n=3, split="test", seed=0)
+    b = testbed.binding(vlm, families=["text", "doc", "pope"], n=3, split="test", seed=0)  # pope: no named object
     assert b.peak.isin(["named", "other", "none"]).all()
     assert (b.peak == "named").tolist() == rows.pointing.tolist()
     items = bench.load("text", "test", 3, 0) + bench.load("doc", "test", 3, 0)
     assert b.others.tolist() == [sum(a is None and tuple(x) not in map(tuple, it.boxes) for _, a, x in it.facts)
                                  for it in items]
     assert (b.others > 0).all() and (b.named_ratio > 0).all() and (b.other_ratio > 0).all()
+
+
+def test_binding_summary_counts_peaks_per_family_against_picking_an_object_at_random():
+    df = pd.DataFrame({"family": ["text"] * 4 + ["doc"] * 2, "index": range(6), "others": [1, 1, 3, 3, 4, 4],
+                       "peak": ["named", "other", "other", "none", "named", "named"],
+                       "named_ratio": [4.0, 1.0, 2.0, 3.0, 5.0, 7.0], "other_ratio": [1.0, 2.0, 3.0, 4.0, 1.0, 1.0]})
+    s = testbed.binding_summary(df, n_boot=200).set_index("family")
+    assert s.loc["text", ["n", "named", "other", "none"]].tolist() == [4, 0.25, 0.5, 0.25]
+    assert s.loc["text", "by_kind"] == pytest.approx(1 / 3)  # of the three peaks on an object, one is the named
+    assert s.loc["text", "kind_chance"] == pytest.approx((0.5 + 0.5 + 0.25 + 0.25) / 4)
+    assert s.loc["text", "named_lo"] <= 0.25 <= s.loc["text", "named_hi"]
+    assert s.loc["doc", ["named", "by_kind", "named_ratio", "other_ratio"]].tolist() == [1.0, 1.0, 6.0, 1.0]

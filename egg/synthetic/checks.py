@@ -36,6 +36,10 @@ from ..method.zoom import answer_with_crops
 from ..outputs import progress_line
 
 
+#: Families whose question names one object among others of its kind (a colour picks the sign).
+NAMED_FAMILIES = ("text", "vstar", "doc", "info")
+
+
 @dataclass
 class TestbedRow:
     family: str
@@ -350,7 +354,7 @@ def method_acceptance(rows, n_boot: int = 2000, seed: int = 0) -> list[tuple[str
 
     fam = {f: g for f, g in rows.groupby("family", sort=False)}
     gaps = {f: 100 * (g.oracle.mean() - g.base.mean()) for f, g in fam.items()}
-    four = [f for f in ("text", "vstar", "doc", "info") if f in gaps]
+    four = [f for f in NAMED_FAMILIES if f in gaps]
     out = [("oracle - base >= 30 points on >= 4 of text/vstar/doc/info",
             sum(gaps[f] >= 30 for f in four) >= 4, ", ".join(f"{f} {gaps[f]:+.0f}" for f in four))]
     if bench.CONTROL_FAMILY in gaps:
@@ -423,12 +427,13 @@ def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, 
     as `measure`'s pointing counts it; "other": another object of the item, from its position
     facts; "none"), and the raw map's mean over the named object's cells and over the other
     objects' cells, each divided by the map's mean. A model that attends to signs but not to the
-    blue one gives "other" as often as there are other signs, and equal ratios (CHANGELOG stop 37)."""
+    blue one gives "other" as often as there are other signs, and equal ratios (CHANGELOG stop 37).
+    Only `NAMED_FAMILIES` among `families` (all of them if None) are asked."""
     import pandas as pd
 
     adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
     rows = []
-    for fam in families or bench.families():
+    for fam in [f for f in NAMED_FAMILIES if families is None or f in families]:
         for item in bench.load(fam, split, n, seed, geometry=geometry):
             prep = adapter.prepare([item.image], item.question)
             raw = np.asarray(relevance(adapter, prep).maps[0], dtype=float)
@@ -447,6 +452,27 @@ def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, 
                          "peak": "named" if hit(named) else "other" if hit(others) else "none",
                          "named_ratio": on(named), "other_ratio": on(others)})
     return pd.DataFrame(rows, columns=["family", "index", "others", "peak", "named_ratio", "other_ratio"])
+
+
+def binding_summary(df, n_boot: int = 2000, seed: int = 0):
+    """`binding`'s rows per family: the share of peaks on the named object (95% bootstrap CI), on
+    another object, on neither; `by_kind`, the named share among peaks on some object, against
+    `kind_chance`, what a map that finds the kind but not the instance would give (one object in
+    1 + others); the median ratios."""
+    import pandas as pd
+
+    from ..stats import bootstrap_ci
+
+    out = []
+    for fam, g in df.groupby("family", sort=False):
+        named, lo, hi = bootstrap_ci((g.peak == "named").values.astype(float), n_boot=n_boot, seed=seed)
+        on_object = g.peak != "none"
+        out.append({"family": fam, "n": len(g), "named": named, "named_lo": lo, "named_hi": hi,
+                    "other": (g.peak == "other").mean(), "none": (g.peak == "none").mean(),
+                    "by_kind": (g.peak[on_object] == "named").mean() if on_object.any() else math.nan,
+                    "kind_chance": (1 / (1 + g.others)).mean(),
+                    "named_ratio": g.named_ratio.median(), "other_ratio": g.other_ratio.median()})
+    return pd.DataFrame(out)
 
 
 def object_cells(boxes, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
