@@ -182,6 +182,8 @@ def test_look_loss_is_the_log_share_of_visual_attention_on_the_object():
     mixed[0, 1] = spread[0, 1]  # head 1 looks elsewhere: only counted when supervised
     assert look_loss(layers(mixed), is_vis, look_q, look_at, heads=1).item() < 1e-5
     assert look_loss(layers(mixed), is_vis, look_q, look_at).item() > 0.5
+    with pytest.raises(ValueError, match="2 layers or more"):  # a one-layer decoder has nothing to supervise
+        look_loss((on_obj,), is_vis, look_q, look_at)
 
 
 def test_the_attention_losss_rows_equal_eager_attentions_and_keep_the_fast_kernel(ref_cfg, ref_processor):
@@ -459,6 +461,33 @@ def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
         T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(tmp_path / "nothing"), **kw))
     with pytest.raises(SystemExit, match="another shape"):
         T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(first), model={"text_hidden": 64}, **kw))
+
+
+@pytest.mark.slow
+def test_a_new_decoder_starts_on_a_saved_models_tower_and_projector(tmp_path):
+    """`init_vision` copies the tower and projector (no warm-up) into a model whose decoder may have
+    another depth; a tower of another shape, or both `init` and `init_vision`, are refused."""
+    from safetensors.torch import load_file
+
+    kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, eval_items=1, workers=1, threads=2,
+              freeze_vision=1)
+    first = T.train(T.TrainConfig(out=str(tmp_path / "a" / "ref"), vision_steps=2, max_steps=2, **kw))
+    # lr 0: what the new model holds after its steps is what it started from
+    new = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), init_vision=str(first), vision_steps=2, lr=0.0,
+                                max_steps=2, model={"text_layers": 2}, **kw))
+    log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
+    assert "a new decoder" in log and "vision warm-up" not in log and "standardised" not in log
+    assert json.loads((new / "training_log.json").read_text())["vision_from"]["vision_steps"] == 2
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(new / "model.safetensors"))
+    copied = [k for k in a if "vision_tower." in k or "multi_modal_projector." in k]
+    assert copied and all(torch.equal(a[k], b[k]) for k in copied)
+    assert any("layers.3." in k for k in a if "language_model." in k)  # the first model's 4 layers
+    assert not any("layers.2." in k for k in b if "language_model." in k)  # the new one's two
+    with pytest.raises(SystemExit, match="another vision tower"):
+        T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init_vision=str(first), model={"vision_hidden": 64},
+                              **kw))
+    with pytest.raises(SystemExit, match="give one of them"):
+        T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init_vision=str(first), init=str(first), **kw))
 
 
 def test_a_reading_stage_without_a_batch_of_crops_is_refused(tmp_path):

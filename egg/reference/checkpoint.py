@@ -55,16 +55,50 @@ def save(model, processor, out: Path, record: dict) -> None:
     os.replace(tmp, out)
 
 
+def _finished(path: str, flag: str) -> tuple[Path, dict]:
+    """A finished model's directory and training record; refuses a directory without one."""
+    p = Path(path)
+    if not (p / "config.json").exists() or not (p / "training_log.json").exists():
+        raise SystemExit(f"{flag} {path}: no reference model saved there; train the stage it continues first "
+                         "(e.g. make train-reference PRESET=llava15)")
+    return p, json.loads((p / "training_log.json").read_text())
+
+
+# What a vision tower and projector must share with the model they are copied into.
+VISION_SHAPE = ("image_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads", "text_hidden",
+                "position_init")
+
+
+def load_vision(path: str, model_config: dict, model) -> dict:
+    """Copy a finished model's vision tower and projector into `model` (`TrainConfig.init_vision`:
+    a new decoder on a tower that reads already, without its warm-up); the model's training record.
+    Refuses a tower or projector of another shape than `model_config`'s."""
+    from safetensors.torch import load_file
+
+    from .build import ReferenceConfig
+
+    p, record = _finished(path, "--init-vision")
+    theirs = ReferenceConfig(**record["config"]["model"]).to_dict()
+    if any(theirs[k] != model_config[k] for k in VISION_SHAPE):
+        raise SystemExit(f"--init-vision {path} has another vision tower or projector "
+                         f"({ {k: theirs[k] for k in VISION_SHAPE} }); this run builds "
+                         f"{ {k: model_config[k] for k in VISION_SHAPE} }")
+    names = set(model.state_dict())
+    state = {}
+    for k, v in load_file(str(p / "model.safetensors")).items():
+        if "vision_tower." in k or "multi_modal_projector." in k:  # saved without the live model's prefix
+            state[k if k in names else "model." + k] = v
+    result = model.load_state_dict(state, strict=False)
+    assert state and not result.unexpected_keys, result.unexpected_keys
+    return record
+
+
 def load_initial(path: str, model_config: dict, device: str):
     """The finished model a later stage starts from (`TrainConfig.init`), with its training record;
     refuses a directory that holds no model or one of another shape than `model_config`."""
     from transformers import LlavaForConditionalGeneration
 
-    p = Path(path)
-    if not (p / "config.json").exists() or not (p / "training_log.json").exists():
-        raise SystemExit(f"--init {path}: no reference model saved there; train the stage it continues first "
-                         "(e.g. make train-reference PRESET=llava15)")
-    record = json.loads((p / "training_log.json").read_text())
+    p, record = _finished(path, "--init")
     if record["config"]["model"] != model_config:
         raise SystemExit(f"--init {path} is a model of another shape ({record['config']['model']}); "
                          f"this run builds {model_config}")

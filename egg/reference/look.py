@@ -81,6 +81,9 @@ def look_loss(attentions, is_vis, look_q, look_at, heads: int | None = None):
 
     attentions: per layer, eager attention's (B, heads, L, L) weights, or the rows of
     ``attention_rows`` ((n, heads, L), one per ``look_q`` entry)."""
+    if len(attentions) < 2:
+        raise ValueError("the attention loss (look > 0) reads the layers after the first: "
+                         "give the decoder 2 layers or more, or look 0")
     b, q = look_q[:, 0], look_q[:, 1]
     vis = is_vis[b]  # (n, L)
     shares = []

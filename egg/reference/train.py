@@ -39,6 +39,8 @@ A later stage continues a finished model (`init`, as LLaVA's stages continue eac
 the tower and projector as they were, and optionally `full_steps` on the full view alone first
 (every turn of the conversations whose only image is the full view) before the mixture;
 `train_only` limits the steps to the parameters it names (e.g. the decoder's query/key projections).
+`init_vision` starts a new decoder (any depth or width) on a finished model's tower and projector,
+without the vision warm-up: a decoder experiment at 24x24 then skips its longest stage.
 
 Run with `python -m egg.reference.train` (or `make train-reference`).
 """
@@ -56,7 +58,7 @@ import numpy as np
 
 from ..synthetic.core import COLOURS
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
-from .checkpoint import load_checkpoint, load_initial, save, save_checkpoint
+from .checkpoint import load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .evaluation import eval_line, quick_eval
 from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset
 from .look import attention_rows, capturing, look_loss, register
@@ -105,6 +107,7 @@ class TrainConfig:
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
+    init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (no warm-up)
     full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (CHANGELOG stop 31)
     train_only: str = ""  # a regex: the decoder steps update only the model parameters whose names match it
     model: dict = field(default_factory=dict)
@@ -325,6 +328,11 @@ def train(cfg: TrainConfig) -> Path:
         log(f"continuing {cfg.init} after its {before['steps']} decoder steps")
     else:
         model = build_model(mcfg, processor.tokenizer, seed=cfg.seed).to(cfg.device)
+    if cfg.init_vision:
+        if cfg.init:
+            raise SystemExit("--init continues a whole model, --init-vision only its tower: give one of them")
+        vision_from = load_vision(cfg.init_vision, mcfg.to_dict(), model)
+        log(f"vision tower and projector from {cfg.init_vision}; a new decoder")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, config {mcfg.to_dict()}")
     t_start, cpu_start = time.time(), cpu_seconds()
     data, reads = render_dataset(cfg, mcfg, log)
@@ -333,17 +341,19 @@ def train(cfg: TrainConfig) -> Path:
                     cfg.read_pool) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
-    if aux is not None and cfg.vision_steps:
+    if aux is not None and cfg.vision_steps and not cfg.init_vision:
         record["vision_warmup"] = cached_warmup(model, aux, work, cfg, mcfg,
                                                 lambda: pretrain_vision(model, aux, reads, col, cfg, log), log)
     if cfg.init:
         record["continues"] = before["config"]
+    if cfg.init_vision:
+        record["vision_from"] = vision_from["config"]
     if cfg.freeze_vision:  # no graph through the tower: its activations are not kept for a backward
         model.model.vision_tower.requires_grad_(False)
         params = [q for q in params if q.requires_grad]
     if cfg.train_only:  # e.g. the decoder's query/key projections: where it attends, not what it reads
         params = only_matching(model, cfg.train_only) + (aux.parameters() if aux else [])
-    if cfg.freeze_vision and not cfg.init:  # a continued model's projector is standardised already
+    if cfg.freeze_vision and not (cfg.init or cfg.init_vision):  # a saved model's projector is standardised
         shift, spread = standardise_projector(model, col(reads[:64])["pixel_values"].to(cfg.device))
         log(f"projector standardised on the frozen tower's features (offset {shift:.1f}, spread {spread:.2f})")
     rng = np.random.default_rng(cfg.seed)
