@@ -73,7 +73,7 @@ def load_vision(path: str, model_config: dict, model) -> dict:
     """Copy a finished model's vision tower and projector into `model` (`TrainConfig.init_vision`:
     a new decoder on a tower that reads already, without its warm-up); the model's training record.
     Refuses a tower or projector of another shape than `model_config`'s."""
-    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
 
     from .build import ReferenceConfig
 
@@ -83,13 +83,9 @@ def load_vision(path: str, model_config: dict, model) -> dict:
         raise SystemExit(f"--init-vision {path} has another vision tower or projector "
                          f"({ {k: theirs[k] for k in VISION_SHAPE} }); this run builds "
                          f"{ {k: model_config[k] for k in VISION_SHAPE} }")
-    names = set(model.state_dict())
-    state = {}
-    for k, v in load_file(str(p / "model.safetensors")).items():
-        if "vision_tower." in k or "multi_modal_projector." in k:  # saved without the live model's prefix
-            state[k if k in names else "model." + k] = v
-    result = model.load_state_dict(state, strict=False)
-    assert state and not result.unexpected_keys, result.unexpected_keys
+    source = LlavaForConditionalGeneration.from_pretrained(p).model
+    model.model.vision_tower.load_state_dict(source.vision_tower.state_dict())
+    model.model.multi_modal_projector.load_state_dict(source.multi_modal_projector.state_dict())
     return record
 
 

@@ -76,6 +76,18 @@ def _hit_region(box, W: int, H: int, cw: float, ch: float) -> tuple[float, float
     return (max(0.0, box[0] - cw), max(0.0, box[1] - ch), min(W, box[2] + cw), min(H, box[3] + ch))
 
 
+def peak_cell(raw, grid, sigma: float):
+    """The smoothed map's first maximum, as the pixel box of its grid cell."""
+    r, c = first_argmax_2d(smooth(raw, sigma))
+    return grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
+
+
+def near(cell, boxes, size: tuple[int, int]) -> bool:
+    """Whether `cell`'s centre lies in one of `boxes` or within one cell of it (pointing's hit)."""
+    (px, py), cw, ch = box_center(cell), cell[2] - cell[0], cell[3] - cell[1]
+    return any(h[0] <= px <= h[2] and h[1] <= py <= h[3] for h in (_hit_region(b, *size, cw, ch) for b in boxes))
+
+
 def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
     """A w x h crop centred on `box` (a point is a box of zero size); clamped later, by the caller."""
     cx, cy = box_center(box)
@@ -101,14 +113,10 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     res = relevance(adapter, prep, cache=cache, keep_kv=True)  # its pass is also the base answer's prefill
     grid = prep.grids[0]
     rows, cols = grid.shape
-    sm = smooth(res.maps[0], sigma)
-    r, c = first_argmax_2d(sm)
-    cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
+    cell = peak_cell(res.maps[0], grid, sigma)
     cw, ch = cell[2] - cell[0], cell[3] - cell[1]
-    px, py = box_center(cell)
     hits = [_hit_region(b, W, H, cw, ch) for b in item.boxes]
-    pointing = any(h[0] <= px <= h[2] and h[1] <= py <= h[3] for h in hits)
-    # chance: fraction of cell centres that would count as a hit
+    pointing = near(cell, item.boxes, (W, H))
     centres = [((j + 0.5) * W / cols, (i + 0.5) * H / rows) for i in range(rows) for j in range(cols)]
     chance = float(np.mean([any(h[0] <= x <= h[2] and h[1] <= y <= h[3] for h in hits) for x, y in centres]))
 
@@ -422,13 +430,11 @@ def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0)
 
 
 def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, sigma: float = 1.0):
-    """Does the map find the object the question names, or any object of its kind? One row per
-    item: where the smoothed first map peaks ("named": in or within one cell of an evidence box,
-    as `measure`'s pointing counts it; "other": another object of the item, from its position
-    facts; "none"), and the raw map's mean over the named object's cells and over the other
-    objects' cells, each divided by the map's mean. A model that attends to signs but not to the
-    blue one gives "other" as often as there are other signs, and equal ratios (CHANGELOG stop 37).
-    Only `NAMED_FAMILIES` among `families` (all of them if None) are asked."""
+    """Does the map find the object the question names, or any object of its kind? Per item of
+    the `NAMED_FAMILIES` among `families`: where the first map peaks ("named", as pointing counts
+    it; "other": another object, from the position facts; "none"), and the raw map's mean on the
+    named and on the other objects' cells over its mean. A map of signs, not of the blue sign,
+    says "other" as often as there are other signs (CHANGELOG stop 37)."""
     import pandas as pd
 
     adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
@@ -437,19 +443,13 @@ def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, 
         for item in bench.load(fam, split, n, seed, geometry=geometry):
             prep = adapter.prepare([item.image], item.question)
             raw = np.asarray(relevance(adapter, prep).maps[0], dtype=float)
-            grid, (W, H) = prep.grids[0], item.image.size
-            r, c = first_argmax_2d(smooth(raw, sigma))
-            cell = grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
-            cw, ch = cell[2] - cell[0], cell[3] - cell[1]
+            cell, size = peak_cell(raw, prep.grids[0], sigma), item.image.size
             named = [tuple(b) for b in item.boxes]
             others = [tuple(b) for _, a, b in item.facts if a is None and tuple(b) not in named]
-            px, py = box_center(cell)
-            hit = lambda boxes: any(h[0] <= px <= h[2] and h[1] <= py <= h[3]
-                                    for h in (_hit_region(b, W, H, cw, ch) for b in boxes))
             mean = raw.mean() or 1.0
-            on = lambda boxes: raw[object_cells(boxes, raw.shape, (W, H))].mean() / mean if boxes else math.nan
+            on = lambda boxes: raw[object_cells(boxes, raw.shape, size)].mean() / mean if boxes else math.nan
             rows.append({"family": fam, "index": int(item.meta.get("index", -1)), "others": len(others),
-                         "peak": "named" if hit(named) else "other" if hit(others) else "none",
+                         "peak": "named" if near(cell, named, size) else "other" if near(cell, others, size) else "none",
                          "named_ratio": on(named), "other_ratio": on(others)})
     return pd.DataFrame(rows, columns=["family", "index", "others", "peak", "named_ratio", "other_ratio"])
 
