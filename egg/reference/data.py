@@ -335,6 +335,13 @@ class Collator:
         self.patch = processor.patch_size
         self.tokens_per_image = (ip.size["height"] // self.patch) * (ip.size["width"] // self.patch)
 
+    def pixels(self, images: np.ndarray):
+        """(n, S, S, 3) uint8 images at the input size -> the processor's normalised pixel tensor."""
+        import torch
+
+        pix = images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        return torch.from_numpy((pix - self.mean) / self.std)
+
     def _ids(self, text: str) -> list[int]:
         text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * self.tokens_per_image)
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -384,8 +391,6 @@ class Collator:
                     look_q.append((i, pos))
                     look_at.append(row)
         raw = np.concatenate([np.asarray(ex.images) for ex in batch])
-        pix = raw.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-        pix = (pix - self.mean) / self.std
         # auxiliary targets for the vision tower (training only; the saved model is plain LLaVA):
         # which key colours each patch shows, and what the evidence crop reads (first turn's answer).
         read = np.full((len(raw), 2), -100, dtype=np.int64)
@@ -398,12 +403,20 @@ class Collator:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": lab,
                 "look_q": torch.tensor(look_q, dtype=torch.long).reshape(-1, 2),
                 "look_at": torch.stack(look_at) if look_at else torch.zeros((0, n_vis), dtype=torch.bool),
-                "pixel_values": torch.from_numpy(pix),
+                "pixel_values": self.pixels(raw),
                 "colour_targets": torch.from_numpy(np.concatenate([ex.colour_targets(self.patch) for ex in batch])),
                 "read_targets": torch.from_numpy(read)}
 
 
 KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
+
+
+def visual_tokens(model, pixel_values):
+    """The projector's output, (n_images, tokens, dim): what the decoder reads for each image."""
+    import torch
+
+    feats = model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
 
 def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:

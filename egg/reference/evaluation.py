@@ -52,3 +52,50 @@ def eval_line(ev: dict) -> str:
     """`quick_eval`'s result as the log prints it: family:base/oracle, then the locating shares."""
     return (" ".join(f"{f}:{v['base']:.2f}/{v['oracle']:.2f}" for f, v in ev.items()) + " locate "
             + " ".join(f"{f}:{v['locate']:.2f}" for f, v in ev.items() if "locate" in v))
+
+
+def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "full", family: str = "text",
+                 seed: int = 0, steps: int = 1500, strong: float = 0.25) -> dict:
+    """How well a linear probe reads each patch's key colours off the visual tokens, on `n` train
+    items' full views or crops around their evidence (`view`: "full" or "crop", up to 4x its side):
+    fitted on two thirds of the images to the warm-up's targets (`data.patch_colours`: 2 pixels of
+    the colour make a patch positive), scored on the rest, over all positives and over the patches
+    that the colour fills to at least `strong` (an object's body, not its edge).
+
+    Why: a decoder can bind "the blue sign" only to tokens that say blue (CHANGELOG, stop 39)."""
+    import torch
+
+    from .data import crop_around, patch_colours, visual_tokens
+
+    if view not in ("full", "crop"):
+        raise ValueError(f"view must be 'full' or 'crop', got {view!r}")
+    col = Collator(processor)
+    size = processor.image_processor.size["height"]
+    ims = []
+    for i, it in enumerate(bench.load(family, "train", n, seed, geometry=geometry)):
+        W, H = it.image.size
+        box = (0, 0, W, H) if view == "full" else crop_around(it.boxes[0], (W, H), np.random.default_rng(i), (1.0, 4.0))
+        ims.append(_resize(it.image, box, size))
+    ims = np.stack(ims)
+    with torch.no_grad():
+        feats = torch.cat([visual_tokens(model, col.pixels(ims[k:k + 32])) for k in range(0, n, 32)])
+    y = torch.from_numpy(patch_colours(ims, col.patch))
+    body = torch.from_numpy(patch_colours(ims, col.patch, min_pixels=max(2, int(strong * col.patch ** 2)))) > 0
+    cut = 2 * n // 3
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(feats.shape[-1], y.shape[-1])
+    opt = torch.optim.Adam(probe.parameters(), 1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(probe(feats[:cut]), y[:cut])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred, true, body = probe(feats[cut:]) > 0, y[cut:] > 0, body[cut:]
+
+    def share(hit, of) -> float:
+        return int(hit.sum()) / max(1, int(of.sum()))
+
+    return {"view": view, "n_images": n - cut, "positive_patches": int(true.sum()), "body_patches": int(body.sum()),
+            "recall": share(pred & true, true), "precision": share(pred & true, pred),
+            "body_recall": share(pred & body, body)}

@@ -40,7 +40,8 @@ the tower and projector as they were, and optionally `full_steps` on the full vi
 (every turn of the conversations whose only image is the full view) before the mixture;
 `train_only` limits the steps to the parameters it names (e.g. the decoder's query/key projections).
 `init_vision` starts a new decoder (any depth or width) on a finished model's tower and projector,
-without the vision warm-up: a decoder experiment at 24x24 then skips its longest stage.
+with `vision_steps` 0 without the vision warm-up: a decoder experiment at 24x24 then skips its longest
+stage; with more, the warm-up continues that tower (e.g. on full views too, `warmup_full`).
 
 Run with `python -m egg.reference.train` (or `make train-reference`).
 """
@@ -60,7 +61,7 @@ from ..synthetic.core import COLOURS
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
 from .checkpoint import load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .evaluation import eval_line, quick_eval
-from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset
+from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset, visual_tokens
 from .look import attention_rows, capturing, look_loss, register
 
 
@@ -107,7 +108,9 @@ class TrainConfig:
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
-    init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (no warm-up)
+    init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (the
+    # warm-up then continues them for `vision_steps`; 0: no warm-up)
+    warmup_full: float = 0.0  # share of each warm-up batch that is an item's full view (colour and position only)
     full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (CHANGELOG stop 31)
     train_only: str = ""  # a regex: the decoder steps update only the model parameters whose names match it
     model: dict = field(default_factory=dict)
@@ -201,8 +204,12 @@ def vision_rate(cfg: TrainConfig, s: int) -> float:
     return min(1.0, (s + 1) / cfg.vision_warmup) * decay
 
 
-def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -> list[dict]:
-    """Warm up the vision tower and projector on tight reading crops, through the auxiliary heads only."""
+def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, fulls: list[Example] = ()) -> list[dict]:
+    """Warm up the vision tower and projector on tight reading crops, through the auxiliary heads only;
+    with `cfg.warmup_full`, that share of each batch is full views (`fulls`), which teach the colour and
+    position of each patch where objects are 1-4 patches wide: trained on crops alone, run 12's tower
+    encoded a patch's key colour at the full view with a linear probe's recall of 32% (crops: 93%),
+    so no decoder on it could tell the blue sign from the red one (CHANGELOG, stop 39)."""
     import torch
 
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
@@ -211,11 +218,14 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
     rng = np.random.default_rng(cfg.seed + 1)
     curve, smooth = [], None
     bs = cfg.batch_size * 2
+    n_full = int(round(bs * cfg.warmup_full)) if len(fulls) else 0
     for step in range(1, cfg.vision_steps + 1):
-        idx = rng.choice(len(reads), size=bs, replace=False)
-        batch = {k: v.to(cfg.device) for k, v in col([reads[i] for i in idx]).items()}
-        feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
-        feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+        idx = rng.choice(len(reads), size=bs - n_full, replace=False)
+        part = [reads[i] for i in idx]
+        if n_full:  # no draw otherwise: a warm-up without full views keeps its random stream
+            part += [fulls[i] for i in rng.choice(len(fulls), size=n_full, replace=False)]
+        batch = {k: v.to(cfg.device) for k, v in col(part).items()}
+        feats = visual_tokens(model, batch["pixel_values"])
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         opt.zero_grad(set_to_none=True)
         (lc + lr + (lp if cfg.position > 0 else 0)).backward()
@@ -232,7 +242,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log) -
 # The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
 WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
                "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
-               "look", "read_scale", "vision_decay")
+               "look", "read_scale", "vision_decay", "init_vision", "warmup_full")
 
 
 def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:
@@ -260,8 +270,7 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     import torch
 
     ids = batch["input_ids"]
-    feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
-    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    feats = visual_tokens(model, batch["pixel_values"])
     emb = model.get_input_embeddings()(ids)
     is_vis = ids == model.config.image_token_id
     mask = is_vis.unsqueeze(-1).expand_as(emb)
@@ -341,9 +350,12 @@ def train(cfg: TrainConfig) -> Path:
                     cfg.read_pool) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
-    if aux is not None and cfg.vision_steps and not cfg.init_vision:
+    # The full view alone, every turn: where the named object is, and what it reads when readable
+    full = [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
+    warm = aux is not None and cfg.vision_steps > 0 and not cfg.init
+    if warm:  # from scratch, or continuing `init_vision`'s tower
         record["vision_warmup"] = cached_warmup(model, aux, work, cfg, mcfg,
-                                                lambda: pretrain_vision(model, aux, reads, col, cfg, log), log)
+                                                lambda: pretrain_vision(model, aux, reads, col, cfg, log, full), log)
     if cfg.init:
         record["continues"] = before["config"]
     if cfg.init_vision:
@@ -353,7 +365,7 @@ def train(cfg: TrainConfig) -> Path:
         params = [q for q in params if q.requires_grad]
     if cfg.train_only:  # e.g. the decoder's query/key projections: where it attends, not what it reads
         params = only_matching(model, cfg.train_only) + (aux.parameters() if aux else [])
-    if cfg.freeze_vision and not (cfg.init or cfg.init_vision):  # a saved model's projector is standardised
+    if cfg.freeze_vision and not cfg.init and (warm or not cfg.init_vision):  # a saved one is standardised
         shift, spread = standardise_projector(model, col(reads[:64])["pixel_values"].to(cfg.device))
         log(f"projector standardised on the frozen tower's features (offset {shift:.1f}, spread {spread:.2f})")
     rng = np.random.default_rng(cfg.seed)
@@ -362,8 +374,6 @@ def train(cfg: TrainConfig) -> Path:
     plan = stage(reads, cfg.read_steps, cfg.batch_size, rng, "read_steps")
     if cfg.read_steps:
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each")
-    # The full view alone, every turn: where the named object is, and what it reads when readable
-    full = [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
