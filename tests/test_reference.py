@@ -465,8 +465,8 @@ def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
 
 @pytest.mark.slow
 def test_a_new_decoder_starts_on_a_saved_models_tower_and_projector(tmp_path):
-    """`init_vision` copies the tower and projector (no warm-up) into a model whose decoder may have
-    another depth; a tower of another shape, or both `init` and `init_vision`, are refused."""
+    """`init_vision` copies the tower and projector (no warm-up with `vision_steps` 0) into a model whose
+    decoder may have another depth; a tower of another shape, or both `init` and `init_vision`, are refused."""
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, eval_items=1, workers=1, threads=2,
@@ -483,6 +483,14 @@ def test_a_new_decoder_starts_on_a_saved_models_tower_and_projector(tmp_path):
     assert copied and all(torch.equal(a[k], b[k]) for k in copied)
     assert any("layers.3." in k for k in a if "language_model." in k)  # the first model's 4 layers
     assert not any("layers.2." in k for k in b if "language_model." in k)  # the new one's two
+    # with warm-up steps, the copied tower warms up further (full views among its crops) and the
+    # projector is standardised again
+    more = T.train(T.TrainConfig(out=str(tmp_path / "w" / "ref"), init_vision=str(first), vision_steps=2,
+                                 warmup_full=0.5, max_steps=1, **kw))
+    log = (tmp_path / "w" / "train_cache" / "train.log").read_text()
+    assert "a new decoder" in log and "standardised" in log
+    c = load_file(str(more / "model.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in copied if "vision_tower." in k)
     with pytest.raises(SystemExit, match="another vision tower"):
         T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init_vision=str(first), model={"vision_hidden": 64},
                               **kw))

@@ -206,10 +206,10 @@ def vision_rate(cfg: TrainConfig, s: int) -> float:
 
 def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, fulls: list[Example] = ()) -> list[dict]:
     """Warm up the vision tower and projector on tight reading crops, through the auxiliary heads only;
-    with `cfg.warmup_full`, that share of each batch is full views (`fulls`), which teach the colour and
-    position of each patch where objects are 1-4 patches wide: trained on crops alone, run 12's tower
-    encoded a patch's key colour at the full view with a linear probe's recall of 32% (crops: 93%),
-    so no decoder on it could tell the blue sign from the red one (CHANGELOG, stop 39)."""
+    with `cfg.warmup_full`, that share of each batch is full views (`fulls`), with colour and position
+    targets where objects are 1-4 patches wide. Why: trained on crops alone, run 12's tower told a
+    patch's key colour to a linear probe at the full view with a recall of 33% (crops: 93%). 1000
+    more steps with half full views did not raise it (run 20: 32%; CHANGELOG, stop 39)."""
     import torch
 
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
