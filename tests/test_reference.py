@@ -300,6 +300,31 @@ def test_patch_colours_finds_a_red_patch():
     lab = D.patch_colours(img, 8).reshape(8, 8, -1)
     red = list(D.COLOURS).index("red")
     assert lab[1, 3, red] == 1 and lab[:, :, red].sum() == 1 and lab.sum() == 1
+    img[0, 0, 0] = (220, 30, 30)  # one red pixel: counted, but below the 2 that make a patch positive
+    pixels = D.patch_colour_pixels(img, 8).reshape(8, 8, -1)
+    assert pixels[1, 3, red] == 64 and pixels[0, 0, red] == 1 and pixels.sum() == 65
+    assert D.patch_colours(img, 8).sum() == 1
+
+
+def test_colour_weight_counts_a_present_colour_that_many_times():
+    """At 24x24 a full view's colour targets are 0.5-2% present; `colour_weight` is BCE's pos_weight,
+    so with weight w a miss on a present colour costs w times the plain loss's, and 1 is the plain loss."""
+    import torch.nn.functional as F
+
+    feats = torch.randn(2, 64, 16)
+    colour = (torch.rand(2, 64, len(D.COLOURS)) < 0.02).float()
+    read = torch.full((2, 2), -100)
+    plain, weighted = T.AuxHeads(16, 10, "cpu"), T.AuxHeads(16, 10, "cpu", colour_weight=10.0)
+    weighted.colour.load_state_dict(plain.colour.state_dict())
+    logits = plain.colour(feats)
+    pos = F.binary_cross_entropy_with_logits(logits, colour, weight=colour, reduction="sum")
+    neg = F.binary_cross_entropy_with_logits(logits, colour, weight=1 - colour, reduction="sum")
+    n = colour.numel()
+    assert plain.loss(feats, colour, read)[0].item() == pytest.approx((pos + neg).item() / n, rel=1e-5)
+    assert weighted.loss(feats, colour, read)[0].item() == pytest.approx((10 * pos + neg).item() / n, rel=1e-5)
+    assert "colour_weight" in T.WARMUP_KEYS
+    with pytest.raises(ValueError, match="colour_weight"):
+        T.AuxHeads(16, 10, "cpu", colour_weight=0)
 
 
 
@@ -577,3 +602,24 @@ def test_the_colour_probe_finds_the_colours_the_shipped_model_sees():
     assert blind["recall"] < seen["recall"] - 0.2
     with pytest.raises(ValueError, match="view must be"):
         colour_probe(model, processor, "v1", view="window")
+
+
+def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_processor):
+    """`colour_probe(layer=...)` reads `data.tower_tokens`: at the last layer, projected, they must be
+    the decoder's visual tokens exactly, and a layer the tower does not have is refused by name."""
+    from transformers import LlavaForConditionalGeneration
+
+    from egg.api import REFERENCE_DIR
+    from egg.reference.evaluation import colour_probe
+
+    model = LlavaForConditionalGeneration.from_pretrained(REFERENCE_DIR)
+    S = ref_processor.image_processor.size["height"]
+    pixels = D.Collator(ref_processor).pixels(np.random.default_rng(0).integers(0, 256, (2, S, S, 3), dtype=np.uint8))
+    depth = model.config.vision_config.num_hidden_layers
+    with torch.no_grad():
+        last = D.tower_tokens(model, pixels, depth)
+        torch.testing.assert_close(model.model.multi_modal_projector(last), D.visual_tokens(model, pixels))
+        assert not torch.allclose(D.tower_tokens(model, pixels, 0), last)
+    for bad in (-1, depth + 1):
+        with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
+            colour_probe(model, ref_processor, "v1", layer=bad)

@@ -419,15 +419,28 @@ def visual_tokens(model, pixel_values):
     return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
 
-def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
+def tower_tokens(model, pixel_values, layer: int):
+    """The vision tower's patch tokens after `layer` of its layers (0: the patch embeddings), its class
+    token dropped: at the tower's last layer, what the projector turns into `visual_tokens`."""
+    depth = model.config.vision_config.num_hidden_layers
+    if not 0 <= layer <= depth:
+        raise ValueError(f"layer must be 0..{depth} (the tower's layers), got {layer!r}")
+    return model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:]
+
+
+def patch_colour_pixels(images: np.ndarray, patch: int, tol: int = 60) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) int: pixels of each key colour in each patch."""
     import torch
 
     im = torch.from_numpy(np.require(images, requirements="W")).to(torch.int16)  # a read-only view is copied
     d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
     n, H, W, C = d.shape
-    d = d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4))
-    return (d >= min_pixels).reshape(n, -1, C).float().numpy()
+    return d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4)).reshape(n, -1, C).numpy()
+
+
+def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
+    return (patch_colour_pixels(images, patch, tol) >= min_pixels).astype(np.float32)
 
 
 def pack_colours(images: np.ndarray, patch: int) -> np.ndarray:

@@ -55,20 +55,25 @@ def eval_line(ev: dict) -> str:
 
 
 def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "full", family: str = "text",
-                 seed: int = 0, steps: int = 1500, strong: float = 0.25) -> dict:
+                 seed: int = 0, steps: int = 1500, strong: float = 0.25, layer: int | None = None) -> dict:
     """How well a linear probe reads each patch's key colours off the visual tokens, on `n` train
     items' full views or crops around their evidence (`view`: "full" or "crop", up to 4x its side):
     fitted on two thirds of the images to the warm-up's targets (`data.patch_colours`: 2 pixels of
     the colour make a patch positive), scored on the rest, over all positives and over the patches
-    that the colour fills to at least `strong` (an object's body, not its edge).
+    that the colour fills to at least `strong` (an object's body, not its edge). `layer` probes the
+    tower's tokens after that many layers instead of the projector's output (`data.tower_tokens`):
+    where along the way a colour is lost.
 
     Why: a decoder can bind "the blue sign" only to tokens that say blue (CHANGELOG, stop 39)."""
     import torch
 
-    from .data import crop_around, patch_colours, visual_tokens
+    from .data import crop_around, patch_colour_pixels, tower_tokens, visual_tokens
 
     if view not in ("full", "crop"):
         raise ValueError(f"view must be 'full' or 'crop', got {view!r}")
+    if layer is not None:  # a bad layer is refused before rendering anything
+        with torch.no_grad():
+            tower_tokens(model, torch.zeros(1, 3, *[processor.image_processor.size["height"]] * 2), layer)
     col = Collator(processor)
     size = processor.image_processor.size["height"]
     ims = []
@@ -78,9 +83,10 @@ def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "ful
         ims.append(_resize(it.image, box, size))
     ims = np.stack(ims)
     with torch.no_grad():
-        feats = torch.cat([visual_tokens(model, col.pixels(ims[k:k + 32])) for k in range(0, n, 32)])
-    y = torch.from_numpy(patch_colours(ims, col.patch))
-    body = torch.from_numpy(patch_colours(ims, col.patch, min_pixels=max(2, int(strong * col.patch ** 2)))) > 0
+        feats = torch.cat([visual_tokens(model, col.pixels(ims[k:k + 32])) if layer is None
+                           else tower_tokens(model, col.pixels(ims[k:k + 32]), layer) for k in range(0, n, 32)])
+    pixels = torch.from_numpy(patch_colour_pixels(ims, col.patch))
+    y, body = (pixels >= 2).float(), pixels >= max(2, int(strong * col.patch ** 2))
     cut = 2 * n // 3
     torch.manual_seed(seed)
     probe = torch.nn.Linear(feats.shape[-1], y.shape[-1])

@@ -111,6 +111,9 @@ class TrainConfig:
     init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (the
     # warm-up then continues them for `vision_steps`; 0: no warm-up)
     warmup_full: float = 0.0  # share of each warm-up batch that is an item's full view (colour and position only)
+    # weight of a present key colour against an absent one in the colour loss (BCE's pos_weight): at
+    # 24x24 a full view's colour targets are mostly absent, and the plain loss is met by saying so
+    colour_weight: float = 1.0
     full_steps: int = 0  # decoder steps on the full view alone, every turn, before the rest (CHANGELOG stop 31)
     train_only: str = ""  # a regex: the decoder steps update only the model parameters whose names match it
     model: dict = field(default_factory=dict)
@@ -157,12 +160,17 @@ class AuxHeads:
     gives the decoder relative positions in its scores but none in what it reads.
     """
 
-    def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean"):
+    def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean",
+                 colour_weight: float = 1.0):
         import torch
 
         if read_pool not in ("mean", "max"):
             raise ValueError(f"read_pool must be 'mean' or 'max', got {read_pool!r}")
+        if colour_weight <= 0:
+            raise ValueError(f"colour_weight must be > 0, got {colour_weight!r}")
         self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)
+        # > 1: a present colour counts that many absent ones (BCE's pos_weight); None keeps the plain loss
+        self.pos_weight = torch.full((len(COLOURS),), float(colour_weight), device=device) if colour_weight != 1 else None
         self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
         self.where = torch.nn.Linear(dim, 2 * grid).to(device)
         self.vocab, self.grid, self.read_pool = vocab, grid, read_pool
@@ -182,7 +190,7 @@ class AuxHeads:
         import torch
         import torch.nn.functional as F
 
-        lc = F.binary_cross_entropy_with_logits(self.colour(feats), colour_targets)
+        lc = F.binary_cross_entropy_with_logits(self.colour(feats), colour_targets, pos_weight=self.pos_weight)
         # max: at 24x24 a glyph covers 2-6% of a crop's tokens, and a mean drowns it
         pooled = feats.amax(1) if self.read_pool == "max" else feats.mean(1)
         logits = self.read(pooled).view(-1, 2, self.vocab)
@@ -242,7 +250,7 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, f
 # The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
 WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
                "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
-               "look", "read_scale", "vision_decay", "init_vision", "warmup_full")
+               "look", "read_scale", "vision_decay", "init_vision", "warmup_full", "colour_weight")
 
 
 def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:
@@ -347,7 +355,7 @@ def train(cfg: TrainConfig) -> Path:
     data, reads = render_dataset(cfg, mcfg, log)
     col = Collator(processor)
     aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size,
-                    cfg.read_pool) if cfg.aux else None)
+                    cfg.read_pool, cfg.colour_weight) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     # The full view alone, every turn: where the named object is, and what it reads when readable
