@@ -623,3 +623,5 @@ def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_pro
     for bad in (-1, depth + 1):
         with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
             colour_probe(model, ref_processor, "v1", layer=bad)
+        with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
+            D.tower_tokens(model, pixels, bad)

@@ -67,13 +67,12 @@ def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "ful
     Why: a decoder can bind "the blue sign" only to tokens that say blue (CHANGELOG, stop 39)."""
     import torch
 
-    from .data import crop_around, patch_colour_pixels, tower_tokens, visual_tokens
+    from .data import check_tower_layer, crop_around, patch_colour_pixels, tower_tokens, visual_tokens
 
     if view not in ("full", "crop"):
         raise ValueError(f"view must be 'full' or 'crop', got {view!r}")
     if layer is not None:  # a bad layer is refused before rendering anything
-        with torch.no_grad():
-            tower_tokens(model, torch.zeros(1, 3, *[processor.image_processor.size["height"]] * 2), layer)
+        check_tower_layer(model, layer)
     col = Collator(processor)
     size = processor.image_processor.size["height"]
     ims = []
