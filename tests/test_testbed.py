@@ -26,6 +26,19 @@ def test_measure_scores_every_item_and_bounds_chance(vlm, rows):
     assert (rows.entropy <= rows.max_entropy + 1e-6).all()
 
 
+def test_a_peak_counts_as_a_hit_within_one_cell_of_the_evidence():
+    """Pointing (`near`) and its chance (`hit` at every cell centre) share one rule: the evidence grown
+    by one cell's width and height."""
+    box = (50.0, 50.0, 60.0, 60.0)
+    cell = lambda x, y, w=10.0, h=10.0: (x - w / 2, y - h / 2, x + w / 2, y + h / 2)  # centred on (x, y)
+    assert testbed.near(cell(55, 55), [box]) and testbed.near(cell(41, 69), [box])
+    assert not testbed.near(cell(39, 55), [box]) and not testbed.near(cell(55, 71), [box])
+    assert not testbed.near(cell(39, 55), [(90.0, 90.0, 95.0, 95.0), box])
+    assert testbed.near(cell(92, 92), [box, (90.0, 90.0, 95.0, 95.0)])
+    wide = cell(0, 0, w=20.0, h=4.0)  # a cell's width and height grow the box apart
+    assert testbed.hit(35, 55, wide, [box]) and not testbed.hit(55, 45, wide, [box])
+
+
 def test_the_base_answer_is_egg_answer_from_the_maps_own_pass(vlm, rows):
     """The base answer continues the key/value cache of the base map's forward: the same
     tokens as a plain ``egg.answer``."""

@@ -72,20 +72,21 @@ class TestbedRow:
         return asdict(self)
 
 
-def _hit_region(box, W: int, H: int, cw: float, ch: float) -> tuple[float, float, float, float]:
-    return (max(0.0, box[0] - cw), max(0.0, box[1] - ch), min(W, box[2] + cw), min(H, box[3] + ch))
-
-
 def peak_cell(raw, grid, sigma: float):
     """The smoothed map's first maximum, as the pixel box of its grid cell."""
     r, c = first_argmax_2d(smooth(raw, sigma))
     return grid_box_to_pixels((c, r, c + 1, r + 1), grid.shape, grid.footprint)
 
 
-def near(cell, boxes, size: tuple[int, int]) -> bool:
+def hit(x: float, y: float, cell, boxes) -> bool:
+    """Whether (x, y) lies in one of `boxes` grown by one of `cell`'s sizes on every side."""
+    cw, ch = cell[2] - cell[0], cell[3] - cell[1]
+    return any(b[0] - cw <= x <= b[2] + cw and b[1] - ch <= y <= b[3] + ch for b in boxes)
+
+
+def near(cell, boxes) -> bool:
     """Whether `cell`'s centre lies in one of `boxes` or within one cell of it (pointing's hit)."""
-    (px, py), cw, ch = box_center(cell), cell[2] - cell[0], cell[3] - cell[1]
-    return any(h[0] <= px <= h[2] and h[1] <= py <= h[3] for h in (_hit_region(b, *size, cw, ch) for b in boxes))
+    return hit(*box_center(cell), cell, boxes)
 
 
 def centred_crop(box, w: float, h: float) -> tuple[float, float, float, float]:
@@ -115,10 +116,9 @@ def measure_item(vlm, item: bench.Item, sigma: float = 1.0, seed: int = 0, metho
     rows, cols = grid.shape
     cell = peak_cell(res.maps[0], grid, sigma)
     cw, ch = cell[2] - cell[0], cell[3] - cell[1]
-    hits = [_hit_region(b, W, H, cw, ch) for b in item.boxes]
-    pointing = near(cell, item.boxes, (W, H))
+    pointing = near(cell, item.boxes)  # chance: the share of cell centres that would be a hit
     centres = [((j + 0.5) * W / cols, (i + 0.5) * H / rows) for i in range(rows) for j in range(cols)]
-    chance = float(np.mean([any(h[0] <= x <= h[2] and h[1] <= y <= h[3] for h in hits) for x, y in centres]))
+    chance = float(np.mean([hit(x, y, cell, item.boxes) for x, y in centres]))
 
     def ask(crops) -> str:
         crops = [clamp_aspect(b, (W, H), min_side=adapter.min_crop_side) for b in crops]
@@ -449,7 +449,7 @@ def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, 
             mean = raw.mean() or 1.0
             on = lambda boxes: raw[object_cells(boxes, raw.shape, size)].mean() / mean if boxes else math.nan
             rows.append({"family": fam, "index": int(item.meta.get("index", -1)), "others": len(others),
-                         "peak": "named" if near(cell, named, size) else "other" if near(cell, others, size) else "none",
+                         "peak": "named" if near(cell, named) else "other" if near(cell, others) else "none",
                          "named_ratio": on(named), "other_ratio": on(others)})
     return pd.DataFrame(rows, columns=["family", "index", "others", "peak", "named_ratio", "other_ratio"])
 
