@@ -468,9 +468,13 @@ def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
                                   full_steps=3, max_steps=4, **kw))
     log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
     assert "continuing" in log and "full-view stage: 3 steps" in log and "vision warm-up" not in log
+    assert " bind text:" in log and " pope:" not in log.split(" bind ")[-1]
     record = json.loads((later / "training_log.json").read_text())
     assert record["continues"]["vision_steps"] == 2 and record["steps"] == 4
-    assert set(record["eval"][-1]["text"]) == {"base", "oracle", "locate"}
+    ev = record["eval"][-1]
+    assert set(ev["text"]) == {"base", "oracle", "locate", "by_kind", "kind_chance"}
+    assert set(ev["pope"]) == {"base", "oracle", "locate"}  # pope names no object among others of its kind
+    assert 0 < ev["text"]["kind_chance"] < 1
     a, b = load_file(str(first / "model.safetensors")), load_file(str(later / "model.safetensors"))
     tower = [k for k in a if "vision_tower." in k]
     assert tower and all(torch.equal(a[k], b[k]) for k in tower)
