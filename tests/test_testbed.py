@@ -224,6 +224,19 @@ def test_binding_peak_agrees_with_pointing_and_counts_the_other_objects(vlm, row
     assert (b.others > 0).all() and (b.named_ratio > 0).all() and (b.other_ratio > 0).all()
 
 
+def test_binding_reads_a_vicrop_map_when_asked(vlm):
+    """`maps` swaps the entropy-gradient map for a ViCrop variant's: the ratios are that map's."""
+    from egg.baselines import vicrop_map
+
+    b = testbed.binding(vlm, families=["text"], n=2, split="test", seed=0, maps="grad-att")
+    for item, ratio in zip(bench.load("text", "test", 2, 0), b.named_ratio):
+        m = vicrop_map(vlm, item.image, item.question, variant="grad-att")[0]
+        assert ratio == pytest.approx(m[testbed.object_cells(item.boxes, m.shape, item.image.size)].mean() / m.mean())
+    assert b.peak.isin(["named", "other", "none"]).all()
+    with pytest.raises(ValueError, match="maps must be 'egg' or a ViCrop variant"):
+        testbed.binding(vlm, maps="attention")
+
+
 def test_binding_summary_counts_peaks_per_family_against_picking_an_object_at_random():
     df = pd.DataFrame({"family": ["text"] * 4 + ["doc"] * 2, "index": range(6), "others": [1, 1, 3, 3, 4, 4],
                        "peak": ["named", "other", "other", "none", "named", "named"],

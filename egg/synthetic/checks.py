@@ -29,11 +29,13 @@ import numpy as np
 
 from .. import synthetic as bench
 from ..adapters import EmbeddingCache, as_adapter
+from ..baselines import VARIANTS, vicrop_batch, vicrop_map
 from ..method.boxes import box_center, clamp_aspect, grid_box_to_pixels
 from ..method.regions import first_argmax_2d, smooth
 from ..method.relevance import relevance
 from ..method.zoom import answer_with_crops
 from ..outputs import progress_line
+from ..stats import bootstrap_ci, paired_bootstrap
 
 
 #: Families whose question names one object among others of its kind (a colour picks the sign).
@@ -151,7 +153,6 @@ def method_fields(vlm, items: list[bench.Item], batch_size: int = 8, caches: lis
     """EGG at the paper's defaults and the three ViCrop variants on each item, `batch_size`
     questions per model pass (each result equals the single call's, egg.ground_batch); each
     item's image is encoded once for all four, into its entry of `caches` if given."""
-    from ..baselines import VARIANTS, vicrop_batch
     from ..method.batch import ground_batch
     from ..method.boxes import box_area
 
@@ -177,9 +178,7 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
     """One TestbedRow per item, as a DataFrame; items drawn in `geometry` (egg.synthetic.Geometry;
     None: the model's own, ``bench.geometry_for``)."""
     import pandas as pd
-    from tqdm import (
-        tqdm,  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
-    )
+    from tqdm import tqdm  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
 
     families = families or bench.families()
     geometry = geometry or bench.geometry_for(vlm)
@@ -202,8 +201,6 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
 def summary(df, n_boot: int = 2000, seed: int = 0):
     """Per family: accuracies with 95% bootstrap CIs, the oracle gap, entropy, pointing vs chance."""
     import pandas as pd
-
-    from ..stats import bootstrap_ci, paired_bootstrap
 
     out = []
     for fam, g in df.groupby("family", sort=False):
@@ -358,8 +355,6 @@ def method_acceptance(rows, n_boot: int = 2000, seed: int = 0) -> list[tuple[str
     designed (small first boxes, maps with several components, a rule that zooms more than
     once) and the goal (share of the oracle gap EGG recovers; EGG against the best ViCrop
     variant, pooled with paired intervals). Each as (target, met, what was measured, with n)."""
-    from ..stats import bootstrap_ci, paired_bootstrap
-
     fam = {f: g for f, g in rows.groupby("family", sort=False)}
     gaps = {f: 100 * (g.oracle.mean() - g.base.mean()) for f, g in fam.items()}
     four = [f for f in NAMED_FAMILIES if f in gaps]
@@ -429,20 +424,26 @@ def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0)
     return pd.DataFrame(rows, columns=["family", "question", "truth", "answer", "exact", "near"])
 
 
-def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, sigma: float = 1.0):
+def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, sigma: float = 1.0,
+            maps: str = "egg"):
     """Does the map find the object the question names, or any object of its kind? Per item of
     the `NAMED_FAMILIES` among `families`: where the first map peaks ("named", as pointing counts
     it; "other": another object, from the position facts; "none"), and the raw map's mean on the
     named and on the other objects' cells over its mean. A map of signs, not of the blue sign,
-    says "other" as often as there are other signs (CHANGELOG stop 37)."""
+    says "other" as often as there are other signs (CHANGELOG stop 37). `maps`: "egg" (the entropy
+    gradient's) or a ViCrop variant's (`egg.baselines.VARIANTS`), e.g. to see whether a model's
+    attention binds where its gradient map does not."""
     import pandas as pd
 
+    if maps != "egg" and maps not in VARIANTS:
+        raise ValueError(f"maps must be 'egg' or a ViCrop variant {list(VARIANTS)}, got {maps!r}")
     adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
     rows = []
     for fam in [f for f in NAMED_FAMILIES if families is None or f in families]:
         for item in bench.load(fam, split, n, seed, geometry=geometry):
             prep = adapter.prepare([item.image], item.question)
-            raw = np.asarray(relevance(adapter, prep).maps[0], dtype=float)
+            raw = np.asarray(relevance(adapter, prep).maps[0] if maps == "egg" else
+                             vicrop_map(adapter, item.image, item.question, variant=maps)[0], dtype=float)
             cell, size = peak_cell(raw, prep.grids[0], sigma), item.image.size
             named = [tuple(b) for b in item.boxes]
             others = [tuple(b) for _, a, b in item.facts if a is None and tuple(b) not in named]
@@ -460,8 +461,6 @@ def binding_summary(df, n_boot: int = 2000, seed: int = 0):
     `kind_chance`, what a map that finds the kind but not the instance would give (one object in
     1 + others); the median ratios."""
     import pandas as pd
-
-    from ..stats import bootstrap_ci
 
     out = []
     for fam, g in df.groupby("family", sort=False):
