@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from .. import synthetic as bench
 from ..adapters import EmbeddingCache, as_adapter
@@ -177,7 +178,6 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
             methods: bool = False, geometry: str | None = None):
     """One TestbedRow per item, as a DataFrame; items drawn in `geometry` (egg.synthetic.Geometry;
     None: the model's own, ``bench.geometry_for``)."""
-    import pandas as pd
     from tqdm import tqdm  # the plain bar on stderr: tqdm.auto would draw a widget into a notebook
 
     families = families or bench.families()
@@ -200,8 +200,6 @@ def measure(vlm, families=None, n: int = 300, split: str = "test", seed: int = 0
 
 def summary(df, n_boot: int = 2000, seed: int = 0):
     """Per family: accuracies with 95% bootstrap CIs, the oracle gap, entropy, pointing vs chance."""
-    import pandas as pd
-
     out = []
     for fam, g in df.groupby("family", sort=False):
         gap, glo, ghi = paired_bootstrap(g.base.values, g.oracle.values, n_boot=n_boot, seed=seed)
@@ -225,8 +223,6 @@ def summary(df, n_boot: int = 2000, seed: int = 0):
 def by_evidence_size(df, bins: int = 3):
     """Per family and evidence-size tercile (single-evidence items, so that the size is one
     object's): where does the full view start to be read, and where does the map start to point?"""
-    import pandas as pd
-
     single = df[~df.multi_evidence.astype(bool)].copy()
     labels = ["small", "mid", "large"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
     single["size"] = single.groupby("family", sort=False).evidence_fraction.transform(
@@ -322,8 +318,6 @@ def method_table(rows):
     """Per family, on ``measure(..., methods=True)`` rows: accuracy (%) of the full view, the
     oracle, a crop 3x the evidence, EGG and each ViCrop variant, with the most frequent base and
     EGG answers and their shares: a family answered the same way on every item carries no signal."""
-    import pandas as pd
-
     cols = ["base", "oracle", "crop3x", "egg", *VICROP_COLUMNS]
     out = []
     for fam, g in rows.groupby("family", sort=False):
@@ -406,8 +400,6 @@ def locating(vlm, families=None, n: int = 15, split: str = "val", seed: int = 0)
     geometry, as `egg.reference.data.position_words` teaches them), the model's answer, whether
     it is exact and within one tenth. A model that gives one position for every object has not
     learned to locate, and no relevance map of it can point (run 12, CHANGELOG stop 30)."""
-    import pandas as pd
-
     from ..reference.data import position_digits, position_words
 
     adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
@@ -433,17 +425,18 @@ def binding(vlm, families=None, n: int = 25, split: str = "val", seed: int = 0, 
     says "other" as often as there are other signs (CHANGELOG stop 37). `maps`: "egg" (the entropy
     gradient's) or a ViCrop variant's (`egg.baselines.VARIANTS`), e.g. to see whether a model's
     attention binds where its gradient map does not."""
-    import pandas as pd
-
     if maps != "egg" and maps not in VARIANTS:
         raise ValueError(f"maps must be 'egg' or a ViCrop variant {list(VARIANTS)}, got {maps!r}")
     adapter, geometry = as_adapter(vlm), bench.geometry_for(vlm)
     rows = []
     for fam in [f for f in NAMED_FAMILIES if families is None or f in families]:
         for item in bench.load(fam, split, n, seed, geometry=geometry):
-            prep = adapter.prepare([item.image], item.question)
-            raw = np.asarray(relevance(adapter, prep).maps[0] if maps == "egg" else
-                             vicrop_map(adapter, item.image, item.question, variant=maps)[0], dtype=float)
+            if maps == "egg":
+                prep = adapter.prepare([item.image], item.question)
+                raw = relevance(adapter, prep).maps[0]
+            else:  # the variant prepares the prompt itself: the image is encoded once
+                raw, prep, _ = vicrop_map(adapter, item.image, item.question, variant=maps)
+            raw = np.asarray(raw, dtype=float)
             cell, size = peak_cell(raw, prep.grids[0], sigma), item.image.size
             named = [tuple(b) for b in item.boxes]
             others = [tuple(b) for _, a, b in item.facts if a is None and tuple(b) not in named]
@@ -460,8 +453,6 @@ def binding_summary(df, n_boot: int = 2000, seed: int = 0):
     another object, on neither; `by_kind`, the named share among peaks on some object, against
     `kind_chance`, what a map that finds the kind but not the instance would give (one object in
     1 + others); the median ratios."""
-    import pandas as pd
-
     out = []
     for fam, g in df.groupby("family", sort=False):
         named, lo, hi = bootstrap_ci((g.peak == "named").values.astype(float), n_boot=n_boot, seed=seed)
