@@ -422,7 +422,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, vision_steps=2, max_steps=4,
-              eval_items=1, eval_every=2, workers=1, threads=2, freeze_vision=1, read_steps=3)
+              eval_items=1, eval_every=2, workers=1, threads=2, freeze_vision=1, read_steps=3, read_full=0.25)
     full = T.train(T.TrainConfig(out=str(tmp_path / "a" / "ref"), **kw))
     evals = []
     real_eval = T.quick_eval
@@ -441,7 +441,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     resumed = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), resume=1, **kw))
     log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
     assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
-    assert "reading stage: 3 steps" in log  # interrupted inside it: the stage's plan is rebuilt the same
+    # interrupted inside it, full views among its crops: the stage's plan is rebuilt the same
+    assert "reading stage: 3 steps" in log and "1 of each batch's 4 full-view conversations" in log
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # frozen in the decoder steps: the tower is the warm-up's, so the resumed model's equals its own cache
@@ -629,3 +630,29 @@ def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_pro
             colour_probe(model, ref_processor, "v1", layer=bad)
         with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
             D.tower_tokens(model, pixels, bad)
+
+
+def test_the_reading_stage_mixes_in_full_views_only_when_asked():
+    """`read_full` puts that share of each reading batch on the full-view conversations, drawn from
+    their own stream: the crops' batches are those of a stage with that smaller batch size, and
+    without it the stage is the plain one. A share that leaves no crop is refused by name."""
+    one = np.zeros((1, 4, 4, 3), np.uint8)
+    reads = [D.Example(one, [("q", "a")], "text", "read") for _ in range(40)]
+    full = [D.Example(one, [("q", "a")], "text", "full") for _ in range(10)]
+    cfg = T.TrainConfig(batch_size=8, read_steps=7, read_full=0.25)
+    plan, n_full = T.reading_stage(reads, full, cfg, np.random.default_rng(3))
+    assert n_full == 2 and len(plan) == 7
+    plain = T.stage(reads, 7, 6, np.random.default_rng(3), "read_steps")
+    for (pool, idx), (_, crops) in zip(plan, plain):
+        assert len(idx) == 8 and list(idx[:6]) == list(crops)
+        assert [pool[i].kind for i in idx] == ["read"] * 6 + ["full"] * 2
+        assert len(set(idx[6:])) == 2  # no full view twice in one batch
+    again, _ = T.reading_stage(reads, full, cfg, np.random.default_rng(3))
+    assert all(list(a[1]) == list(b[1]) for a, b in zip(plan, again))
+    none, n0 = T.reading_stage(reads, full, T.TrainConfig(batch_size=8, read_steps=7), np.random.default_rng(3))
+    assert n0 == 0 and [list(i) for _, i in none] == [list(i) for _, i in T.stage(reads, 7, 8, np.random.default_rng(3), "x")]
+    assert all(pool is reads for pool, _ in none)
+    with pytest.raises(ValueError, match="read_full=1.0 leaves no reading crop"):
+        T.reading_stage(reads, full, T.TrainConfig(batch_size=8, read_steps=7, read_full=1.0), np.random.default_rng(3))
+    with pytest.raises(ValueError, match="read_full needs 2 full-view conversations"):
+        T.reading_stage(reads, full[:1], cfg, np.random.default_rng(3))

@@ -106,6 +106,9 @@ class TrainConfig:
     freeze_vision: int = 0  # 1: the decoder steps leave the vision tower as its warm-up made it (LLaVA's stage 2)
     read_steps: int = 0  # decoder steps on the warm-up's reading crops, one image each, before the curriculum
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
+    # share of each reading-stage batch that is full-view conversations (with the look loss): read
+    # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
+    read_full: float = 0.0
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
     init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (the
@@ -319,6 +322,25 @@ def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, 
     return plan[:steps]
 
 
+def reading_stage(reads: list[Example], full: list[Example], cfg: TrainConfig,
+                  rng: np.random.Generator) -> tuple[list[tuple], int]:
+    """The reading stage's batches, with `cfg.read_full` of each drawn from `full` (the full-view
+    conversations, whose look loss keeps where the model attends while it learns to read); and
+    how many of each batch are full views. Those are drawn from their own stream, so that a stage
+    without them is the one earlier runs had."""
+    n_full = int(round(cfg.batch_size * cfg.read_full))
+    if not 0 <= n_full < cfg.batch_size:
+        raise ValueError(f"read_full={cfg.read_full} leaves no reading crop in a batch of {cfg.batch_size}: give 0 to < 1")
+    plan = stage(reads, cfg.read_steps, cfg.batch_size - n_full, rng, "read_steps")
+    if not (n_full and plan):
+        return plan, 0
+    if len(full) < n_full:
+        raise ValueError(f"read_full needs {n_full} full-view conversations or more, got {len(full)}")
+    both, frng = reads + full, np.random.default_rng(cfg.seed + 2)
+    return [(both, np.concatenate([idx, len(reads) + frng.choice(len(full), n_full, replace=False)]))
+            for _, idx in plan], n_full
+
+
 # ---------------------------------------------------------------- training loop
 def train(cfg: TrainConfig) -> Path:
     """Render the data, warm up the vision tower, train the decoder, evaluate, save.
@@ -381,9 +403,11 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     # Stages: optionally the reading crops alone (one image each); then single-question conversations
     # whose answer is readable (in an appended crop or a small window); then the full mixture.
-    plan = stage(reads, cfg.read_steps, cfg.batch_size, rng, "read_steps")
+    plan, n_full = reading_stage(reads, full, cfg, rng)
+    crops = plan[0][0] if plan else reads
     if cfg.read_steps:
-        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each")
+        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each"
+            + (f", {n_full} of each batch's {cfg.batch_size} full-view conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
@@ -436,7 +460,7 @@ def train(cfg: TrainConfig) -> Path:
         for k, v in parts.items():
             smooth[k] = cfg.smoothing * smooth[k] + (1 - cfg.smoothing) * v if k in smooth else v
         if step % 20 == 0:
-            phase = {id(reads): "crop", id(full): "full", id(first): "read"}.get(id(pool), "mix")
+            phase = {id(reads): "crop", id(crops): "crop", id(full): "full", id(first): "read"}.get(id(pool), "mix")
             record["loss"].append({"step": step, **{k: float(v) for k, v in smooth.items()},
                                    "lr": sched.get_last_lr()[0], "phase": phase})
         if step % 100 == 0:
