@@ -656,3 +656,27 @@ def test_the_reading_stage_mixes_in_full_views_only_when_asked():
         T.reading_stage(reads, full, T.TrainConfig(batch_size=8, read_steps=7, read_full=1.0), np.random.default_rng(3))
     with pytest.raises(ValueError, match="read_full needs 2 full-view conversations"):
         T.reading_stage(reads, full[:1], cfg, np.random.default_rng(3))
+
+
+def test_the_answer_loss_weighs_tokens_as_transformers_does_or_examples_alike():
+    """Token-averaged, `answer_loss` is the real LLaVA's own loss; per example, a one-answer
+    example weighs as much as a long one, and an example with no labelled token counts for nothing."""
+    from egg.reference.build import ReferenceConfig, build_model, build_processor
+
+    torch.manual_seed(0)
+    cfg = ReferenceConfig(image_size=32, patch_size=8, vision_hidden=16, vision_layers=1, text_hidden=16,
+                          text_layers=1)
+    model = build_model(cfg, build_processor(cfg).tokenizer).eval()
+    ids = torch.randint(5, 40, (3, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:11] = ids[0, 3:11]  # a long answer
+    labels[1, 6:7] = ids[1, 6:7]  # a one-token answer
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    assert torch.allclose(T.answer_loss(out.logits, labels, per_example=False), out.loss, atol=1e-6)
+    tok = torch.nn.functional.cross_entropy(out.logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                            reduction="none")
+    each = [tok[0, 2:10].mean(), tok[1, 5:6].mean()]
+    assert torch.allclose(T.answer_loss(out.logits, labels), (each[0] + each[1]) / 2, atol=1e-6)
+    assert not torch.allclose(T.answer_loss(out.logits, labels), out.loss, atol=1e-3)
+    assert T.answer_loss(out.logits, torch.full_like(ids, -100)).item() == 0

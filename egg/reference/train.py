@@ -109,6 +109,10 @@ class TrainConfig:
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0
+    # 1: each example's answers weigh the same in the language-model loss (their tokens averaged, then
+    # the examples); 0: each answer token does, as transformers' own loss. A full-view conversation
+    # has several turns and a reading crop one, so mixed into a token mean the crops weigh little.
+    lm_per_example: int = 0
     resume: int = 0  # 1: continue from the last checkpoint of an interrupted run with the same settings
     init: str = ""  # a finished model to continue from (its tower, projector and reading kept: no warm-up)
     init_vision: str = ""  # a finished model whose tower and projector a new decoder starts on (the
@@ -277,6 +281,21 @@ def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: Refe
     return curve
 
 
+def answer_loss(logits, labels, per_example: bool = True):
+    """The causal LM loss on the labelled answer tokens (the position before each predicts it), as
+    transformers computes it when `per_example` is False; else every example's tokens averaged
+    first, so a one-answer crop weighs as much as a many-turn conversation (`lm_per_example`)."""
+    import torch.nn.functional as F
+
+    lab = labels[:, 1:]
+    tok = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), lab, ignore_index=-100, reduction="none")
+    n = (lab != -100).sum(1)
+    if not per_example:
+        return tok.sum() / n.sum().clamp_min(1)
+    has = n > 0
+    return (tok.sum(1)[has] / n[has]).mean() if has.any() else tok.sum() * 0
+
+
 def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     """LLaVA's own forward, unrolled so the visual tokens are available to the auxiliary heads;
     with `cfg.look` > 0 also the loss on where each answer's position attends (module docstring)."""
@@ -297,7 +316,7 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     with capturing() as captured:  # (set in `train`: eager attention or ROWS when look > 0)
         out = model(inputs_embeds=emb, attention_mask=batch["attention_mask"] if eager else None,
                     labels=batch["labels"], output_attentions=eager)
-    loss = out.loss
+    loss = answer_loss(out.logits, batch["labels"]) if cfg.lm_per_example else out.loss
     parts = {"lm": loss.item()}
     if want:
         rows = out.attentions if eager else attention_rows(captured, batch["look_q"])
