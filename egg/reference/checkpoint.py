@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..synthetic.core import GEOMETRY_ATTR
 
 if TYPE_CHECKING:
-    from .train import AuxHeads
+    from .probes import AuxHeads
 
 
 def save_checkpoint(path: Path, model, aux: AuxHeads | None, opt, sched, record: dict, smooth, step: int) -> None:
