@@ -259,7 +259,7 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
     eager = want and not cfg.look_rows
     with capturing() as captured:  # (set in `train`: eager attention or ROWS when look > 0)
         out = model(inputs_embeds=emb, attention_mask=batch["attention_mask"] if eager else None,
-                    labels=batch["labels"], output_attentions=eager)
+                    labels=None if cfg.lm_per_example else batch["labels"], output_attentions=eager)
     loss = answer_loss(out.logits, batch["labels"]) if cfg.lm_per_example else out.loss
     parts = {"lm": loss.item()}
     if want:
