@@ -658,6 +658,28 @@ def test_the_reading_stage_mixes_in_full_views_only_when_asked():
         T.reading_stage(reads, full[:1], cfg, np.random.default_rng(3))
 
 
+def test_the_reading_stage_alternates_whole_batches_of_full_views_when_asked():
+    """With `read_alternate`, `read_full` is the share of whole batches on the full views, spread
+    evenly; the crops' batches are a plain stage's, and a share outside (0, 1) is refused by name."""
+    one = np.zeros((1, 4, 4, 3), np.uint8)
+    reads = [D.Example(one, [("q", "a")], "text", "read") for _ in range(40)]
+    full = [D.Example(one, [("q", "a")], "text", "full") for _ in range(10)]
+    cfg = T.TrainConfig(batch_size=4, read_steps=9, read_full=1 / 3, read_alternate=1)
+    plan, n_full = T.reading_stage(reads, full, cfg, np.random.default_rng(3))
+    assert n_full == 4 and len(plan) == 9
+    assert [pool is full for pool, _ in plan] == [False, False, True] * 3
+    assert all(len(idx) == 4 and len(set(idx)) == 4 for _, idx in plan)
+    plain = T.stage(reads, 6, 4, np.random.default_rng(3), "x")
+    assert [list(i) for pool, i in plan if pool is reads] == [list(i) for _, i in plain]
+    half = T.reading_stage(reads, full, T.TrainConfig(batch_size=4, read_steps=4, read_full=0.5, read_alternate=1),
+                           np.random.default_rng(3))[0]
+    assert [pool is full for pool, _ in half] == [False, True, False, True]
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"read_alternate needs 0 < read_full < 1.*got {bad}"):
+            T.reading_stage(reads, full, T.TrainConfig(batch_size=4, read_steps=4, read_full=bad, read_alternate=1),
+                            np.random.default_rng(3))
+
+
 def test_the_answer_loss_weighs_tokens_as_transformers_does_or_examples_alike():
     """Token-averaged, `answer_loss` is the real LLaVA's own loss; per example, a one-answer
     example weighs as much as a long one, and an example with no labelled token counts for nothing."""
@@ -680,3 +702,29 @@ def test_the_answer_loss_weighs_tokens_as_transformers_does_or_examples_alike():
     assert torch.allclose(T.answer_loss(out.logits, labels), (each[0] + each[1]) / 2, atol=1e-6)
     assert not torch.allclose(T.answer_loss(out.logits, labels), out.loss, atol=1e-3)
     assert T.answer_loss(out.logits, torch.full_like(ids, -100)).item() == 0
+
+
+def test_a_later_stage_loads_its_start_without_hub_kernels():
+    """`--init` and `--init-vision` load the committed 24x24 model with hub kernels off. With them on
+    (transformers' default where the `kernels` package is installed), `model.train()` on a GPU
+    fetches a kernel from the Hub, and an offline GPU machine stopped there (stop 45)."""
+    from pathlib import Path
+
+    from transformers import LlavaForConditionalGeneration, PreTrainedModel
+
+    from egg.reference.checkpoint import load_initial, no_hub_kernels
+
+    path = Path(__file__).resolve().parents[1] / "data" / "reference-llava15-look"
+    shape = json.loads((path / "training_log.json").read_text())["config"]["model"]
+    model, record = load_initial(str(path), shape, "cpu")
+    assert record["steps"] == 750 and record["config"]["geometry"] == "llava15"
+    assert model.config.vision_config.image_size == 336 and model.config.vision_config.patch_size == 14
+    if not hasattr(PreTrainedModel, "set_use_kernels"):
+        assert no_hub_kernels() == {}  # a transformers without hub kernels gets no unknown keyword
+        return
+    assert no_hub_kernels() == {"use_kernels": False} and model.use_kernels is False
+    try:
+        import kernels  # noqa: F401
+    except ImportError:
+        return
+    assert LlavaForConditionalGeneration.from_pretrained(path).use_kernels is True  # what it guards against

@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from .probes import AuxHeads
 
 
+def no_hub_kernels() -> dict:
+    """`from_pretrained`'s keywords for a model that trains offline. Where transformers has hub
+    kernels (5.x) it turns them on whenever the `kernels` package is installed, and then
+    `model.train()` on a GPU fetches one from the Hub: on a GPU machine without network, every
+    `--init` run stopped there with a ConnectError (the lent H200, stop 45). The reference model
+    needs none."""
+    from transformers import PreTrainedModel
+
+    return {"use_kernels": False} if hasattr(PreTrainedModel, "set_use_kernels") else {}
+
+
 def save_checkpoint(path: Path, model, aux: AuxHeads | None, opt, sched, record: dict, smooth, step: int) -> None:
     """Everything `--resume 1` needs to continue at `step`, written atomically."""
     import torch
@@ -83,7 +94,7 @@ def load_vision(path: str, model_config: dict, model) -> dict:
         raise SystemExit(f"--init-vision {path} has another vision tower or projector "
                          f"({ {k: theirs[k] for k in VISION_SHAPE} }); this run builds "
                          f"{ {k: model_config[k] for k in VISION_SHAPE} }")
-    source = LlavaForConditionalGeneration.from_pretrained(p).model
+    source = LlavaForConditionalGeneration.from_pretrained(p, **no_hub_kernels()).model
     model.model.vision_tower.load_state_dict(source.vision_tower.state_dict())
     model.model.multi_modal_projector.load_state_dict(source.multi_modal_projector.state_dict())
     return record
@@ -98,4 +109,4 @@ def load_initial(path: str, model_config: dict, device: str):
     if record["config"]["model"] != model_config:
         raise SystemExit(f"--init {path} is a model of another shape ({record['config']['model']}); "
                          f"this run builds {model_config}")
-    return LlavaForConditionalGeneration.from_pretrained(p).to(device), record
+    return LlavaForConditionalGeneration.from_pretrained(p, **no_hub_kernels()).to(device), record

@@ -109,6 +109,10 @@ class TrainConfig:
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0
+    # 1: the full views come as whole batches, that share of the stage's steps spread evenly among
+    # the crops' batches, instead of a share of every batch (mixed within a batch, the crops were
+    # not read even where they trained: CHANGELOG, stop 44)
+    read_alternate: int = 0
     # 1: each example's answers weigh the same in the language-model loss (their tokens averaged, then
     # the examples); 0: each answer token does, as transformers' own loss. A full-view conversation
     # has several turns and a reading crop one, so mixed into a token mean the crops weigh little.
@@ -288,9 +292,12 @@ def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, 
 def reading_stage(reads: list[Example], full: list[Example], cfg: TrainConfig,
                   rng: np.random.Generator) -> tuple[list[tuple], int]:
     """The reading stage's batches, with `cfg.read_full` of each drawn from `full` (the full-view
-    conversations, whose look loss keeps where the model attends while it learns to read); and
-    how many of each batch are full views. Those are drawn from their own stream, so that a stage
-    without them is the one earlier runs had."""
+    conversations, whose look loss keeps where the model attends while it learns to read), or with
+    `cfg.read_alternate` that share of its batches; and how many of a batch are full views (a whole
+    batch when alternating). Those are drawn from their own stream, so that a stage without them is
+    the one earlier runs had."""
+    if cfg.read_alternate:
+        return _alternating(reads, full, cfg, rng)
     n_full = int(round(cfg.batch_size * cfg.read_full))
     if not 0 <= n_full < cfg.batch_size:
         raise ValueError(f"read_full={cfg.read_full} leaves no reading crop in a batch of {cfg.batch_size}: give 0 to < 1")
@@ -302,6 +309,18 @@ def reading_stage(reads: list[Example], full: list[Example], cfg: TrainConfig,
     both, frng = reads + full, np.random.default_rng(cfg.seed + 2)
     return [(both, np.concatenate([idx, len(reads) + frng.choice(len(full), n_full, replace=False)]))
             for _, idx in plan], n_full
+
+
+def _alternating(reads: list[Example], full: list[Example], cfg: TrainConfig,
+                 rng: np.random.Generator) -> tuple[list[tuple], int]:
+    """`reading_stage` with whole batches of full views: step k is one when floor(k * read_full)
+    rises there, so they are spread evenly (every second step at 0.5)."""
+    if not 0 < cfg.read_full < 1:
+        raise ValueError(f"read_alternate needs 0 < read_full < 1 (the share of full-view batches), got {cfg.read_full}")
+    is_full = [math.floor((k + 1) * cfg.read_full) > math.floor(k * cfg.read_full) for k in range(cfg.read_steps)]
+    crops = iter(stage(reads, is_full.count(False), cfg.batch_size, rng, "read_steps"))
+    views = iter(stage(full, is_full.count(True), cfg.batch_size, np.random.default_rng(cfg.seed + 2), "read_full"))
+    return [next(views if f else crops) for f in is_full], (cfg.batch_size if any(is_full) else 0)
 
 
 # ---------------------------------------------------------------- training loop
@@ -370,7 +389,8 @@ def train(cfg: TrainConfig) -> Path:
     crops = plan[0][0] if plan else reads
     if cfg.read_steps:
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each"
-            + (f", {n_full} of each batch's {cfg.batch_size} full-view conversations" if n_full else ""))
+            + (f", {cfg.read_full:.0%} of its batches full-view conversations" if n_full and cfg.read_alternate
+               else f", {n_full} of each batch's {cfg.batch_size} full-view conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
