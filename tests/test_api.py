@@ -27,6 +27,17 @@ def test_load_model_from_local_dir_matches_in_memory(ref_dir, vlm, scene, questi
     assert a.boxes == b.boxes and a.answer == b.answer
 
 
+def test_load_model_with_a_device_map_grounds_as_a_moved_model(ref_dir, vlm, scene, question):
+    """`device_map="auto"` (accelerate places the model; nothing moves it after) gives the same answer
+    and boxes as the model moved to `device`: on a CPU machine accelerate puts every module there."""
+    pytest.importorskip("accelerate")
+    mapped = load_model(ref_dir, device="cpu", device_map="auto")
+    assert {q.device.type for q in mapped.model.parameters()} == {"cpu"} and not mapped.model.training
+    a = ground(mapped, scene, question, stopping="fixed", fixed_n=1)
+    b = ground(vlm, scene, question, stopping="fixed", fixed_n=1)
+    assert a.boxes == b.boxes and a.answer == b.answer
+
+
 def test_load_model_errors_name_the_problem(tmp_path, ref_dir, monkeypatch):
     missing = tmp_path / "nowhere" / "model"
     with pytest.raises(FileNotFoundError, match="nowhere"):
