@@ -728,3 +728,25 @@ def test_a_later_stage_loads_its_start_without_hub_kernels():
     except ImportError:
         return
     assert LlavaForConditionalGeneration.from_pretrained(path).use_kernels is True  # what it guards against
+
+
+def test_a_rendered_training_set_is_kept_for_the_next_run_with_the_same_settings(tmp_path):
+    """`cached_render` saves the rendered set and loads it back unchanged for the same jobs; other
+    settings render (and save) another set, so a cache never stands in for different data."""
+    from egg.reference.build import ReferenceConfig
+    from egg.reference.checkpoint import cached_render
+
+    lines = []
+    cfg, model = T.TrainConfig(items_per_family=1, examples_per_item=1, workers=1), ReferenceConfig()
+    data, reads = cached_render(cfg, model, tmp_path, lines.append)
+    saved = list(tmp_path.glob("render-*.pkl"))
+    assert len(saved) == 1 and not any("loaded" in m for m in lines)
+    again, again_reads = cached_render(cfg, model, tmp_path, lines.append)
+    assert "rendered set loaded from" in lines[-1]
+    assert len(again) == len(data) > 0 and len(again_reads) == len(reads) > 0
+    for a, b in zip(data + reads, again + again_reads):
+        assert (a.turns, a.kind, a.enc, a.untrained, a.looks) == (b.turns, b.kind, b.enc, b.untrained, b.looks)
+        assert np.array_equal(np.asarray(a.images), np.asarray(b.images))
+    other = T.TrainConfig(items_per_family=1, examples_per_item=1, workers=1, seed=2)
+    cached_render(other, model, tmp_path, lines.append)
+    assert len(list(tmp_path.glob("render-*.pkl"))) == 2 and "loaded" not in lines[-1]

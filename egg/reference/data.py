@@ -286,14 +286,19 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     return out, reads
 
 
-def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
-    """Render all training items (parallel over `workers` processes); deterministic order."""
+def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
+    """What `render_dataset` renders, chunk by chunk: every setting its result depends on."""
     chunk = 100
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
            "digits": position_digits(cfg.geometry), "looks": cfg.look > 0}
-    jobs = [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
+    return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
              cfg.geometry, cfg.read_scale)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
+
+
+def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[Example], list[Example]]:
+    """Render all training items (parallel over `workers` processes); deterministic order."""
+    jobs = render_jobs(cfg, model)
     data: list[Example] = []
     reads: list[Example] = []
     t0 = time.time()

@@ -58,9 +58,9 @@ from pathlib import Path
 import numpy as np
 
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
-from .checkpoint import load_checkpoint, load_initial, load_vision, save, save_checkpoint
+from .checkpoint import cached_render, load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .evaluation import eval_line, quick_eval
-from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, render_dataset, visual_tokens
+from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, visual_tokens
 from .look import attention_rows, capturing, look_loss, register
 from .probes import AuxHeads
 
@@ -358,7 +358,7 @@ def train(cfg: TrainConfig) -> Path:
         log(f"vision tower and projector from {cfg.init_vision}; a new decoder")
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, config {mcfg.to_dict()}")
     t_start, cpu_start = time.time(), cpu_seconds()
-    data, reads = render_dataset(cfg, mcfg, log)
+    data, reads = cached_render(cfg, mcfg, work, log)
     col = Collator(processor)
     aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size,
                     cfg.read_pool, cfg.colour_weight) if cfg.aux else None)
