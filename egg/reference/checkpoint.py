@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..synthetic.core import GEOMETRY_ATTR
 
 if TYPE_CHECKING:
@@ -70,10 +72,14 @@ def save(model, processor, out: Path, record: dict) -> None:
 
 def _code_digest() -> str:
     """A digest of the code a rendered training set comes from: the benchmark's generators, the
-    example mixture and the tokeniser. A cache written by other code is never read."""
+    example mixture and the tokeniser, and the versions of the libraries that draw and resize (and
+    of matplotlib, whose fonts they draw with). A cache written by other code is never read."""
+    import matplotlib
+    import PIL
+
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "synthetic").rglob("*.py")) + [root / "reference" / "data.py", root / "reference" / "build.py"]
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"{PIL.__version__} {np.__version__} {matplotlib.__version__}".encode())
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
@@ -83,7 +89,7 @@ def cached_render(cfg, model, work: Path, log) -> tuple[list, list]:
     """`data.render_dataset`'s result, from `work`/render-<key>.pkl when an earlier run rendered the
     same jobs with the same code, else rendered and saved there. Why: rendering the preset's 600
     items per family takes 4.5 min of 2 cores, and a session's runs differ in their training flags
-    (stop 45 rendered the same set five times); loading it takes seconds."""
+    (stop 45 rendered the same set five times); loading it took 19 s."""
     from .data import render_dataset, render_jobs
 
     key = hashlib.sha256(json.dumps([render_jobs(cfg, model), _code_digest()], sort_keys=True).encode()).hexdigest()
