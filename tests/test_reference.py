@@ -12,6 +12,7 @@ import torch
 from egg import bench
 from egg.reference import data as D
 from egg.reference import train as T
+from egg.reference.detail import detail_box
 from egg.reference.look import look_loss
 
 
@@ -763,7 +764,7 @@ def test_the_detail_box_holds_every_dark_pixel_of_its_object():
             for _, ans, b in it.facts:
                 if ans is None:
                     continue
-                d = D.detail_box(fam, b, geo.detail)
+                d = detail_box(fam, b, geo.detail)
                 x0, y0, x1, y1 = map(int, b)
                 ys, xs = np.nonzero(a[y0:y1, x0:x1].sum(-1) < 120)
                 assert len(xs) > 0
@@ -771,7 +772,7 @@ def test_the_detail_box_holds_every_dark_pixel_of_its_object():
                 assert (d[2] - d[0]) * (d[3] - d[1]) < 0.5 * (x1 - x0) * (y1 - y0)
                 n += 1
         assert n >= 8
-    assert D.detail_box("text", (0, 0, 40, 40), None) is None and D.detail_box("gqa", (0, 0, 40, 40), 0.4) is None
+    assert detail_box("text", (0, 0, 40, 40), None) is None and detail_box("gqa", (0, 0, 40, 40), 0.4) is None
 
 
 def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsewhere():
