@@ -12,6 +12,7 @@ import torch
 from egg import bench
 from egg.reference import data as D
 from egg.reference import train as T
+from egg.reference.detail import detail_box
 from egg.reference.look import look_loss
 
 
@@ -750,3 +751,37 @@ def test_a_rendered_training_set_is_kept_for_the_next_run_with_the_same_settings
     other = T.TrainConfig(items_per_family=1, examples_per_item=1, workers=1, seed=2)
     cached_render(other, model, tmp_path, lines.append)
     assert len(list(tmp_path.glob("render-*.pkl"))) == 2 and "loaded" not in lines[-1]
+
+
+def test_the_detail_box_holds_every_dark_pixel_of_its_object():
+    """`detail_box` is where the generators draw the letter, shape or digit: every dark pixel inside
+    an object's box lies in it, at the llava15 geometry; with no detail size there is none."""
+    geo = bench.GEOMETRIES["llava15"]
+    for fam in ("text", "vstar", "doc", "info"):
+        n = 0
+        for it in bench.load(fam, "train", 4, 3, geometry="llava15"):
+            a = np.asarray(it.image).astype(int)
+            for _, ans, b in it.facts:
+                if ans is None:
+                    continue
+                d = detail_box(fam, b, geo.detail)
+                x0, y0, x1, y1 = map(int, b)
+                ys, xs = np.nonzero(a[y0:y1, x0:x1].sum(-1) < 120)
+                assert len(xs) > 0
+                assert ((xs + x0 >= d[0] - 1) & (xs + x0 <= d[2] + 1) & (ys + y0 >= d[1] - 1) & (ys + y0 <= d[3] + 1)).all()
+                assert (d[2] - d[0]) * (d[3] - d[1]) < 0.5 * (x1 - x0) * (y1 - y0)
+                n += 1
+        assert n >= 8
+    assert detail_box("text", (0, 0, 40, 40), None) is None and detail_box("gqa", (0, 0, 40, 40), 0.4) is None
+
+
+def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsewhere():
+    """`look_views`: in a view that shows the object at `readable_px` the target is the detail's
+    tokens, in one that shows it small the object's."""
+    box, det = (100, 100, 200, 200), (140, 140, 160, 160)
+    full, crop = (0, 0, 1000, 1000), (50, 50, 250, 250)  # the object 33 px and 168 px wide at 336 px
+    looks = D.look_views([box], [det], [full, crop], 336, 14, readable_px=48)
+    g = 24 * 24
+    assert set(t for t in looks if t < g) == set(D.look_tokens([box], [full], 336, 14))
+    assert set(t - g for t in looks if t >= g) == set(D.look_tokens([det], [crop], 336, 14))
+    assert len([t for t in looks if t >= g]) < len(D.look_tokens([box], [crop], 336, 14))

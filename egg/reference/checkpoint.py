@@ -78,7 +78,7 @@ def _code_digest() -> str:
     import PIL
 
     root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "synthetic").rglob("*.py")) + [root / "reference" / "data.py", root / "reference" / "build.py"]
+    files = sorted((root / "synthetic").rglob("*.py")) + [root / "reference" / n for n in ("data.py", "build.py", "detail.py")]
     h = hashlib.sha256(f"{PIL.__version__} {np.__version__} {matplotlib.__version__}".encode())
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())

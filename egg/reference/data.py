@@ -23,6 +23,7 @@ from ..synthetic.core import COLOURS
 from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
 
 from .build import IMAGE_TOKEN, ReferenceConfig, build_processor
+from .detail import detail_box
 
 if TYPE_CHECKING:  # the config lives with the training loop, which imports this module
     from .train import TrainConfig
@@ -162,6 +163,16 @@ def look_tokens(boxes, views, size: int, patch: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def look_views(boxes, details, views, size: int, patch: int, readable_px: float) -> tuple[int, ...]:
+    """`look_tokens` view by view: on the detail (`details`, one per box or None) in a view that shows
+    its object at `readable_px` or more, else on the object."""
+    g, out = (size // patch) ** 2, []
+    for i, v in enumerate(views):
+        here = [d if d is not None and shown_side(b, v, size) >= readable_px else b for b, d in zip(boxes, details)]
+        out += [i * g + t for t in look_tokens(here, [v], size, patch)]
+    return tuple(out)
+
+
 def _is_read(answer) -> bool:
     """A fact that has to be read off the detail (a position or yes/no is seen at low resolution)."""
     return answer is not None and answer not in ("yes", "no")
@@ -183,7 +194,7 @@ def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WIND
 
 def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
                  readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1],
-                 patch: int = 12, digits: bool = False, looks: bool = True) -> list[Example]:
+                 patch: int = 12, digits: bool = False, looks: bool = True, detail: float | None = None) -> list[Example]:
     """`n` training conversations of random kinds from one rendered item.
 
     The first turn is the item's own question or another fact about the same image (the crop,
@@ -241,20 +252,31 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             ims = np.stack([full] + [_resize(img, c, size) for c in crops])
             kind = "full" if kind == "window" else kind
         skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
-        looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns) if looks else ()
-        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=looks))
+        if looks and detail is not None:  # a turn that reads a detail looks at it where it is readable
+            turn_looks = tuple(look_views(named[q], [detail_box(item.family, b, detail) if rb is not None else None
+                                                     for b in named[q]], views, size, patch, readable_px)
+                               for q, _, rb in turns)
+        elif looks:
+            turn_looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns)
+        else:
+            turn_looks = ()
+        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=turn_looks))
     return out
 
 
-def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0) -> list[Example]:
-    """Crops around evidence, up to `max_scale` x its side, with what they read: the vision tower's warm-up task."""
+def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0,
+                  detail: float | None = None, patch: int = 14) -> list[Example]:
+    """Crops around evidence, up to `max_scale` x its side, with what they read: the vision tower's warm-up task;
+    with `detail`, each looks at its detail (`detail_box`)."""
     img, W, H = item.image, *item.image.size
     reads = [(q, a, b) for q, a, b in item.facts if _is_read(a)]
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        ims = _resize(img, crop_around(b, (W, H), rng, scale=(1.0, max_scale), exact_p=EXACT_P), size)[None]
-        out.append(Example(ims, [(q, a)], item.family, "read"))
+        crop = crop_around(b, (W, H), rng, scale=(1.0, max_scale), exact_p=EXACT_P)
+        d = detail_box(item.family, b, detail)
+        looks = (look_tokens([d], [crop], size, patch),) if d is not None else ()
+        out.append(Example(_resize(img, crop, size)[None], [(q, a)], item.family, "read", looks=looks))
     return out
 
 
@@ -277,7 +299,8 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         item = bench.item(family, split, i, seed, geometry)
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
-        reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0))))
+        reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0)),
+                                   mix["detail"], model["patch_size"]))
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         ex.colours = pack_colours(ex.images, model["patch_size"])
@@ -290,7 +313,8 @@ def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
     """What `render_dataset` renders, chunk by chunk: every setting its result depends on."""
     chunk = 100
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
-           "digits": position_digits(cfg.geometry), "looks": cfg.look > 0}
+           "digits": position_digits(cfg.geometry), "looks": cfg.look > 0,
+           "detail": bench.GEOMETRIES[cfg.geometry].detail if cfg.look_detail else None}
     return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
              cfg.geometry, cfg.read_scale)
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]

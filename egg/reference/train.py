@@ -89,6 +89,7 @@ class TrainConfig:
     curriculum: float = 0.3
     readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
+    look_detail: int = 0  # 1: a turn that reads a detail looks at it (the panel, not the sign) where it is readable
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)
     # 1: the loss's attention rows from queries and keys recorded under SDPA (egg.reference.look,
     # 2.8x faster a step at 24x24 tokens); 0: eager attention, as the committed 8x8 model was trained
