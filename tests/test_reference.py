@@ -668,17 +668,32 @@ def test_the_reading_stage_alternates_whole_batches_of_full_views_when_asked():
     cfg = T.TrainConfig(batch_size=4, read_steps=9, read_full=1 / 3, read_alternate=1)
     plan, n_full = T.reading_stage(reads, full, cfg, np.random.default_rng(3))
     assert n_full == 4 and len(plan) == 9
-    assert [pool is full for pool, _ in plan] == [False, False, True] * 3
+    assert [pool is not reads for pool, _ in plan] == [False, False, True] * 3
     assert all(len(idx) == 4 and len(set(idx)) == 4 for _, idx in plan)
     plain = T.stage(reads, 6, 4, np.random.default_rng(3), "x")
     assert [list(i) for pool, i in plan if pool is reads] == [list(i) for _, i in plain]
     half = T.reading_stage(reads, full, T.TrainConfig(batch_size=4, read_steps=4, read_full=0.5, read_alternate=1),
                            np.random.default_rng(3))[0]
-    assert [pool is full for pool, _ in half] == [False, True, False, True]
+    assert [pool is not reads for pool, _ in half] == [False, True, False, True]
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=f"read_alternate needs 0 < read_full < 1.*got {bad}"):
             T.reading_stage(reads, full, T.TrainConfig(batch_size=4, read_steps=4, read_full=bad, read_alternate=1),
                             np.random.default_rng(3))
+
+
+def test_the_reading_stage_draws_from_the_whole_mixture_only_with_read_mix():
+    """The reading stage's other batches hold the single-image full views of the rendered set, or
+    with `read_mix` every kind of conversation, crops appended to the full view too (read without
+    them, runs 36-37 misread such a crop: CHANGELOG, stop 46)."""
+    one, two = np.zeros((1, 4, 4, 3), np.uint8), np.zeros((2, 4, 4, 3), np.uint8)
+    reads = [D.Example(one, [("q", "a")], "text", "read") for _ in range(40)]
+    data = ([D.Example(one, [("q", "a")], "text", k) for k in ("full", "locate") for _ in range(6)]
+            + [D.Example(two, [("q", "a")], "text", "evidence") for _ in range(8)])
+    for mix, kinds in ((0, {"full", "locate"}), (1, {"full", "locate", "evidence"})):
+        for alternate in (0, 1):
+            cfg = T.TrainConfig(batch_size=4, read_steps=20, read_full=0.5, read_alternate=alternate, read_mix=mix)
+            plan, _ = T.reading_stage(reads, data, cfg, np.random.default_rng(3))
+            assert {pool[i].kind for pool, idx in plan for i in idx} - {"read"} == kinds
 
 
 def test_the_answer_loss_weighs_tokens_as_transformers_does_or_examples_alike():

@@ -264,6 +264,11 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     return out
 
 
+def full_views(data: list[Example]) -> list[Example]:
+    """The full view alone, every turn: where the named object is, and what it reads when readable."""
+    return [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
+
+
 def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0,
                   detail: float | None = None, patch: int = 14) -> list[Example]:
     """Crops around evidence, up to `max_scale` x its side, with what they read: the vision tower's warm-up task;

@@ -60,7 +60,8 @@ import numpy as np
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
 from .checkpoint import cached_render, load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .evaluation import eval_line, quick_eval
-from .data import READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, visual_tokens
+from .data import (READABLE_PX, WINDOW_SCALE, Collator, Example, batches, cpu_seconds, full_views,
+                   visual_tokens)
 from .look import attention_rows, capturing, look_loss, register
 from .probes import AuxHeads
 
@@ -114,6 +115,7 @@ class TrainConfig:
     # the crops' batches, instead of a share of every batch (mixed within a batch, the crops were
     # not read even where they trained: CHANGELOG, stop 44)
     read_alternate: int = 0
+    read_mix: int = 0  # 1: those batches from the whole mixture (crops appended too), not the full view alone
     # 1: each example's answers weigh the same in the language-model loss (their tokens averaged, then
     # the examples); 0: each answer token does, as transformers' own loss. A full-view conversation
     # has several turns and a reading crop one, so mixed into a token mean the crops weigh little.
@@ -290,13 +292,15 @@ def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, 
     return plan[:steps]
 
 
-def reading_stage(reads: list[Example], full: list[Example], cfg: TrainConfig,
+def reading_stage(reads: list[Example], data: list[Example], cfg: TrainConfig,
                   rng: np.random.Generator) -> tuple[list[tuple], int]:
-    """The reading stage's batches, with `cfg.read_full` of each drawn from `full` (the full-view
-    conversations, whose look loss keeps where the model attends while it learns to read), or with
-    `cfg.read_alternate` that share of its batches; and how many of a batch are full views (a whole
-    batch when alternating). Those are drawn from their own stream, so that a stage without them is
-    the one earlier runs had."""
+    """The reading stage's batches, with `cfg.read_full` of each drawn from the full-view
+    conversations of `data` (whose look loss keeps where the model attends while it learns to read;
+    with `cfg.read_mix`, from all of `data`: read alone, runs 36-37 misread a crop appended to the
+    full view), or with `cfg.read_alternate` that share of its batches; and how many of a batch are
+    full views (a whole batch when alternating). Those are drawn from their own stream, so that a
+    stage without them is the one earlier runs had."""
+    full = data if cfg.read_mix else full_views(data)
     if cfg.read_alternate:
         return _alternating(reads, full, cfg, rng)
     n_full = int(round(cfg.batch_size * cfg.read_full))
@@ -365,8 +369,7 @@ def train(cfg: TrainConfig) -> Path:
                     cfg.read_pool, cfg.colour_weight) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
-    # The full view alone, every turn: where the named object is, and what it reads when readable
-    full = [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
+    full = full_views(data)
     warm = aux is not None and cfg.vision_steps > 0 and not cfg.init
     if warm:  # from scratch, or continuing `init_vision`'s tower
         record["vision_warmup"] = cached_warmup(model, aux, work, cfg, mcfg,
@@ -386,12 +389,13 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     # Stages: optionally the reading crops alone (one image each); then single-question conversations
     # whose answer is readable (in an appended crop or a small window); then the full mixture.
-    plan, n_full = reading_stage(reads, full, cfg, rng)
+    plan, n_full = reading_stage(reads, data, cfg, rng)
+    views = "mixture" if cfg.read_mix else "full-view"
     crops = plan[0][0] if plan else reads
     if cfg.read_steps:
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each"
-            + (f", {cfg.read_full:.0%} of its batches full-view conversations" if n_full and cfg.read_alternate
-               else f", {n_full} of each batch's {cfg.batch_size} full-view conversations" if n_full else ""))
+            + (f", {cfg.read_full:.0%} of its batches {views} conversations" if n_full and cfg.read_alternate
+               else f", {n_full} of each batch's {cfg.batch_size} {views} conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
