@@ -171,6 +171,21 @@ def test_measure_with_methods_batches_them_as_single_calls_would(vlm):
     assert batched.egg_states.ge(1).all() and batched.vicrop_rel_att.notna().all() and batched.crop3x.notna().all()
 
 
+def test_a_training_record_has_one_eval_per_step_as_notebook_09_pivots_it():
+    """A run whose last periodic eval falls on its final step logs that step twice (the periodic and
+    the final eval); `training_record` keeps the final one, so notebook 09 can pivot the evals by
+    step for `data/reference-llava15-detail` (it raised on the duplicate)."""
+    import json
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "data" / "reference-llava15-detail"
+    raw = json.loads((path / "training_log.json").read_text())["eval"]
+    ev = testbed.training_record(path)["eval"]
+    assert len(raw) > len(ev) and [e["step"] for e in ev] == sorted({e["step"] for e in raw})
+    assert ev[-1] == raw[-1]
+    table = pd.DataFrame([{"step": e["step"], "family": f, **v} for e in ev for f, v in e.items() if f != "step"])
+    assert table.pivot(index="family", columns="step", values=["base", "oracle"]).shape == (7, 2 * len(ev))
+
+
 def test_training_line_tells_a_finished_run_from_a_mid_run_save():
     record = testbed.training_record()  # the embedded model's, finished
     assert testbed.training_line(record).startswith(f"trained for {record['steps']} steps in ")

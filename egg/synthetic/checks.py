@@ -285,7 +285,10 @@ def training_record(path=None) -> dict:
     from ..api import REFERENCE_DIR
 
     p = Path(path or REFERENCE_DIR) / "training_log.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    record = json.loads(p.read_text()) if p.is_file() else {}
+    if record.get("eval"):  # a run's final eval repeats its last periodic one at the same step
+        record["eval"] = list({e["step"]: e for e in record["eval"]}.values())
+    return record
 
 
 def attention_loss(record: dict) -> float:
