@@ -374,6 +374,16 @@ def test_training_with_max_steps_is_reproducible(tmp_path):
     assert '"steps": 3' in log and (tmp_path / "train_cache" / "train.log").is_file()
 
 
+def test_a_run_ending_on_a_periodic_eval_logs_it_once_as_the_final_one(tmp_path):
+    """The final eval is not run again at the step of the last periodic one (the record's evals,
+    one per step, are what notebook 09 pivots by step)."""
+    out = T.train(T.TrainConfig(out=str(tmp_path / "run"), items_per_family=4, examples_per_item=2, batch_size=4,
+                                epochs=1, vision_steps=2, max_steps=2, eval_items=1, eval_every=2, workers=1, threads=2))
+    record = json.loads((out / "training_log.json").read_text())
+    assert [e["step"] for e in record["eval"]] == [2] and record["finished"]
+    assert "final eval " in (tmp_path / "train_cache" / "train.log").read_text()
+
+
 def test_packed_images_round_trip_and_cost_little_memory():
     it = bench.item("text", "train", 0, geometry="llava15")
     ims = np.stack([D._resize(it.image, (0, 0, *it.image.size), 336)] * 2)

@@ -390,12 +390,11 @@ def train(cfg: TrainConfig) -> Path:
     # Stages: optionally the reading crops alone (one image each); then single-question conversations
     # whose answer is readable (in an appended crop or a small window); then the full mixture.
     plan, n_full = reading_stage(reads, data, cfg, rng)
-    views = "mixture" if cfg.read_mix else "full-view"
     crops = plan[0][0] if plan else reads
     if cfg.read_steps:
+        share = f"{cfg.read_full:.0%} of its batches" if cfg.read_alternate else f"{n_full} of each batch's {cfg.batch_size}"
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each"
-            + (f", {cfg.read_full:.0%} of its batches {views} conversations" if n_full and cfg.read_alternate
-               else f", {n_full} of each batch's {cfg.batch_size} {views} conversations" if n_full else ""))
+            + (f", {share} {'mixture' if cfg.read_mix else 'full-view'} conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
@@ -464,9 +463,10 @@ def train(cfg: TrainConfig) -> Path:
         if progress(step) >= 1.0 and step < total:
             log(f"CPU-time budget of {cfg.max_minutes} min x {cfg.threads} cores reached at step {step}/{total}; stopping")
             break
-    ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
-    record["eval"].append({"step": step, **ev})
-    log("final eval " + eval_line(ev))
+    if not (record["eval"] and record["eval"][-1]["step"] == step):  # else the last periodic eval is the final one
+        ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
+        record["eval"].append({"step": step, **ev})
+    log("final eval " + eval_line({f: v for f, v in record["eval"][-1].items() if f != "step"}))
     record.update(steps=step, finished=True, minutes=(time.time() - t_start) / 60)
     record["cpu_minutes"] = (cpu_seconds() - cpu_start) / 60
     save(model, processor, out, record)

@@ -286,7 +286,7 @@ def training_record(path=None) -> dict:
 
     p = Path(path or REFERENCE_DIR) / "training_log.json"
     record = json.loads(p.read_text()) if p.is_file() else {}
-    if record.get("eval"):  # a run's final eval repeats its last periodic one at the same step
+    if record.get("eval"):  # logs written before stop 46 repeat their last periodic eval as the final one
         record["eval"] = list({e["step"]: e for e in record["eval"]}.values())
     return record
 
