@@ -252,14 +252,10 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             ims = np.stack([full] + [_resize(img, c, size) for c in crops])
             kind = "full" if kind == "window" else kind
         skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
-        if looks and detail is not None:  # a turn that reads a detail looks at it where it is readable
-            turn_looks = tuple(look_views(named[q], [detail_box(item.family, b, detail) if rb is not None else None
-                                                     for b in named[q]], views, size, patch, readable_px)
-                               for q, _, rb in turns)
-        elif looks:
-            turn_looks = tuple(look_tokens(named[q], views, size, patch) for q, _, _ in turns)
-        else:
-            turn_looks = ()
+        # a turn that reads a detail looks at it where it is readable (with `detail`; else at the object)
+        turn_looks = tuple(look_views(named[q], [detail_box(item.family, b, detail) if rb is not None else None
+                                                 for b in named[q]], views, size, patch, readable_px)
+                           for q, _, rb in turns) if looks else ()
         out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=turn_looks))
     return out
 
