@@ -12,6 +12,7 @@ N      ?=
 ONLY   ?=
 OUT    ?= out
 PRESET ?=
+RECIPE ?=
 
 .PHONY: setup reproduce test test-fast nbval train-reference check-browser timings clean help
 
@@ -21,6 +22,7 @@ help:
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
+	@echo "make train-reference RECIPE=llava15-detail  its five later stages into data/reference-llava15-detail (~90 min on 2 cores)"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -54,9 +56,14 @@ test-fast: setup
 nbval: setup
 	$(NBVAL)
 
-# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15
+# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15;
+# RECIPE=llava15-detail: the stages that continue it (egg.reference.recipes), resumable
 train-reference: setup
+ifneq ($(RECIPE),)
+	$(PY) -m egg.reference.recipes $(RECIPE)
+else
 	$(PY) -m egg.reference.train $(if $(PRESET),--preset $(PRESET) --out data/reference-$(PRESET),--out data/reference)
+endif
 
 # the README's run times are tested against docs/timings.json (egg.timings)
 timings: setup

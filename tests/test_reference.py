@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -810,3 +811,46 @@ def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsew
     assert set(t for t in looks if t < g) == set(D.look_tokens([box], [full], 336, 14))
     assert set(t - g for t in looks if t >= g) == set(D.look_tokens([det], [crop], 336, 14))
     assert len([t for t in looks if t >= g]) < len(D.look_tokens([box], [crop], 336, 14))
+
+
+# --------------------------------------------------------------------------- recipes
+
+def test_the_llava15_detail_recipe_is_how_the_committed_24x24_model_was_trained():
+    """Its last stage's settings are those in the committed model's training log (only the paths
+    and the resume flag differ), and each stage continues the one before."""
+    from egg.reference import recipes
+    r = recipes.recipe("llava15-detail")
+    stages = recipes.stage_configs(r, "w")
+    assert [c.init for _, c in stages] == [r.start] + [c.out for _, c in stages[:-1]]
+    committed = json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())["config"]
+    ours = json.loads(json.dumps(vars(stages[-1][1])))  # tuples as the log's lists
+    paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
+    assert {k: v for k, v in ours.items() if k not in paths} == {k: v for k, v in committed.items() if k not in paths}
+    with pytest.raises(SystemExit, match="llava15-detail"):
+        recipes.recipe("llava15-details")
+
+
+@pytest.mark.slow
+def test_a_recipe_trains_its_stages_in_turn_and_reruns_only_an_unfinished_one(tmp_path, capsys):
+    from egg.reference import recipes
+    tiny = ("--items-per-family", "4", "--examples-per-item", "2", "--batch-size", "4", "--epochs", "1",
+            "--eval-items", "1", "--eval-every", "1000", "--workers", "1", "--threads", "2")
+    start = T.train(T.config_from_args([*tiny, "--vision-steps", "2", "--max-steps", "2", "--out", str(tmp_path / "s")]))
+    r = recipes.Recipe(start=str(start), out=str(tmp_path / "final"), common=tiny,
+                       stages=(("a", ("--max-steps", "2")), ("b", ("--max-steps", "3"))))
+    out = recipes.run(r, tmp_path / "work")
+    record = json.loads((out / "training_log.json").read_text())
+    assert record["finished"] and record["steps"] == 3 and record["config"]["init"] == str(tmp_path / "work" / "a")
+    a_weights = (tmp_path / "work" / "a" / "model.safetensors").stat().st_mtime_ns
+    # stage b interrupted: its log says unfinished; a rerun trains b alone and gives the same weights
+    log = tmp_path / "work" / "b" / "training_log.json"
+    log.write_text(json.dumps({**json.loads(log.read_text()), "finished": False}))
+    before = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    recipes.run(r, tmp_path / "work")
+    printed = capsys.readouterr().out
+    assert "[1/2] a: finished, kept" in printed and "[2/2] b: training" in printed
+    assert (tmp_path / "work" / "a" / "model.safetensors").stat().st_mtime_ns == a_weights
+    assert (out / "model.safetensors").read_bytes() == before
+    with pytest.raises(SystemExit, match="no finished model"):
+        recipes.run(recipes.Recipe(start=str(tmp_path / "none"), out="x", common=(), stages=()), tmp_path / "w2")

@@ -1,0 +1,121 @@
+"""Multi-stage training recipes: a model that several `egg.reference.train` runs make in turn.
+
+The 24 x 24 model (`data/reference-llava15-detail`, #16) is five stages, each continuing the
+last one's finished model (`--init`), as LLaVA's stages continue each other. A recipe names
+them once, so that `make train-reference RECIPE=llava15-detail` retrains it with one command.
+Each stage's model is kept under `work`; a stage whose model is finished is not run again, and
+an interrupted one resumes from its last checkpoint (`--resume 1`), so an interrupted recipe
+loses at most one evaluation interval. The stages share `work/train_cache`, where their
+rendered training sets are cached.
+
+    python -m egg.reference.recipes llava15-detail [--work DIR] [--out DIR] [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .train import TrainConfig, config_from_args, train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """`start`: the finished model the first stage continues; `common`: every stage's flags;
+    `stages`: (name, flags) in order; `out`: where the last stage's model is copied."""
+    start: str
+    out: str
+    common: tuple[str, ...]
+    stages: tuple[tuple[str, tuple[str, ...]], ...]
+    about: str = ""
+
+
+_DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
+
+RECIPES: dict[str, Recipe] = {
+    # run 24 (data/reference-llava15-look, committed) -> runs 35a, 36, 37, 38, 39 (CHANGELOG, stops
+    # 45 and 46); 81 min of training on 2 CPU cores by their logs, plus rendering
+    "llava15-detail": Recipe(
+        start="data/reference-llava15-look",
+        out="data/reference-llava15-detail",
+        common=("--preset", "llava15", "--seed", "1", "--look", "3", "--curriculum", "0"),
+        stages=(
+            ("run35a", ("--read-steps", "400", "--max-steps", "400", "--eval-every", "400")),
+            ("run36", _DETAIL + ("--read-steps", "600", "--max-steps", "600", "--eval-every", "300")),
+            ("run37", _DETAIL + ("--read-steps", "1500", "--max-steps", "1500", "--eval-every", "500")),
+            ("run38", _DETAIL + ("--read-mix", "1", "--read-steps", "1000", "--max-steps", "1000",
+                                 "--eval-every", "500")),
+            ("run39", _DETAIL + ("--read-mix", "1", "--read-scale", "6", "--read-steps", "1000",
+                                 "--max-steps", "1000", "--eval-every", "500")),
+        ),
+        about="reads an appended crop of a detail; its map finds the evidence (README, 'The current 24 x 24 model')",
+    ),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise SystemExit(f"no recipe {name!r}; the recipes are {sorted(RECIPES)}")
+    return RECIPES[name]
+
+
+def stage_configs(r: Recipe, work: str | Path) -> list[tuple[str, TrainConfig]]:
+    """Each stage's TrainConfig, its model under `work`/<stage>, `--init` the previous one's."""
+    work, prev, out = Path(work), r.start, []
+    for name, flags in r.stages:
+        dest = work / name
+        argv = [*r.common, *flags, "--init", str(prev), "--out", str(dest), "--resume", "1"]
+        out.append((name, config_from_args(argv)))
+        prev = dest
+    return out
+
+
+def finished(path: str | Path) -> bool:
+    """A stage's model that its training saved as finished (a periodic save is not)."""
+    log = Path(path) / "training_log.json"
+    return log.exists() and bool(json.loads(log.read_text()).get("finished"))
+
+
+def run(name: str | Recipe, work: str | Path | None = None, out: str | Path | None = None,
+        dry_run: bool = False) -> Path:
+    """Train the recipe's stages (`name`: one of RECIPES, or a Recipe) that are not finished
+    under `work`, then copy the last one to `out` (default: the recipe's). With `dry_run`,
+    print what would run and train nothing."""
+    r, name = (recipe(name), name) if isinstance(name, str) else (name, "custom")
+    work = Path(work or f"data/train_cache/recipe-{name}")
+    out = Path(out or r.out)
+    if not finished(r.start):
+        raise SystemExit(f"recipe {name}: its first stage continues {r.start}, which holds no finished model")
+    configs = stage_configs(r, work)
+    for i, (stage, cfg) in enumerate(configs, 1):
+        done = finished(cfg.out)
+        print(f"[{i}/{len(configs)}] {stage}: {'finished, kept' if done else 'training'} -> {cfg.out}", flush=True)
+        if not done and not dry_run:
+            train(cfg)
+    last = Path(configs[-1][1].out)
+    if not dry_run:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(last, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        print(f"recipe {name}: {last} copied to {out}", flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=sorted(RECIPES))
+    ap.add_argument("--work", default=None, help="where each stage's model is kept (default data/train_cache/recipe-NAME)")
+    ap.add_argument("--out", default=None, help="where the last stage's model goes (default: the recipe's)")
+    ap.add_argument("--dry-run", action="store_true", help="list the stages and which are finished; train nothing")
+    a = ap.parse_args(argv)
+    run(a.name, a.work, a.out, a.dry_run)
+
+
+if __name__ == "__main__":
+    main()

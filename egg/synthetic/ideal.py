@@ -1,0 +1,104 @@
+"""What the paper's region and stopping defaults give on a *perfect* map of the evidence.
+
+Issue #16 asks that EGG's first box cover at most 10x the evidence's area, that the spatial
+entropy at state 0 be above 0 on half the items, and that the default rule zoom twice on 30%.
+How far a model can get there is bounded by the regions code itself, before any model: a map
+that holds exactly the evidence (each cell's share of it covered by an evidence box) or only
+the evidence's peak cell still goes through the Gaussian (sigma 1.5 cells), the elbow
+threshold and `clamp_aspect`. This module measures that floor on the model's own token grid
+(no model pass: the adapter lays out the grid), so a target below it reads as out of reach by
+training alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..adapters import as_adapter
+from ..method.boxes import box_area
+from ..method.regions import extract_regions, smooth
+from ..method.stopping import spatial_entropy
+from ..method.zoom import propose_regions
+from . import core, families as all_families, load
+
+#: the two perfect maps: each cell's covered share of the evidence, and its single best cell
+IDEAL_MAPS = ("evidence", "peak")
+
+
+def evidence_map(boxes, shape: tuple[int, int], footprint) -> np.ndarray:
+    """Each cell's covered share (0-1) of a grid of `shape` (rows, cols) over the pixel box
+    `footprint`, summed over `boxes`: the map of a model that attends to the evidence alone."""
+    rows, cols = shape
+    fx0, fy0, fx1, fy1 = (float(v) for v in footprint)
+    xs, ys = np.linspace(fx0, fx1, cols + 1), np.linspace(fy0, fy1, rows + 1)
+    out = np.zeros(shape)
+    for b in boxes:
+        wx = np.clip(np.minimum(xs[1:], b[2]) - np.maximum(xs[:-1], b[0]), 0, None) / np.diff(xs)
+        wy = np.clip(np.minimum(ys[1:], b[3]) - np.maximum(ys[:-1], b[1]), 0, None) / np.diff(ys)
+        out += wy[:, None] * wx[None, :]
+    return out
+
+
+def peak_map(m: np.ndarray) -> np.ndarray:
+    """One cell, the first with the largest value of `m`: the sharpest map there is."""
+    out = np.zeros_like(m)
+    out[np.unravel_index(int(np.argmax(m)), m.shape)] = 1.0
+    return out
+
+
+def ideal_regions(vlm, items, sigma: float = 1.5, threshold="elbow", k: int = 2,
+                  max_ratio: float = 3.0) -> pd.DataFrame:
+    """One row per item and perfect map: the evidence's cells, the first proposed box's area
+    over the evidence's (as `checks.method_fields` measures EGG's) and the map's spatial
+    entropy, with `egg.ground`'s defaults for the region arguments."""
+    adapter = as_adapter(vlm)
+    rows = []
+    for it in items:
+        prep = adapter.prepare([it.image], it.question)
+        grid = prep.grids[0]
+        ev = evidence_map(it.boxes, grid.shape, grid.footprint)
+        evidence_area = float(np.mean([box_area(b) for b in it.boxes]))
+        for name, m in zip(IDEAL_MAPS, (ev, peak_map(ev))):
+            boxes, _ = propose_regions(adapter, prep, [m], [], it.image.size, [0], sigma=sigma,
+                                       threshold=threshold, k=k, max_ratio=max_ratio)
+            rows.append({"family": it.family, "ideal": name, "evidence_cells": float(ev.sum()),
+                         "box_ratio": box_area(boxes[0]) / evidence_area,
+                         "spatial_entropy": spatial_entropy(smooth(m, sigma), threshold=threshold)})
+    return pd.DataFrame(rows)
+
+
+def region_floor(vlm, families=None, n: int = 100, split: str = "test", seed: int = 0,
+                 geometry: str | None = None) -> pd.DataFrame:
+    """Per family and perfect map: n, the evidence's median cells, the first box's median area
+    ratio and the share of maps with spatial entropy above 0 (items drawn as `checks.measure`
+    draws them)."""
+    geometry = geometry or core.geometry_for(vlm)
+    items = [it for fam in (families or all_families()) for it in load(fam, split, n, seed, geometry=geometry)]
+    df = ideal_regions(vlm, items)
+    return (df.assign(entropy_above_0=df.spatial_entropy > 0)
+              .groupby(["family", "ideal"], sort=False)
+              .agg(n=("box_ratio", "size"), evidence_cells=("evidence_cells", "median"),
+                   box_ratio_median=("box_ratio", "median"), entropy_above_0=("entropy_above_0", "mean"))
+              .reset_index())
+
+
+def square_floor(sides=(1, 1.5, 2, 3, 4, 6), grid: tuple[int, int] = (24, 24), trials: int = 200,
+                 seed: int = 0, sigma: float = 1.5, threshold="elbow") -> pd.DataFrame:
+    """The first region's median area over a square evidence's, for squares of `sides` grid
+    cells at random sub-cell positions on a perfect map: at which evidence size the defaults
+    can give a box within 10x, whatever the benchmark."""
+    rng = np.random.default_rng(seed)
+    rows, cols = grid
+    out = []
+    for s in sides:
+        ratios = []
+        for _ in range(trials):
+            x0, y0 = rng.uniform(1, cols - 1 - s), rng.uniform(1, rows - 1 - s)
+            m = evidence_map([(x0, y0, x0 + s, y0 + s)], grid, (0, 0, cols, rows))
+            c0, r0, c1, r1 = extract_regions(m, sigma=sigma, threshold=threshold, k=1)[0].box
+            ratios.append((c1 - c0) * (r1 - r0) / s ** 2)
+        out.append({"side_cells": s, "trials": trials, "box_ratio_median": float(np.median(ratios))})
+    return pd.DataFrame(out)
+
+
+__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "ideal_regions", "region_floor", "square_floor"]

@@ -1,0 +1,61 @@
+"""The region floor (`egg.synthetic.ideal`): what the paper's defaults give on a perfect map."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from egg.method.boxes import box_intersection, box_area
+from egg.synthetic import ideal
+
+
+def test_the_evidence_map_holds_each_cells_covered_share():
+    m = ideal.evidence_map([(14.0, 0.0, 35.0, 14.0)], (2, 3), (0.0, 0.0, 42.0, 28.0))
+    # cells are 14 px: the box covers cell (0, 1) whole and half of cell (0, 2)
+    np.testing.assert_allclose(m, [[0, 1, 0.5], [0, 0, 0]])
+    assert ideal.peak_map(m).sum() == 1 and ideal.peak_map(m)[0, 1] == 1
+
+
+def test_two_boxes_add_and_a_box_off_the_footprint_adds_nothing():
+    m = ideal.evidence_map([(0, 0, 10, 10), (0, 0, 10, 10), (50, 50, 60, 60)], (2, 2), (0, 0, 20, 20))
+    np.testing.assert_allclose(m, [[2, 0], [0, 0]])
+
+
+def test_the_defaults_need_an_evidence_three_cells_wide_for_a_box_within_10x():
+    """The floor behind #16's first-box target: on a 24 x 24 perfect map the first region is
+    about 18x a 2-cell square's area and within 10x only from 3 cells on."""
+    df = ideal.square_floor(sides=(1, 2, 3, 4), trials=60).set_index("side_cells").box_ratio_median
+    assert list(df) == sorted(df, reverse=True)
+    assert df[2] > 10 >= df[3]
+
+
+@pytest.fixture(scope="module")
+def llava15():
+    import egg
+    from egg.api import REFERENCE_DIR
+    return egg.load_model(REFERENCE_DIR.parent / "reference-llava15-detail")
+
+
+def test_a_perfect_maps_first_box_holds_the_evidence_and_is_many_times_its_size_at_24x24(llava15):
+    """What README and notebook 09 report: at LLaVA-1.5's geometry a map of the evidence alone
+    gives a first box far above 10x the evidence's area on `text`, before any model."""
+    from egg import bench
+    items = bench.load("text", "val", 8, 3, geometry="llava15")
+    df = ideal.ideal_regions(llava15, items)
+    assert set(df.ideal) == set(ideal.IDEAL_MAPS) and len(df) == 2 * len(items)
+    assert (df.box_ratio >= 1).all() and df.box_ratio.median() > 10
+    assert (df.spatial_entropy[df.ideal == "peak"] == 0).all()  # one cell is one component
+    floor = ideal.region_floor(llava15, ["text"], n=8, split="val", seed=3)
+    assert list(floor.n) == [8, 8] and floor.evidence_cells.iloc[0] < 4
+
+
+def test_the_first_box_of_a_perfect_map_covers_the_evidence(llava15):
+    from egg import bench
+    from egg.adapters import as_adapter
+    from egg.method.zoom import propose_regions
+    ad = as_adapter(llava15)
+    for it in bench.load("doc", "val", 5, 3, geometry="llava15"):
+        prep = ad.prepare([it.image], it.question)
+        g = prep.grids[0]
+        m = ideal.evidence_map(it.boxes, g.shape, g.footprint)
+        box = propose_regions(ad, prep, [m], [], it.image.size, [0])[0][0]
+        assert box_area(box_intersection(box, it.boxes[0])) == pytest.approx(box_area(it.boxes[0]))
