@@ -59,3 +59,17 @@ def test_the_first_box_of_a_perfect_map_covers_the_evidence(llava15):
         m = ideal.evidence_map(it.boxes, g.shape, g.footprint)
         box = propose_regions(ad, prep, [m], [], it.image.size, [0])[0][0]
         assert box_area(box_intersection(box, it.boxes[0])) == pytest.approx(box_area(it.boxes[0]))
+
+
+def test_perfect_map_answers_share_the_testbeds_base_and_oracle(llava15):
+    """`ideal_answers` scores the full view and the oracle crop as `checks.measure` does (the
+    same answers on the same items), so its perfect-map columns compare with EGG's."""
+    from egg import bench
+    from egg.synthetic import checks
+    items = bench.load("text", "val", 6, 3, geometry="llava15")
+    df = ideal.ideal_answers(llava15, items)
+    rows = checks.measure(llava15, families=["text"], n=6, split="val", seed=3, progress=False)
+    assert list(df.base) == list(rows.base) and list(df.oracle) == list(rows.oracle)
+    assert set(ideal.IDEAL_MAPS) <= set(df.columns) and df[list(ideal.IDEAL_MAPS)].isin([0.0, 1.0]).all().all()
+    table, shares = ideal.answer_ceiling(llava15, families=["text", "gqa"], n=3, split="val", seed=3, n_boot=50)
+    assert list(table.index) == ["text"] and list(table.n) == [3] and list(shares.ideal) == list(ideal.IDEAL_MAPS)

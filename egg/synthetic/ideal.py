@@ -63,8 +63,54 @@ def ideal_regions(vlm, items, sigma: float = 1.5, threshold="elbow", k: int = 2,
                                        threshold=threshold, k=k, max_ratio=max_ratio)
             rows.append({"family": it.family, "ideal": name, "evidence_cells": float(ev.sum()),
                          "box_ratio": box_area(boxes[0]) / evidence_area,
+                         "box_image_share": box_area(boxes[0]) / (it.image.size[0] * it.image.size[1]),
                          "spatial_entropy": spatial_entropy(smooth(m, sigma), threshold=threshold)})
     return pd.DataFrame(rows)
+
+
+def ideal_answers(vlm, items) -> pd.DataFrame:
+    """Per item, the answer's score from the full view (`base`), with the evidence boxes appended
+    (`oracle`), and with the boxes each perfect map proposes appended (one column per
+    `IDEAL_MAPS`): EGG's first zoom had its map been perfect, at the paper's defaults. Such a
+    map has one component (spatial entropy 0), so the default rule stops after this zoom."""
+    from ..adapters.records import EmbeddingCache
+    from ..method.boxes import clamp_aspect
+    from ..method.zoom import answer_with_crops
+    from . import score
+
+    adapter = as_adapter(vlm)
+    rows = []
+    for it in items:
+        cache = EmbeddingCache()
+        prep = adapter.prepare([it.image], it.question, cache=cache)
+        grid = prep.grids[0]
+        ev = evidence_map(it.boxes, grid.shape, grid.footprint)
+        ask = lambda boxes: score(it.family, answer_with_crops(adapter, it.image, it.question, boxes, cache=cache), it)
+        row = {"family": it.family, "base": ask([]),
+               "oracle": ask([clamp_aspect(b, it.image.size, min_side=adapter.min_crop_side) for b in it.boxes])}
+        for name, m in zip(IDEAL_MAPS, (ev, peak_map(ev))):
+            row[name] = ask(propose_regions(adapter, prep, [m], [], it.image.size, [0])[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def answer_ceiling(vlm, families=None, n: int = 100, split: str = "test", seed: int = 0,
+                   geometry: str | None = None, n_boot: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`ideal_answers` on the detail families' items: accuracy (%) per family, and per perfect
+    map the share of the oracle gap it recovers pooled, with its 95% bootstrap interval
+    (`checks.gap_recovered`, as EGG's is reported). What EGG at the paper's defaults could
+    recover with a perfect map, on this model and geometry."""
+    from .checks import gap_recovered
+    from . import DETAIL_FAMILIES
+
+    geometry = geometry or core.geometry_for(vlm)
+    fams = [f for f in (families or DETAIL_FAMILIES) if f in DETAIL_FAMILIES]
+    df = ideal_answers(vlm, [it for f in fams for it in load(f, split, n, seed, geometry=geometry)])
+    table = (100 * df.groupby("family", sort=False)[["base", "oracle", *IDEAL_MAPS]].mean()).assign(
+        n=df.groupby("family", sort=False).size())
+    shares = [(m, len(df), *(100 * v for v in gap_recovered(df.rename(columns={m: "egg"}), n_boot, seed)))
+              for m in IDEAL_MAPS]
+    return table, pd.DataFrame(shares, columns=["ideal", "n", "gap_share", "lo", "hi"])
 
 
 def region_floor(vlm, families=None, n: int = 100, split: str = "test", seed: int = 0,
@@ -78,7 +124,8 @@ def region_floor(vlm, families=None, n: int = 100, split: str = "test", seed: in
     return (df.assign(entropy_above_0=df.spatial_entropy > 0)
               .groupby(["family", "ideal"], sort=False)
               .agg(n=("box_ratio", "size"), evidence_cells=("evidence_cells", "median"),
-                   box_ratio_median=("box_ratio", "median"), entropy_above_0=("entropy_above_0", "mean"))
+                   box_ratio_median=("box_ratio", "median"),
+                   box_image_share=("box_image_share", "median"), entropy_above_0=("entropy_above_0", "mean"))
               .reset_index())
 
 
@@ -101,4 +148,4 @@ def square_floor(sides=(1, 1.5, 2, 3, 4, 6), grid: tuple[int, int] = (24, 24), t
     return pd.DataFrame(out)
 
 
-__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "ideal_regions", "region_floor", "square_floor"]
+__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "ideal_regions", "ideal_answers", "answer_ceiling", "region_floor", "square_floor"]
