@@ -852,5 +852,7 @@ def test_a_recipe_trains_its_stages_in_turn_and_reruns_only_an_unfinished_one(tm
     assert "[1/2] a: finished, kept" in printed and "[2/2] b: training" in printed
     assert (tmp_path / "work" / "a" / "model.safetensors").stat().st_mtime_ns == a_weights
     assert (out / "model.safetensors").read_bytes() == before
-    with pytest.raises(SystemExit, match="no finished model"):
+    assert recipes.run(r, tmp_path / "work", tmp_path / "elsewhere", stop_after="a") == tmp_path / "work" / "a"
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(SystemExit, match="no saved model"):
         recipes.run(recipes.Recipe(start=str(tmp_path / "none"), out="x", common=(), stages=()), tmp_path / "w2")

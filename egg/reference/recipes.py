@@ -8,7 +8,7 @@ an interrupted one resumes from its last checkpoint (`--resume 1`), so an interr
 loses at most one evaluation interval. The stages share `work/train_cache`, where their
 rendered training sets are cached.
 
-    python -m egg.reference.recipes llava15-detail [--work DIR] [--out DIR] [--dry-run]
+    python -m egg.reference.recipes llava15-detail [--work DIR] [--out DIR] [--dry-run] [--stop-after STAGE]
 """
 from __future__ import annotations
 
@@ -80,21 +80,26 @@ def finished(path: str | Path) -> bool:
 
 
 def run(name: str | Recipe, work: str | Path | None = None, out: str | Path | None = None,
-        dry_run: bool = False) -> Path:
+        dry_run: bool = False, stop_after: str | None = None) -> Path:
     """Train the recipe's stages (`name`: one of RECIPES, or a Recipe) that are not finished
     under `work`, then copy the last one to `out` (default: the recipe's). With `dry_run`,
-    print what would run and train nothing."""
+    print what would run and train nothing; with `stop_after`, end after that stage (its model
+    stays under `work`, nothing is copied) and return where it is."""
     r, name = (recipe(name), name) if isinstance(name, str) else (name, "custom")
     work = Path(work or f"data/train_cache/recipe-{name}")
     out = Path(out or r.out)
-    if not finished(r.start):
-        raise SystemExit(f"recipe {name}: its first stage continues {r.start}, which holds no finished model")
+    if not (Path(r.start) / "config.json").exists():  # a saved model, as `--init` takes (run 24 is its step 750)
+        raise SystemExit(f"recipe {name}: its first stage continues {r.start}, which holds no saved model")
     configs = stage_configs(r, work)
+    if stop_after is not None and stop_after not in [n for n, _ in configs]:
+        raise SystemExit(f"--stop-after {stop_after!r}: recipe {name} has the stages {[n for n, _ in configs]}")
     for i, (stage, cfg) in enumerate(configs, 1):
         done = finished(cfg.out)
         print(f"[{i}/{len(configs)}] {stage}: {'finished, kept' if done else 'training'} -> {cfg.out}", flush=True)
         if not done and not dry_run:
             train(cfg)
+        if stage == stop_after:
+            return Path(cfg.out)
     last = Path(configs[-1][1].out)
     if not dry_run:
         tmp = out.with_name(out.name + ".tmp")
@@ -113,8 +118,9 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=None, help="where each stage's model is kept (default data/train_cache/recipe-NAME)")
     ap.add_argument("--out", default=None, help="where the last stage's model goes (default: the recipe's)")
     ap.add_argument("--dry-run", action="store_true", help="list the stages and which are finished; train nothing")
+    ap.add_argument("--stop-after", default=None, help="end after this stage (e.g. run35a); copy nothing")
     a = ap.parse_args(argv)
-    run(a.name, a.work, a.out, a.dry_run)
+    run(a.name, a.work, a.out, a.dry_run, a.stop_after)
 
 
 if __name__ == "__main__":
