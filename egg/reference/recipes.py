@@ -24,13 +24,12 @@ from .train import TrainConfig, config_from_args, train
 
 @dataclass(frozen=True)
 class Recipe:
-    """`start`: the finished model the first stage continues; `common`: every stage's flags;
+    """`start`: the saved model the first stage continues; `common`: every stage's flags;
     `stages`: (name, flags) in order; `out`: where the last stage's model is copied."""
     start: str
     out: str
     common: tuple[str, ...]
     stages: tuple[tuple[str, tuple[str, ...]], ...]
-    about: str = ""
 
 
 _DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
@@ -51,7 +50,6 @@ RECIPES: dict[str, Recipe] = {
             ("run39", _DETAIL + ("--read-mix", "1", "--read-scale", "6", "--read-steps", "1000",
                                  "--max-steps", "1000", "--eval-every", "500")),
         ),
-        about="reads an appended crop of a detail; its map finds the evidence (README, 'The current 24 x 24 model')",
     ),
 }
 
