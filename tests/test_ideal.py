@@ -51,14 +51,11 @@ def test_a_perfect_maps_first_box_holds_the_evidence_and_is_many_times_its_size_
 def test_the_first_box_of_a_perfect_map_covers_the_evidence(llava15):
     from egg import bench
     from egg.adapters import as_adapter
-    from egg.method.zoom import propose_regions
     ad = as_adapter(llava15)
     for it in bench.load("doc", "val", 5, 3, geometry="llava15"):
-        prep = ad.prepare([it.image], it.question)
-        g = prep.grids[0]
-        m = ideal.evidence_map(it.boxes, g.shape, g.footprint)
-        box = propose_regions(ad, prep, [m], [], it.image.size, [0])[0][0]
+        box = ideal.perfect_proposals(ad, it)[1]["evidence"][1][0]
         assert box_area(box_intersection(box, it.boxes[0])) == pytest.approx(box_area(it.boxes[0]))
+
 
 
 def test_perfect_map_answers_share_the_testbeds_base_and_oracle(llava15):

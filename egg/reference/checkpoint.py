@@ -57,17 +57,27 @@ def load_checkpoint(path: Path, config: dict, model, aux: AuxHeads | None, opt, 
     return state["record"], state["smooth"], state["step"]
 
 
-def save(model, processor, out: Path, record: dict) -> None:
-    """Write atomically-ish: a finished directory is never left half-written."""
+def write_dir(out: Path, fill) -> None:
+    """Fill a fresh `out`.tmp with `fill(tmp)`, then swap it in for `out`: a finished directory
+    is never left half-written."""
     tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    setattr(model.config, GEOMETRY_ATTR, record["config"]["geometry"])  # bench.geometry_for reads it
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "training_log.json").write_text(json.dumps(record, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    fill(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def save(model, processor, out: Path, record: dict) -> None:
+    """A finished (or periodic) model directory, written through `write_dir`."""
+    def fill(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        setattr(model.config, GEOMETRY_ATTR, record["config"]["geometry"])  # bench.geometry_for reads it
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "training_log.json").write_text(json.dumps(record, indent=1))
+
+    write_dir(out, fill)
 
 
 def _code_digest() -> str:

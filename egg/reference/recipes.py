@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import write_dir
 from .train import TrainConfig, config_from_args, train
 
 
@@ -100,11 +100,7 @@ def run(name: str | Recipe, work: str | Path | None = None, out: str | Path | No
             return Path(cfg.out)
     last = Path(configs[-1][1].out)
     if not dry_run:
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(last, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        write_dir(out, lambda tmp: shutil.copytree(last, tmp))
         print(f"recipe {name}: {last} copied to {out}", flush=True)
     return out
 

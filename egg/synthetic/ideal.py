@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 
 from ..adapters import as_adapter
-from ..method.boxes import box_area
+from ..adapters.records import EmbeddingCache
+from ..method.boxes import box_area, clamp_aspect, pixels_to_grid_box
 from ..method.regions import extract_regions, smooth
 from ..method.stopping import spatial_entropy
-from ..method.zoom import propose_regions
-from . import core, families as all_families, load
+from ..method.zoom import answer_with_crops, propose_regions
+from . import DETAIL_FAMILIES, core, families as all_families, load, score
+from .checks import gap_recovered
 
 #: the two perfect maps: each cell's covered share of the evidence, and its single best cell
 IDEAL_MAPS = ("evidence", "peak")
@@ -29,12 +31,11 @@ def evidence_map(boxes, shape: tuple[int, int], footprint) -> np.ndarray:
     """Each cell's covered share (0-1) of a grid of `shape` (rows, cols) over the pixel box
     `footprint`, summed over `boxes`: the map of a model that attends to the evidence alone."""
     rows, cols = shape
-    fx0, fy0, fx1, fy1 = (float(v) for v in footprint)
-    xs, ys = np.linspace(fx0, fx1, cols + 1), np.linspace(fy0, fy1, rows + 1)
     out = np.zeros(shape)
     for b in boxes:
-        wx = np.clip(np.minimum(xs[1:], b[2]) - np.maximum(xs[:-1], b[0]), 0, None) / np.diff(xs)
-        wy = np.clip(np.minimum(ys[1:], b[3]) - np.maximum(ys[:-1], b[1]), 0, None) / np.diff(ys)
+        c0, r0, c1, r1 = pixels_to_grid_box(b, shape, footprint)
+        wx = np.clip(np.minimum(np.arange(1, cols + 1), c1) - np.maximum(np.arange(cols), c0), 0, None)
+        wy = np.clip(np.minimum(np.arange(1, rows + 1), r1) - np.maximum(np.arange(rows), r0), 0, None)
         out += wy[:, None] * wx[None, :]
     return out
 
@@ -46,6 +47,16 @@ def peak_map(m: np.ndarray) -> np.ndarray:
     return out
 
 
+def perfect_proposals(adapter, item, cache=None, **region_kw) -> tuple[np.ndarray, dict]:
+    """The evidence map of `item` on the adapter's grid for its full view, and per perfect map
+    (`IDEAL_MAPS`) that map with the boxes `propose_regions` makes of it (in image pixels)."""
+    prep = adapter.prepare([item.image], item.question, cache=cache)
+    grid = prep.grids[0]
+    ev = evidence_map(item.boxes, grid.shape, grid.footprint)
+    return ev, {name: (m, propose_regions(adapter, prep, [m], [], item.image.size, [0], **region_kw)[0])
+                for name, m in zip(IDEAL_MAPS, (ev, peak_map(ev)))}
+
+
 def ideal_regions(vlm, items, sigma: float = 1.5, threshold="elbow", k: int = 2,
                   max_ratio: float = 3.0) -> pd.DataFrame:
     """One row per item and perfect map: the evidence's cells, the first proposed box's area
@@ -54,13 +65,9 @@ def ideal_regions(vlm, items, sigma: float = 1.5, threshold="elbow", k: int = 2,
     adapter = as_adapter(vlm)
     rows = []
     for it in items:
-        prep = adapter.prepare([it.image], it.question)
-        grid = prep.grids[0]
-        ev = evidence_map(it.boxes, grid.shape, grid.footprint)
+        ev, proposals = perfect_proposals(adapter, it, sigma=sigma, threshold=threshold, k=k, max_ratio=max_ratio)
         evidence_area = float(np.mean([box_area(b) for b in it.boxes]))
-        for name, m in zip(IDEAL_MAPS, (ev, peak_map(ev))):
-            boxes, _ = propose_regions(adapter, prep, [m], [], it.image.size, [0], sigma=sigma,
-                                       threshold=threshold, k=k, max_ratio=max_ratio)
+        for name, (m, boxes) in proposals.items():
             rows.append({"family": it.family, "ideal": name, "evidence_cells": float(ev.sum()),
                          "box_ratio": box_area(boxes[0]) / evidence_area,
                          "box_image_share": box_area(boxes[0]) / (it.image.size[0] * it.image.size[1]),
@@ -73,23 +80,15 @@ def ideal_answers(vlm, items) -> pd.DataFrame:
     (`oracle`), and with the boxes each perfect map proposes appended (one column per
     `IDEAL_MAPS`): EGG's first zoom had its map been perfect, at the paper's defaults. Such a
     map has one component (spatial entropy 0), so the default rule stops after this zoom."""
-    from ..adapters.records import EmbeddingCache
-    from ..method.boxes import clamp_aspect
-    from ..method.zoom import answer_with_crops
-    from . import score
-
     adapter = as_adapter(vlm)
     rows = []
     for it in items:
-        cache = EmbeddingCache()
-        prep = adapter.prepare([it.image], it.question, cache=cache)
-        grid = prep.grids[0]
-        ev = evidence_map(it.boxes, grid.shape, grid.footprint)
+        cache = EmbeddingCache()  # the full view is encoded once for all four answers
         ask = lambda boxes: score(it.family, answer_with_crops(adapter, it.image, it.question, boxes, cache=cache), it)
         row = {"family": it.family, "base": ask([]),
                "oracle": ask([clamp_aspect(b, it.image.size, min_side=adapter.min_crop_side) for b in it.boxes])}
-        for name, m in zip(IDEAL_MAPS, (ev, peak_map(ev))):
-            row[name] = ask(propose_regions(adapter, prep, [m], [], it.image.size, [0])[0])
+        _, proposals = perfect_proposals(adapter, it, cache=cache)
+        row.update({name: ask(boxes) for name, (_, boxes) in proposals.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -100,9 +99,6 @@ def answer_ceiling(vlm, families=None, n: int = 100, split: str = "test", seed: 
     map the share of the oracle gap it recovers pooled, with its 95% bootstrap interval
     (`checks.gap_recovered`, as EGG's is reported). What EGG at the paper's defaults could
     recover with a perfect map, on this model and geometry."""
-    from .checks import gap_recovered
-    from . import DETAIL_FAMILIES
-
     geometry = geometry or core.geometry_for(vlm)
     fams = [f for f in (families or DETAIL_FAMILIES) if f in DETAIL_FAMILIES]
     df = ideal_answers(vlm, [it for f in fams for it in load(f, split, n, seed, geometry=geometry)])
@@ -148,4 +144,4 @@ def square_floor(sides=(1, 1.5, 2, 3, 4, 6), grid: tuple[int, int] = (24, 24), t
     return pd.DataFrame(out)
 
 
-__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "ideal_regions", "ideal_answers", "answer_ceiling", "region_floor", "square_floor"]
+__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "perfect_proposals", "ideal_regions", "ideal_answers", "answer_ceiling", "region_floor", "square_floor"]
