@@ -111,12 +111,19 @@ class Geometry:
       input pixels at the full view (unreadable), 24-50 px in a crop 3x the object's side. At a
       quarter of its side (13-30 px at 3x), the 64-wide reference tower read a tight crop but not
       a 3x one (CHANGELOG, 2026-12-01).
+    - ``llava15-large``: the same grid, the named object 3-4 cells a side (9-16 in area) and its
+      detail 0.3 x its side: 13-17 px at the full view, 34 px in a crop 3x the object's side. The
+      paper's region defaults cannot box an object of 1-2 cells a side tighter than 18-64x its
+      area (`egg.synthetic.ideal.square_floor`); at 3-4 cells a side they reach 5.6-9x.
+
+    `pope_scale` multiplies pope's objects, so that their shape is seen at the full view.
     """
 
     name: str
     object_cells: tuple[float, float] | None = None
     grid: int = 24
     detail: float | None = None
+    pope_scale: int = 1
 
     def object_side(self, rng: np.random.Generator, w: int, h: int, frac: tuple[float, float] | None = None) -> int:
         """Canvas side of a named object: the family's `frac` (v1) or `object_cells` of the grid."""
@@ -129,7 +136,11 @@ class Geometry:
         return max(12, int(round(math.sqrt(cells * w * h) / self.grid)))
 
 
-GEOMETRIES = {"v1": Geometry("v1"), "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4)}
+GEOMETRIES = {
+    "v1": Geometry("v1"),
+    "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4, pope_scale=2),
+    "llava15-large": Geometry("llava15-large", object_cells=(9.0, 16.0), grid=24, detail=0.3),
+}
 
 
 #: The config attribute a reference model records its training geometry in (``egg.reference.train``).
