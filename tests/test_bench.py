@@ -140,6 +140,27 @@ def test_llava15_objects_span_a_few_cells_and_hide_their_detail(family):
     assert min(loose) >= 20 and np.median(loose) >= 24, loose
 
 
+@pytest.mark.parametrize("family", ["text", "vstar", "doc", "info"])
+def test_llava15_large_objects_span_three_to_four_cells_a_side(family):
+    """`llava15-large`: the named object is 3-4 cells a side (9-16 in area, inside the canvas),
+    where the paper's region defaults can box it within 10x its area; its detail is still
+    small at the full view (under 16 px at the median) and over 20 px in a crop 3x its side."""
+    cells, full, loose = [], [], []
+    for it in bench.load(family, "val", n=12, geometry="llava15-large"):
+        assert it.meta["geometry"] == "llava15-large"
+        W, H = it.image.size
+        for b in it.boxes:
+            assert 0 <= b[0] < b[2] <= W and 0 <= b[1] < b[3] <= H, (b, W, H)
+            cells.append((b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24)
+            ys, xs = np.nonzero(np.asarray(it.image.crop(b).convert("L")) < 40)
+            side = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            full.append(side * 336 / max(W, H))
+            loose.append(side * 336 / (3 * max(b[2] - b[0], b[3] - b[1])))
+    assert 8 <= np.median(cells) <= 16 and min(cells) >= 6 and max(cells) <= 17, cells
+    assert np.median(full) < 16, full
+    assert min(loose) >= 20, loose
+
+
 def test_llava15_pope_teaches_as_many_no_as_yes():
     """At the full view of a 24x24 grid a shape is visible, so pope's answers can depend on the
     image only if training asks "no" about as often as "yes"."""

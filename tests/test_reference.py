@@ -815,11 +815,12 @@ def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsew
 
 # --------------------------------------------------------------------------- recipes
 
-def test_the_llava15_detail_recipe_is_how_the_committed_24x24_model_was_trained():
+@pytest.mark.parametrize("name", ["llava15-detail", "llava15-large"])
+def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     """Its last stage's settings are those in the committed model's training log (only the paths
     and the resume flag differ), and each stage continues the one before."""
     from egg.reference import recipes
-    r = recipes.recipe("llava15-detail")
+    r = recipes.recipe(name)
     stages = recipes.stage_configs(r, "w")
     assert [c.init for _, c in stages] == [r.start] + [c.out for _, c in stages[:-1]]
     committed = json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())["config"]

@@ -52,6 +52,18 @@ RECIPES: dict[str, Recipe] = {
         ),
     ),
 }
+# the same stages, then run 41: run 39's stage once more on items drawn at `llava15-large` (named
+# objects 3-4 cells a side), reading taught only where the object is shown 64 px or more (never
+# at the full view, where it is 42-56 px); CHANGELOG, stop 48
+RECIPES["llava15-large"] = Recipe(
+    start=RECIPES["llava15-detail"].start,
+    out="data/reference-llava15-large",
+    common=RECIPES["llava15-detail"].common,
+    stages=RECIPES["llava15-detail"].stages + (
+        ("run41", _DETAIL + ("--read-mix", "1", "--read-scale", "6", "--read-steps", "1000", "--max-steps", "1000",
+                             "--eval-every", "500", "--geometry", "llava15-large", "--readable-px", "64")),
+    ),
+)
 
 
 def recipe(name: str) -> Recipe:

@@ -57,7 +57,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
             label = (cx - lh, int(y0) - lh - 2, cx + lh, int(y0) - 2)
             text_fit(d, label, str(v), fill=(0, 0, 0), fill_frac=0.95)
             top = label[1] - max(1, (s - lh - 2) // 3)
-            ev = (cx - s // 2, top, cx - s // 2 + s, top + s)
+            ev = (max(0, cx - s // 2), max(0, top), min(w, cx - s // 2 + s), min(h, top + s))  # a bar near the edge: inside the canvas
         bars.append((c, v, ev))
     by_colour = {c: (v, b) for c, v, b in bars}
     facts = [(f"what is the value of the {c} bar ?", str(v), b) for c, v, b in bars]
