@@ -93,6 +93,18 @@ def test_the_llava15_detail_model_reads_an_appended_crop_and_its_map_finds_the_e
     assert rows.pointing.mean() >= 0.4 > 10 * rows.chance.mean()
 
 
+def test_the_llava15_large_model_reads_a_tight_crop_and_egg_boxes_its_evidence_within_10x():
+    """What the README says of `data/reference-llava15-large` (#16), on 8 val text items: the
+    evidence crop is read where the full view is not, and EGG's first box, at the paper's
+    defaults, covers at most 10x the evidence's area (measured on 500 test items: CHANGELOG,
+    stop 48)."""
+    from egg.synthetic import checks
+    vlm = load_model(REFERENCE_DIR.parent / "reference-llava15-large")
+    rows = checks.measure(vlm, families=["text"], n=8, split="val", seed=3, progress=False, methods=True)
+    assert len(rows) == 8 and rows.oracle.mean() - rows.base.mean() >= 0.5
+    assert rows.egg_box_ratio.median() <= 10
+
+
 # --------------------------------------------------------------------------- odd inputs
 
 
