@@ -118,23 +118,31 @@ def test_unknown_geometry_names_the_known_ones():
         bench.item("text", geometry="llava-1.5")
 
 
+def _object_and_detail_sizes(family: str, geometry: str, n: int = 12):
+    """Per evidence box of `n` val items: its area in cells of a 24x24 view, and its detail's
+    extent (the black glyph, shape or digit in it) in input pixels at the 336-px full view and in
+    a crop 3x the box's side. Every box lies inside its canvas."""
+    cells, full, loose = [], [], []
+    for it in bench.load(family, "val", n=n, geometry=geometry):
+        assert it.meta["geometry"] == geometry
+        W, H = it.image.size
+        for b in it.boxes:
+            assert 0 <= b[0] < b[2] <= W and 0 <= b[1] < b[3] <= H, (b, W, H)
+            cells.append((b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24)
+            ys, xs = np.nonzero(np.asarray(it.image.crop(b).convert("L")) < 40)
+            side = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)  # the detail's extent, canvas px
+            full.append(side * 336 / max(W, H))
+            loose.append(side * 336 / (3 * max(b[2] - b[0], b[3] - b[1])))
+    return cells, full, loose
+
+
 @pytest.mark.parametrize("family", ["text", "vstar", "doc", "info"])
 def test_llava15_objects_span_a_few_cells_and_hide_their_detail(family):
     """The named object covers about 1-4 cells of a 24x24 view; its detail (the black glyph,
     shape or digit inside the box) is under 11 px at the 336-px full view and about two 14-px
     patches (over 20 px; 24-50 px at the median) in a crop 3x the box's side, as real benchmarks'
     details are."""
-    cells, full, loose = [], [], []
-    for it in bench.load(family, "val", n=12, geometry="llava15"):
-        assert it.meta["geometry"] == "llava15"
-        W, H = it.image.size
-        for b in it.boxes:
-            cells.append((b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24)
-            px = np.asarray(it.image.crop(b).convert("L")) < 40
-            ys, xs = np.nonzero(px)
-            side = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)  # the detail's extent, canvas px
-            full.append(side * 336 / max(W, H))
-            loose.append(side * 336 / (3 * max(b[2] - b[0], b[3] - b[1])))
+    cells, full, loose = _object_and_detail_sizes(family, "llava15")
     assert 0.7 <= np.median(cells) <= 4.5 and max(cells) <= 8, cells
     assert max(full) < 11, full
     assert min(loose) >= 20 and np.median(loose) >= 24, loose
@@ -145,17 +153,7 @@ def test_llava15_large_objects_span_three_to_four_cells_a_side(family):
     """`llava15-large`: the named object is 3-4 cells a side (9-16 in area, inside the canvas),
     where the paper's region defaults can box it within 10x its area; its detail is still
     small at the full view (under 16 px at the median) and over 20 px in a crop 3x its side."""
-    cells, full, loose = [], [], []
-    for it in bench.load(family, "val", n=12, geometry="llava15-large"):
-        assert it.meta["geometry"] == "llava15-large"
-        W, H = it.image.size
-        for b in it.boxes:
-            assert 0 <= b[0] < b[2] <= W and 0 <= b[1] < b[3] <= H, (b, W, H)
-            cells.append((b[2] - b[0]) * (b[3] - b[1]) / (W * H) * 24 * 24)
-            ys, xs = np.nonzero(np.asarray(it.image.crop(b).convert("L")) < 40)
-            side = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-            full.append(side * 336 / max(W, H))
-            loose.append(side * 336 / (3 * max(b[2] - b[0], b[3] - b[1])))
+    cells, full, loose = _object_and_detail_sizes(family, "llava15-large")
     assert 8 <= np.median(cells) <= 16 and min(cells) >= 6 and max(cells) <= 17, cells
     assert np.median(full) < 16, full
     assert min(loose) >= 20, loose
