@@ -23,7 +23,7 @@ help:
 	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
 	@echo "make train-reference RECIPE=llava15-detail  its five later stages into data/reference-llava15-detail (~90 min on 2 cores)"
-	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~115 min)"
+	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~120 min)"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 

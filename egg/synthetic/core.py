@@ -112,9 +112,10 @@ class Geometry:
       quarter of its side (13-30 px at 3x), the 64-wide reference tower read a tight crop but not
       a 3x one (CHANGELOG, 2026-12-01).
     - ``llava15-large``: the same grid, the named object 3-4 cells a side (9-16 in area) and its
-      detail 0.3 x its side: 13-17 px at the full view, 34 px in a crop 3x the object's side. The
-      paper's region defaults cannot box an object of 1-2 cells a side tighter than 18-64x its
-      area (`egg.synthetic.ideal.square_floor`); at 3-4 cells a side they reach 5.6-9x.
+      detail 0.3 x its side (its glyph a median of 8-13 px at the full view, over 20 px in a crop 3x
+      the object's side: `tests/test_bench.py`). The paper's region defaults cannot box an object
+      of 1-2 cells a side tighter than 18-64x its area (`egg.synthetic.ideal.square_floor`); at 3-4
+      cells a side they reach 5.6-9x.
 
     `pope_scale` multiplies pope's objects, so that their shape is seen at the full view.
     """
