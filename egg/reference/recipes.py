@@ -60,8 +60,7 @@ RECIPES["llava15-large"] = Recipe(
     out="data/reference-llava15-large",
     common=RECIPES["llava15-detail"].common,
     stages=RECIPES["llava15-detail"].stages + (
-        ("run41", _DETAIL + ("--read-mix", "1", "--read-scale", "6", "--read-steps", "1000", "--max-steps", "1000",
-                             "--eval-every", "500", "--geometry", "llava15-large", "--readable-px", "64")),
+        ("run41", RECIPES["llava15-detail"].stages[-1][1] + ("--geometry", "llava15-large", "--readable-px", "64")),
     ),
 )
 
