@@ -370,3 +370,5 @@ def test_box_helpers():
     assert point_in_box((2, 2), (0, 0, 2, 2))
     assert not point_in_box((2.5, 1), (0, 0, 2, 2))
     assert point_in_box((2.5, 1), (0, 0, 2, 2), tolerance=0.5)
+    assert point_in_box((2.5, 1), (0, 0, 2, 2), tolerance=(0.5, 0.0))  # grown left and right only
+    assert not point_in_box((1, 2.5), (0, 0, 2, 2), tolerance=(0.5, 0.0))

@@ -87,6 +87,17 @@ def test_by_evidence_size_splits_single_evidence_items_into_thirds():
     assert t.evidence_pct.tolist() == pytest.approx([0.2, 0.5, 0.8])
 
 
+def test_by_evidence_size_keeps_a_family_with_fewer_single_items_than_bins():
+    # two single-evidence doc items cannot be split into thirds: they are small and mid, not an error
+    df = pd.DataFrame([_row("text", 0.001 * (i + 1), 1.0, 1.0, True) for i in range(6)]
+                      + [_row("doc", 0.02, 0.0, 1.0, False), _row("doc", 0.01, 1.0, 1.0, True)])
+    t = testbed.by_evidence_size(df)
+    doc = t[t.family == "doc"]
+    assert list(doc["size"].astype(str)) == ["small", "mid"] and list(doc.n) == [1, 1]
+    assert list(doc.base) == [1.0, 0.0]  # the smaller item (0.01) is the small one
+    assert list(t[t.family == "text"].n) == [2, 2, 2]
+
+
 def test_plot_card_marks_where_the_curriculum_ends_and_draws_every_condition():
     df = pd.DataFrame([_row(f, 0.01, 0.2, 0.9, i % 2 == 0) for f in ("text", "rwqa") for i in range(6)])
     record = {"loss": [{"step": s, "lm": 1.0 / s, "look": 0.5, "phase": "read" if s <= 30 else "mix"}

@@ -52,15 +52,17 @@ def evidence_iou(boxes: Sequence, gt_boxes: Sequence) -> float:
     return max(iou(tuple(boxes[0]), tuple(g)) for g in gt_boxes)
 
 
-def point_in_box(pt: tuple[float, float], box: Box, tolerance: float = 0.0) -> bool:
-    """Is the point (x, y) inside the box grown by ``tolerance`` on every side?
+def point_in_box(pt: tuple[float, float], box: Box, tolerance: float | tuple[float, float] = 0.0) -> bool:
+    """Is the point (x, y) inside the box grown by ``tolerance`` on every side (a pair: by its
+    first value left and right, its second above and below)?
 
     Points are continuous coordinates, so the test is closed on both ends
     (x0 - tol <= x <= x1 + tol), unlike cell membership.
     """
     x, y = pt
     x0, y0, x1, y1 = box
-    return (x0 - tolerance <= x <= x1 + tolerance) and (y0 - tolerance <= y <= y1 + tolerance)
+    tx, ty = tolerance if isinstance(tolerance, tuple) else (tolerance, tolerance)
+    return (x0 - tx <= x <= x1 + tx) and (y0 - ty <= y <= y1 + ty)
 
 
 def box_center(box: Box) -> tuple[float, float]:

@@ -31,7 +31,7 @@ import pandas as pd
 from .. import synthetic as bench
 from ..adapters import EmbeddingCache, as_adapter
 from ..baselines import VARIANTS, vicrop_batch, vicrop_map
-from ..method.boxes import box_center, clamp_aspect, grid_box_to_pixels
+from ..method.boxes import box_center, clamp_aspect, grid_box_to_pixels, point_in_box
 from ..method.regions import first_argmax_2d, smooth
 from ..method.relevance import relevance
 from ..method.zoom import answer_with_crops
@@ -83,8 +83,7 @@ def peak_cell(raw, grid, sigma: float):
 
 def hit(x: float, y: float, cell, boxes) -> bool:
     """Whether (x, y) lies in one of `boxes` grown by one of `cell`'s sizes on every side."""
-    cw, ch = cell[2] - cell[0], cell[3] - cell[1]
-    return any(b[0] - cw <= x <= b[2] + cw and b[1] - ch <= y <= b[3] + ch for b in boxes)
+    return any(point_in_box((x, y), b, (cell[2] - cell[0], cell[3] - cell[1])) for b in boxes)
 
 
 def near(cell, boxes) -> bool:
@@ -220,13 +219,22 @@ def summary(df, n_boot: int = 2000, seed: int = 0):
     return pd.DataFrame(out)
 
 
+def _quantile_labels(x, labels):
+    """`labels` by rank quantile of `x`, ties broken by order; a family with fewer items than
+    labels (qcut cannot split it) gets the first labels, in rank order."""
+    r = x.rank(method="first")
+    if len(x) >= len(labels):
+        return pd.qcut(r, len(labels), labels=labels).astype(str)
+    return r.map(lambda k: labels[int(k) - 1])
+
+
 def by_evidence_size(df, bins: int = 3):
     """Per family and evidence-size tercile (single-evidence items, so that the size is one
     object's): where does the full view start to be read, and where does the map start to point?"""
     single = df[~df.multi_evidence.astype(bool)].copy()
     labels = ["small", "mid", "large"] if bins == 3 else [f"q{i + 1}" for i in range(bins)]
     single["size"] = single.groupby("family", sort=False).evidence_fraction.transform(
-        lambda x: pd.qcut(x.rank(method="first"), bins, labels=labels).astype(str))
+        lambda x: _quantile_labels(x, labels))
     cols = ["evidence_fraction", "base", "oracle", "entropy", "pointing", "chance", "peak_crop", "random_crop", "box_crop"]
     g = single.groupby(["family", "size"], sort=False)
     out = g[cols].mean().join(g.size().rename("n")).reset_index()
