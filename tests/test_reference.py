@@ -779,18 +779,18 @@ def test_a_rendered_training_set_is_kept_for_the_next_run_with_the_same_settings
     assert len(list(tmp_path.glob("render-*.pkl"))) == 2 and "loaded" not in lines[-1]
 
 
-def test_the_detail_box_holds_every_dark_pixel_of_its_object():
-    """`detail_box` is where the generators draw the letter, shape or digit: every dark pixel inside
-    an object's box lies in it, at the llava15 geometry; with no detail size there is none."""
-    geo = bench.GEOMETRIES["llava15"]
+@pytest.mark.parametrize("geometry", ["llava15", "llava15-large"])
+def test_the_detail_box_holds_every_dark_pixel_of_its_object(geometry):
+    """`detail_box` is where the generators drew the letter, shape or digit: every dark pixel inside
+    an object's box lies in it; at a geometry with no detail size, or for pope, there is none."""
     for fam in ("text", "vstar", "doc", "info"):
         n = 0
-        for it in bench.load(fam, "train", 4, 3, geometry="llava15"):
+        for it in bench.load(fam, "train", 4, 3, geometry=geometry):
             a = np.asarray(it.image).astype(int)
             for _, ans, b in it.facts:
                 if ans is None:
                     continue
-                d = detail_box(fam, b, geo.detail)
+                d = detail_box(it, b)
                 x0, y0, x1, y1 = map(int, b)
                 ys, xs = np.nonzero(a[y0:y1, x0:x1].sum(-1) < 120)
                 assert len(xs) > 0
@@ -798,7 +798,10 @@ def test_the_detail_box_holds_every_dark_pixel_of_its_object():
                 assert (d[2] - d[0]) * (d[3] - d[1]) < 0.5 * (x1 - x0) * (y1 - y0)
                 n += 1
         assert n >= 8
-    assert detail_box("text", (0, 0, 40, 40), None) is None and detail_box("gqa", (0, 0, 40, 40), 0.4) is None
+    v1 = bench.item("text", "train", 0, 3)
+    assert detail_box(v1, v1.boxes[0]) is None
+    pope = bench.item("pope", "train", 0, 3, geometry)
+    assert detail_box(pope, pope.boxes[0]) is None
 
 
 def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsewhere():

@@ -253,7 +253,7 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
             kind = "full" if kind == "window" else kind
         skip = untaught(turns, views, size, readable_px) if readable_px > 0 else ()
         # a turn that reads a detail looks at it where it is readable (with `detail`; else at the object)
-        turn_looks = tuple(look_views(named[q], [detail_box(item.family, b, detail) if rb is not None else None
+        turn_looks = tuple(look_views(named[q], [detail_box(item, b) if rb is not None and detail is not None else None
                                                  for b in named[q]], views, size, patch, readable_px)
                            for q, _, rb in turns) if looks else ()
         out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=turn_looks))
@@ -275,7 +275,7 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
         crop = crop_around(b, (W, H), rng, scale=(1.0, max_scale), exact_p=EXACT_P)
-        d = detail_box(item.family, b, detail)
+        d = detail_box(item, b) if detail is not None else None
         looks = (look_tokens([d], [crop], size, patch),) if d is not None else ()
         out.append(Example(_resize(img, crop, size)[None], [(q, a)], item.family, "read", looks=looks))
     return out

@@ -210,6 +210,13 @@ def overlaps(a: Box, b: Box, margin: int = 0) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
+def detail_meta(geo: Geometry, details) -> dict:
+    """`Item.meta`'s "details": (object box, where its letter, shape or digit is drawn) for each
+    object to read, as the generator drew them; only at a geometry with a detail size, where
+    training looks at the detail rather than the object (`egg.reference.detail`)."""
+    return {"details": [(tuple(o), tuple(d)) for o, d in details]} if geo.detail is not None else {}
+
+
 def union(a: Box, b: Box) -> Box:
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, GEOMETRIES, Geometry, Item, canvas_size, font, pick, place, scribble, text_fit, union
+from ..core import (COLOURS, GEOMETRIES, Geometry, Item, canvas_size, detail_meta, font, pick, place, scribble,
+                    text_fit, union)
 
 METRIC = "anls"
 FRAC = (0.001, 0.015)
@@ -19,7 +20,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     d = ImageDraw.Draw(img)
     colours = pick(rng, list(COLOURS), int(rng.integers(3, 6)))
     values = [int(v) for v in rng.choice(range(1, 10), size=len(colours), replace=False)]
-    taken, fields = [], []
+    taken, fields, details = [], [], []
     for c, v in zip(colours, values):
         s = geo.object_side(rng, w, h, FRAC)
         # v1: a narrow coloured tag beside the value; with a detail size, the tag is most of the
@@ -34,15 +35,18 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
         d.rectangle(tag, fill=COLOURS[c])
         text_fit(d, val, str(v), fill=(0, 0, 0), fill_frac=fill)
         fields.append((c, v, union(tag, val)))
+        details.append((union(tag, val), val))
     facts = [(f"what is the value of the {c} field ?", str(v), b) for c, v, b in fields]
     facts += [(f"where is the {c} field ?", None, b) for c, _, b in fields]
     if rng.random() < MULTI_P:
         (c1, v1, b1), (c2, v2, b2) = fields[0], fields[1]
         ans = c1 if v1 > v2 else c2
         return Item(img, f"which is larger , the {c1} or the {c2} field ?", [ans], [b1, b2], "doc",
-                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} field"}, facts=facts)
+                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} field", **detail_meta(geo, details)},
+                    facts=facts)
     c, v, b = fields[0]
-    return Item(img, f"what is the value of the {c} field ?", [str(v)], [b], "doc", meta={"key": c, "target": f"{c} field"}, facts=facts)
+    return Item(img, f"what is the value of the {c} field ?", [str(v)], [b], "doc",
+                meta={"key": c, "target": f"{c} field", **detail_meta(geo, details)}, facts=facts)
 
 
 def _page(rng, w: int, h: int):

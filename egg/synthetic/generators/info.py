@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from PIL import ImageDraw
 
-from ..core import COLOURS, GEOMETRIES, Geometry, Item, background, canvas_size, font, pick, scribble, text_fit
+from ..core import (COLOURS, GEOMETRIES, Geometry, Item, background, canvas_size, detail_meta, font, pick, scribble,
+                    text_fit)
 
 METRIC = "anls"
 MULTI_P = 1 / 3
@@ -35,7 +36,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     bw = slot * rng.uniform(0.45, 0.7)
     label_h = max(9, int(min(slot * 0.45, ph * 0.1)))
     base_y, top_y = py + ph - 6, py + ph * 0.2 + label_h
-    bars = []
+    bars, details = [], []
     order = rng.permutation(n)
     for i, k in enumerate(order):
         c, v = colours[k], values[k]
@@ -59,6 +60,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
             top = label[1] - max(1, (s - lh - 2) // 3)
             ev = (max(0, cx - s // 2), max(0, top), min(w, cx - s // 2 + s), min(h, top + s))  # a bar near the edge: inside the canvas
         bars.append((c, v, ev))
+        details.append((ev, label))
     by_colour = {c: (v, b) for c, v, b in bars}
     facts = [(f"what is the value of the {c} bar ?", str(v), b) for c, v, b in bars]
     facts += [(f"where is the {c} bar ?", None, b) for c, _, b in bars]
@@ -67,7 +69,9 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
         (v1, b1), (v2, b2) = by_colour[c1], by_colour[c2]
         ans = c1 if v1 > v2 else c2
         return Item(img, f"which is larger , the {c1} or the {c2} bar ?", [ans], [b1, b2], "info",
-                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} bar"}, facts=facts)
+                    meta={"key": [c1, c2], "values": [v1, v2], "target": f"{c1} bar", **detail_meta(geo, details)},
+                    facts=facts)
     c = colours[0]
     v, b = by_colour[c]
-    return Item(img, f"what is the value of the {c} bar ?", [str(v)], [b], "info", meta={"key": c, "target": f"{c} bar"}, facts=facts)
+    return Item(img, f"what is the value of the {c} bar ?", [str(v)], [b], "info",
+                meta={"key": c, "target": f"{c} bar", **detail_meta(geo, details)}, facts=facts)
