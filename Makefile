@@ -57,7 +57,7 @@ test-fast: setup
 nbval: setup
 	$(NBVAL)
 
-# PRESET=llava15: the 24x24 model (egg.reference.train.PRESETS) into data/reference-llava15;
+# PRESET=llava15: the 24x24 model (egg.reference.config.PRESETS) into data/reference-llava15;
 # RECIPE=llava15-detail or llava15-large: the stages that continue it (egg.reference.recipes), resumable
 train-reference: setup
 ifneq ($(RECIPE),)

@@ -275,7 +275,7 @@ RENDER_AFTER_THE_POOL_STARTED = '''
 import torch
 torch.set_num_threads(2)
 (torch.randn(800, 800) @ torch.randn(800, 800)).sum()  # the parent's OpenMP pool is running
-from egg.reference.train import TrainConfig, PRESETS
+from egg.reference.config import TrainConfig, PRESETS
 from egg.reference.build import ReferenceConfig
 from egg.reference.data import render_dataset
 p = dict(PRESETS["llava15"]); m = p.pop("model")

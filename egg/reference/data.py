@@ -26,7 +26,7 @@ from .build import IMAGE_TOKEN, ReferenceConfig, build_processor
 from .detail import detail_box
 
 if TYPE_CHECKING:  # the config lives with the training loop, which imports this module
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 KINDS = {"full": 0.16, "window": 0.2, "evidence": 0.26, "random": 0.1, "two": 0.14, "locate": 0.14}
 # Families whose items yield twice the examples: where a crop must not override the full view.
