@@ -429,8 +429,9 @@ def test_sincos_positions_start_each_patch_with_its_row_and_column():
 
 @pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    """An uninterrupted tiny run, then one stopped (as by Ctrl-C) after its first checkpoint, inside
-    the reading stage, and resumed: same weights. The resumed run also reuses the first run's cached vision warm-up."""
+    """An uninterrupted tiny run, then one stopped (as by Ctrl-C) during its first evaluation, inside
+    the reading stage, and resumed: it loses no step, evaluates where it stopped, and ends with the same
+    weights and evaluations. The resumed run also reuses the first run's cached vision warm-up."""
     from safetensors.torch import load_file
 
     kw = dict(items_per_family=4, examples_per_item=2, batch_size=4, epochs=1, vision_steps=2, max_steps=4,
@@ -441,7 +442,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
 
     def interrupted(*a, **k):
         evals.append(1)
-        if len(evals) == 2:
+        if len(evals) == 1:
             raise KeyboardInterrupt
         return real_eval(*a, **k)
 
@@ -453,6 +454,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     resumed = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), resume=1, **kw))
     log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
     assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
+    steps = lambda d: [e["step"] for e in json.loads((d / "training_log.json").read_text())["eval"]]
+    assert steps(full) == steps(resumed) == [2, 4]
     # interrupted inside it, full views among its crops: the stage's plan is rebuilt the same
     assert "reading stage: 3 steps" in log and "1 of each batch's 4 full-view conversations" in log
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))

@@ -339,9 +339,20 @@ def train(cfg: TrainConfig) -> Path:
         model.model.language_model.set_attn_implementation(register() if cfg.look_rows else "eager")
     smooth, done = None, 0
     ckpt = work / "resume.pt"
+
+    def periodic_eval(step: int) -> None:
+        ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
+        record["eval"].append({"step": step, **ev})
+        log("eval " + eval_line(ev))
+        record.update(steps=step, finished=False, minutes=(time.time() - t_start) / 60)
+        save(model, processor, out, record)
+        save_checkpoint(ckpt, model, aux, opt, sched, record, smooth, step)
+
     if cfg.resume and ckpt.exists():
         record, smooth, done = load_checkpoint(ckpt, record["config"], model, aux, opt, sched)
         log(f"resumed from {ckpt} at step {done}/{total}")
+        if cfg.eval_every and done % cfg.eval_every == 0 and not (record["eval"] and record["eval"][-1]["step"] == done):
+            periodic_eval(done)  # interrupted during that step's evaluation
     elif cfg.resume:
         log(f"no checkpoint at {ckpt}: starting from step 0")
     model.train()
@@ -367,12 +378,9 @@ def train(cfg: TrainConfig) -> Path:
             log(f"step {step}/{total} " + " ".join(f"{k} {v:.3f}" for k, v in smooth.items())
                 + f" {(time.time() - t_train) / (step - done):.2f}s/step lr {sched.get_last_lr()[0]:.2e}")
         if cfg.eval_every and step % cfg.eval_every == 0:
-            ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
-            record["eval"].append({"step": step, **ev})
-            log("eval " + eval_line(ev))
-            record.update(steps=step, finished=False, minutes=(time.time() - t_start) / 60)
-            save(model, processor, out, record)
+            # the steps are kept before the evaluation too: one interrupted there loses none of them
             save_checkpoint(ckpt, model, aux, opt, sched, record, smooth, step)
+            periodic_eval(step)
         if progress(step) >= 1.0 and step < total:
             log(f"CPU-time budget of {cfg.max_minutes} min x {cfg.threads} cores reached at step {step}/{total}; stopping")
             break
