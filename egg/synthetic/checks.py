@@ -220,12 +220,10 @@ def summary(df, n_boot: int = 2000, seed: int = 0):
 
 
 def _quantile_labels(x, labels):
-    """`labels` by rank quantile of `x`, ties broken by order; a family with fewer items than
-    labels (qcut cannot split it) gets the first labels, in rank order."""
+    """`labels` by rank quantile of `x`, ties broken by order; fewer items than labels (qcut cannot
+    split them) take the first labels, in rank order."""
     r = x.rank(method="first")
-    if len(x) >= len(labels):
-        return pd.qcut(r, len(labels), labels=labels).astype(str)
-    return r.map(lambda k: labels[int(k) - 1])
+    return pd.qcut(r, len(labels), labels=labels).astype(str) if len(x) >= len(labels) else r.map(lambda k: labels[int(k) - 1])
 
 
 def by_evidence_size(df, bins: int = 3):
