@@ -1,0 +1,260 @@
+"""How well a vision tower tells a detail at each crop scale: the reading a zoom needs (#16).
+
+A zoom helps only where the model reads the detail in a crop several times the evidence's side
+(notebook 09's `crop3x`). The 24x24 reference models read the tight crop and not the 3x one,
+with their tower frozen or not (CHANGELOG, stop 49). These measurements tell whether the
+tower's output holds the detail at all, and whether a tower of another size can learn it.
+Both use one reading fact per item and square crops `loose_crop(box, f)` around its object,
+the crops notebook 09's `crop3x` asks about. A crop several times its object's side often shows
+another object's detail too (`ReadingSet.crowded`): there, telling the right one apart is binding,
+which a pooled probe cannot do and the decoder must, so each table says how many were crowded:
+
+- `frozen_probe`: a linear probe on a trained model's frozen visual tokens, max-pooled as the
+  warm-up's reading probe pools them (`AuxHeads`), fitted on crops of every scale at once;
+- `train_tower`: a tower and projector of a given size trained from scratch with that probe
+  alone, on crops 1 to `max_scale` x the object (`crop_around`, as the warm-up draws them).
+
+    python -m egg.reference.reading frozen data/reference-llava15-large --out out/reading-run41.json
+    python -m egg.reference.reading tower --hidden 128 --layers 4 --steps 1500 --out out/tower-128x4.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import synthetic as bench
+from ..method.boxes import box_area, box_intersection, clamp_aspect
+from ..synthetic.checks import loose_crop
+from .build import ReferenceConfig, build_model, build_processor
+from .data import Collator, _is_read, _resize, crop_around, visual_tokens
+
+SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
+FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
+
+
+@dataclass
+class ReadingSet:
+    """Crops and what they read: `images[f]` is (n, S, S, 3) at scale f (one key: training crops);
+    `crowded[f]`: whether that crop holds most of another object's detail as well."""
+    images: dict[float, np.ndarray]
+    answers: list[str]
+    families: list[str]
+    crowded: dict[float, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ScaleReading:
+    """Probe accuracy (%) per crop scale and family, with the n behind each number; `crowded`: the
+    share (%) of those crops that show another object's detail too."""
+    accuracy: dict[float, dict[str, float]]
+    n: dict[str, int]
+    crowded: dict[float, dict[str, float]]
+    train_accuracy: float
+    curve: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+def _facts(families, split: str, n: int, seed: int, geometry: str):
+    for fam in families:
+        for i in range(n):
+            it = bench.item(fam, split, i, seed, geometry)
+            yield fam, it, [(a, b) for _, a, b in it.facts if _is_read(a)]
+
+
+def crowded(item: bench.Item, box, crop) -> bool:
+    """Whether `crop` holds over half of the detail of an object other than `box`'s."""
+    return any(box_area(box_intersection(crop, d) or (0, 0, 0, 0)) > 0.5 * box_area(d)
+               for o, d in item.meta.get("details", []) if tuple(o) != tuple(box))
+
+
+def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 13, geometry: str = "llava15-large",
+              size: int = 336, scales=SCALES) -> ReadingSet:
+    """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale."""
+    rng = np.random.default_rng(seed)
+    images, answers, fams, crowd = {f: [] for f in scales}, [], [], {f: [] for f in scales}
+    for fam, it, reads in _facts(families, split, n, seed, geometry):
+        a, b = reads[rng.integers(len(reads))]
+        answers.append(a)
+        fams.append(fam)
+        for f in scales:
+            crop = clamp_aspect(loose_crop(b, f), it.image.size)
+            images[f].append(_resize(it.image, crop, size))
+            crowd[f].append(crowded(it, b, crop))
+    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams,
+                      {f: np.array(v) for f, v in crowd.items()})
+
+
+def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
+                 max_scale: float = 4.0, per_item: int = 2) -> ReadingSet:
+    """`per_item` reading facts per training item, each in a crop 1 to `max_scale` x its object's side."""
+    rng = np.random.default_rng(seed)
+    images, answers, fams = [], [], []
+    for fam, it, reads in _facts(families, "train", n, seed, geometry):
+        for k in rng.permutation(len(reads))[:per_item]:
+            a, b = reads[k]
+            images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale)), size))
+            answers.append(a)
+            fams.append(fam)
+    return ReadingSet({0.0: np.stack(images)}, answers, fams)
+
+
+def _pooled(model, col: Collator, images: np.ndarray, batch: int = 50):
+    """Max-pooled visual tokens, (n, dim), without gradients."""
+    import torch
+
+    with torch.no_grad():
+        dev = next(model.parameters()).device
+        return torch.cat([visual_tokens(model, col.pixels(images[k:k + batch]).to(dev)).amax(1)
+                          for k in range(0, len(images), batch)])
+
+
+def _by_scale(predict, test: ReadingSet, label: dict[str, int]) -> dict[float, dict[str, float]]:
+    truth = np.array([label[a] for a in test.answers])
+    fams = np.array(test.families)
+    out = {}
+    for f, ims in test.images.items():
+        ok = predict(ims) == truth
+        out[f] = {fam: round(100 * float(ok[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
+    return out
+
+
+def _labels(*sets: ReadingSet) -> dict[str, int]:
+    return {a: i for i, a in enumerate(sorted({a for s in sets for a in s.answers}))}
+
+
+def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, seed: int = 0) -> ScaleReading:
+    """A linear probe on `model`'s frozen, max-pooled visual tokens, fitted on `train`'s crops
+    of every scale (standardised features, full-batch Adam), scored per scale on `test`."""
+    import torch
+
+    torch.manual_seed(seed)
+    col, label = Collator(processor), _labels(train, test)
+    x = torch.cat([_pooled(model, col, ims) for ims in train.images.values()]).cpu()
+    y = torch.tensor([label[a] for a in train.answers]).repeat(len(train.images))
+    mu, sd = x.mean(0), x.std(0) + 1e-5
+    lin = torch.nn.Linear(x.shape[1], len(label))
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(lin((x - mu) / sd), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        train_acc = 100 * float((lin((x - mu) / sd).argmax(1) == y).float().mean())
+        acc = _by_scale(lambda ims: lin((_pooled(model, col, ims).cpu() - mu) / sd).argmax(1).numpy(), test, label)
+    return ScaleReading(acc, _counts(test), _crowding(test), round(train_acc, 1), settings={"steps": steps, "seed": seed})
+
+
+def _counts(test: ReadingSet) -> dict[str, int]:
+    return {fam: test.families.count(fam) for fam in dict.fromkeys(test.families)}
+
+
+def _crowding(test: ReadingSet) -> dict[float, dict[str, float]]:
+    fams = np.array(test.families)
+    return {f: {fam: round(100 * float(c[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
+            for f, c in test.crowded.items()}
+
+
+def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
+                lr: float = 1e-3, seed: int = 0, device: str = "cpu", eval_every: int = 500, log=print) -> ScaleReading:
+    """A tower and projector of `cfg`'s size, from scratch, trained through a max-pooled linear
+    reading probe alone (warm-up, then a cosine to 0), scored per scale on `test` every `eval_every` steps."""
+    import torch
+
+    proc = build_processor(cfg)
+    col, label = Collator(proc), _labels(train, test)
+    model = build_model(cfg, proc.tokenizer, seed).to(device)
+    probe = torch.nn.Linear(cfg.text_hidden, len(label)).to(device)
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *probe.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    rate = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    (images,) = train.images.values()
+    y = torch.tensor([label[a] for a in train.answers], device=device)
+    rng = np.random.default_rng(seed)
+    predict = lambda ims: probe(_pooled(model, col, ims)).argmax(1).cpu().numpy()
+    curve, smooth, t0, acc = [], None, time.time(), {}
+    for s in range(1, steps + 1):
+        idx = rng.choice(len(images), size=min(batch, len(images)), replace=False)
+        loss = torch.nn.functional.cross_entropy(probe(visual_tokens(model, col.pixels(images[idx]).to(device)).amax(1)), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        if s % eval_every == 0 or s == steps:
+            model.eval()
+            acc = _by_scale(predict, test, label)
+            model.train()
+            curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
+            log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step "
+                + " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items()))
+    model.eval()
+    train_acc = 100 * float(np.mean(predict(images) == y.cpu().numpy()))
+    return ScaleReading(acc, _counts(test), _crowding(test), round(train_acc, 1), curve,
+                        {"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
+
+
+def table(r: ScaleReading) -> str:
+    """A markdown table: one row per family, one column per scale, each "accuracy (crowded)" in %."""
+    scales = list(r.accuracy)
+    rows = ["| family | n | " + " | ".join(f"{f:g}x" for f in scales) + " |", "|---|---|" + "---|" * len(scales)]
+    rows += [f"| {fam} | {n} | " + " | ".join(f"{r.accuracy[f][fam]:.0f} ({r.crowded[f][fam]:.0f})" for f in scales)
+             + " |" for fam, n in r.n.items()]
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["frozen", "tower"])
+    ap.add_argument("model", nargs="?", help="frozen: the saved model whose tower is probed")
+    ap.add_argument("--geometry", default="llava15-large")
+    ap.add_argument("--train-items", type=int, default=None,
+                    help="per family (default: frozen 150, each at every scale; tower 500, two crops each)")
+    ap.add_argument("--test-items", type=int, default=50, help="per family, of the test split")
+    ap.add_argument("--test-seed", type=int, default=13)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--max-scale", type=float, default=4.0)
+    ap.add_argument("--size", type=int, default=336, help="the input side (patch 14)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="a JSON file for the result")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
+    if a.what == "frozen":
+        if not a.model:
+            raise SystemExit("frozen: name the saved model to probe, e.g. data/reference-llava15-large")
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(a.model).eval()
+        train = scale_set(split="train", n=a.train_items or 150, seed=1, geometry=a.geometry, size=a.size)
+        r = frozen_probe(model, AutoProcessor.from_pretrained(a.model), train, test)
+        r.settings["model"] = a.model
+    else:
+        cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
+                              vision_heads=a.heads, text_hidden=128, text_layers=1, text_heads=4,
+                              max_positions=2048, position_init="sincos")
+        train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
+        r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
+    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
+    print(table(r) + "\n(in brackets: the share of crops that show another object's detail too)")
+    print(f"train accuracy {r.train_accuracy:.0f}%")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(asdict(r), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""`egg.reference.reading`: reading a detail against the crop's scale, on real items and towers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from egg import bench
+from egg.reference import reading as R
+from egg.reference.build import ReferenceConfig, build_model, build_processor
+from egg.reference.data import _is_read
+
+TINY = ReferenceConfig(image_size=56, patch_size=14, vision_hidden=16, vision_layers=1, vision_heads=2,
+                       text_hidden=16, text_layers=1, text_heads=2, max_positions=256, position_init="sincos")
+
+
+@pytest.fixture(scope="module")
+def sets():
+    fams = ("text", "vstar")
+    return (R.training_set(fams, n=3, size=56, per_item=2),
+            R.scale_set(fams, n=3, size=56, scales=(1.0, 3.0)))
+
+
+def test_scale_set_crops_one_read_fact_per_item_at_every_scale(sets):
+    _, test = sets
+    assert set(test.images) == {1.0, 3.0} and test.families == ["text"] * 3 + ["vstar"] * 3
+    assert all(v.shape == (6, 56, 56, 3) for v in test.images.values())
+    for k, (fam, a) in enumerate(zip(test.families, test.answers)):
+        it = bench.item(fam, "test", k % 3, 13, "llava15-large")
+        assert a in [x for _, x, _ in it.facts if _is_read(x)]
+        assert not np.array_equal(test.images[1.0][k], test.images[3.0][k])  # 3x shows more canvas
+
+
+def test_training_set_draws_two_facts_per_item_in_random_crops(sets):
+    train, _ = sets
+    (images,) = train.images.values()
+    assert images.shape == (12, 56, 56, 3) and len(train.answers) == 12
+    assert R.training_set(("text",), n=3, size=56).answers == train.answers[:6]  # seeded per call
+
+
+def test_tower_training_is_reproducible_and_scores_every_scale(sets):
+    train, test = sets
+    runs = [R.train_tower(TINY, train, test, steps=4, batch=4, eval_every=2, log=lambda m: None) for _ in range(2)]
+    a, b = runs
+    assert [c["step"] for c in a.curve] == [2, 4]
+    assert a.curve == [{**c, "seconds": a.curve[i]["seconds"]} for i, c in enumerate(b.curve)]
+    assert a.accuracy == b.accuracy and set(a.accuracy) == {1.0, 3.0}
+    assert a.n == {"text": 3, "vstar": 3} and set(a.crowded) == {1.0, 3.0}
+    assert all(v in (0.0, 33.3, 66.7, 100.0) for d in a.accuracy.values() for v in d.values())
+    lines = R.table(a).splitlines()
+    assert lines[0] == "| family | n | 1x | 3x |" and lines[2].startswith("| text | 3 | ")
+
+
+def test_a_frozen_probe_fits_its_training_crops(sets):
+    _, test = sets
+    proc = build_processor(TINY)
+    model = build_model(TINY, proc.tokenizer, 0).eval()
+    r = R.frozen_probe(model, proc, test, test, steps=300)
+    # fitted and scored on the same 12 crops of 6 items: a linear probe on 16 features separates them
+    assert r.train_accuracy == 100.0 and set(r.accuracy) == {1.0, 3.0}
+    assert r.accuracy == R.frozen_probe(model, proc, test, test, steps=300).accuracy
+
+
+def test_the_command_line_writes_its_result(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="name the saved model"):
+        R.main(["frozen", "--test-items", "1"])
+    out = tmp_path / "r.json"
+    R.main(["tower", "--size", "56", "--hidden", "16", "--train-items", "1", "--test-items", "1", "--steps", "2",
+            "--layers", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["steps"] == 2 and saved["n"] == {f: 1 for f in R.FAMILIES}
+    assert "| text | 1 |" in capsys.readouterr().out
+
+
+def test_a_crop_is_crowded_where_it_shows_another_objects_detail():
+    it = bench.item("info", "test", 0, 13, "llava15-large")
+    (obj, det), *others = it.meta["details"]
+    assert others, "an info item has several bars to read"
+    W, H = it.image.size
+    assert not R.crowded(it, obj, obj)  # its own detail does not count
+    assert R.crowded(it, obj, (0, 0, W, H))
+    assert R.crowded(it, obj, others[0][1]) and not R.crowded(it, others[0][0], others[0][1])
