@@ -30,6 +30,11 @@ def test_scale_set_crops_one_read_fact_per_item_at_every_scale(sets):
         it = bench.item(fam, "test", k % 3, 13, "llava15-large")
         assert a in [x for _, x, _ in it.facts if _is_read(x)]
         assert not np.array_equal(test.images[1.0][k], test.images[3.0][k])  # 3x shows more canvas
+    # the detail, a third of its object's side, is shown up to three times smaller in the 3x crop
+    # (less where the canvas's edge clips that crop, as it clips notebook 09's `crop3x`)
+    ratio = test.detail_px[1.0] / test.detail_px[3.0]
+    assert np.all((ratio > 1.5) & (ratio < 3.05))
+    assert 0.25 * 56 < np.median(test.detail_px[1.0]) < 0.5 * 56
 
 
 def test_training_set_draws_two_facts_per_item_in_random_crops(sets):
@@ -46,7 +51,7 @@ def test_tower_training_is_reproducible_and_scores_every_scale(sets):
     assert [c["step"] for c in a.curve] == [2, 4]
     assert a.curve == [{**c, "seconds": a.curve[i]["seconds"]} for i, c in enumerate(b.curve)]
     assert a.accuracy == b.accuracy and set(a.accuracy) == {1.0, 3.0}
-    assert a.n == {"text": 3, "vstar": 3} and set(a.crowded) == {1.0, 3.0}
+    assert a.n == {"text": 3, "vstar": 3} and set(a.crowded) == set(a.detail_px) == {1.0, 3.0}
     assert all(v in (0.0, 33.3, 66.7, 100.0) for d in a.accuracy.values() for v in d.values())
     lines = R.table(a).splitlines()
     assert lines[0] == "| family | n | 1x | 3x |" and lines[2].startswith("| text | 3 | ")

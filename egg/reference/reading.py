@@ -31,6 +31,7 @@ from .. import synthetic as bench
 from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor
+from .detail import detail_box
 from .data import Collator, _is_read, _resize, crop_around, visual_tokens
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -40,20 +41,24 @@ FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds
 @dataclass
 class ReadingSet:
     """Crops and what they read: `images[f]` is (n, S, S, 3) at scale f (one key: training crops);
-    `crowded[f]`: whether that crop holds most of another object's detail as well."""
+    `crowded[f]`: whether that crop holds most of another object's detail as well; `detail_px[f]`:
+    the detail's longer side in the crop, in input pixels."""
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
     crowded: dict[float, np.ndarray] = field(default_factory=dict)
+    detail_px: dict[float, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
 class ScaleReading:
     """Probe accuracy (%) per crop scale and family, with the n behind each number; `crowded`: the
-    share (%) of those crops that show another object's detail too."""
+    share (%) of those crops that show another object's detail too; `detail_px`: the detail's
+    median longer side there, in input pixels (a patch is 14)."""
     accuracy: dict[float, dict[str, float]]
     n: dict[str, int]
     crowded: dict[float, dict[str, float]]
+    detail_px: dict[float, dict[str, float]]
     train_accuracy: float
     curve: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
@@ -76,17 +81,20 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
               size: int = 336, scales=SCALES) -> ReadingSet:
     """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale."""
     rng = np.random.default_rng(seed)
-    images, answers, fams, crowd = {f: [] for f in scales}, [], [], {f: [] for f in scales}
+    images, answers, fams = {f: [] for f in scales}, [], []
+    crowd, px = {f: [] for f in scales}, {f: [] for f in scales}
     for fam, it, reads in _facts(families, split, n, seed, geometry):
         a, b = reads[rng.integers(len(reads))]
         answers.append(a)
         fams.append(fam)
+        d = detail_box(it, b) or b
         for f in scales:
             crop = clamp_aspect(loose_crop(b, f), it.image.size)
             images[f].append(_resize(it.image, crop, size))
             crowd[f].append(crowded(it, b, crop))
-    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams,
-                      {f: np.array(v) for f, v in crowd.items()})
+            px[f].append(max((d[2] - d[0]) * size / (crop[2] - crop[0]), (d[3] - d[1]) * size / (crop[3] - crop[1])))
+    arrays = lambda v: {f: np.array(x) for f, x in v.items()}
+    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, arrays(crowd), arrays(px))
 
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
@@ -147,17 +155,24 @@ def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: i
     with torch.no_grad():
         train_acc = 100 * float((lin((x - mu) / sd).argmax(1) == y).float().mean())
         acc = _by_scale(lambda ims: lin((_pooled(model, col, ims).cpu() - mu) / sd).argmax(1).numpy(), test, label)
-    return ScaleReading(acc, _counts(test), _crowding(test), round(train_acc, 1), settings={"steps": steps, "seed": seed})
+    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1),
+                        settings={"steps": steps, "seed": seed})
 
 
 def _counts(test: ReadingSet) -> dict[str, int]:
     return {fam: test.families.count(fam) for fam in dict.fromkeys(test.families)}
 
 
-def _crowding(test: ReadingSet) -> dict[float, dict[str, float]]:
+def _per_family(test: ReadingSet, values: dict[float, np.ndarray], stat) -> dict[float, dict[str, float]]:
     fams = np.array(test.families)
-    return {f: {fam: round(100 * float(c[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
-            for f, c in test.crowded.items()}
+    return {f: {fam: round(float(stat(v[fams == fam])), 1) for fam in dict.fromkeys(test.families)}
+            for f, v in values.items()}
+
+
+def _described(test: ReadingSet) -> dict:
+    """`ScaleReading`'s fields that describe the test crops rather than the model."""
+    return {"n": _counts(test), "crowded": _per_family(test, test.crowded, lambda v: 100 * v.mean()),
+            "detail_px": _per_family(test, test.detail_px, np.median)}
 
 
 def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
@@ -197,16 +212,17 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
                 + " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items()))
     model.eval()
     train_acc = 100 * float(np.mean(predict(images) == y.cpu().numpy()))
-    return ScaleReading(acc, _counts(test), _crowding(test), round(train_acc, 1), curve,
-                        {"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
+    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
+                        settings={"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
 
 
 def table(r: ScaleReading) -> str:
-    """A markdown table: one row per family, one column per scale, each "accuracy (crowded)" in %."""
+    """A markdown table: one row per family, one column per scale, each "accuracy % (crowded %,
+    detail px)"."""
     scales = list(r.accuracy)
     rows = ["| family | n | " + " | ".join(f"{f:g}x" for f in scales) + " |", "|---|---|" + "---|" * len(scales)]
-    rows += [f"| {fam} | {n} | " + " | ".join(f"{r.accuracy[f][fam]:.0f} ({r.crowded[f][fam]:.0f})" for f in scales)
-             + " |" for fam, n in r.n.items()]
+    cell = lambda f, fam: f"{r.accuracy[f][fam]:.0f} ({r.crowded[f][fam]:.0f}, {r.detail_px[f][fam]:.0f})"
+    rows += [f"| {fam} | {n} | " + " | ".join(cell(f, fam) for f in scales) + " |" for fam, n in r.n.items()]
     return "\n".join(rows)
 
 
@@ -249,7 +265,7 @@ def main(argv=None) -> None:
         train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
     r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
-    print(table(r) + "\n(in brackets: the share of crops that show another object's detail too)")
+    print(table(r) + "\n(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
     print(f"train accuracy {r.train_accuracy:.0f}%")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
