@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from egg import bench
 from egg.reference import reading as R
@@ -65,6 +66,27 @@ def test_a_frozen_probe_fits_its_training_crops(sets):
     # fitted and scored on the same 12 crops of 6 items: a linear probe on 16 features separates them
     assert r.train_accuracy == 100.0 and set(r.accuracy) == {1.0, 3.0}
     assert r.accuracy == R.frozen_probe(model, proc, test, test, steps=300).accuracy
+    located = R.frozen_probe(model, proc, test, test, steps=300, pool="detail")
+    assert located.settings["pool"] == "detail" and located.train_accuracy == 100.0
+    # pooled over the detail's tokens: the largest of each feature there, not over the whole crop
+    from egg.reference.data import Collator, visual_tokens
+
+    col, ims, mask = Collator(proc), test.images[3.0], test.detail_tokens[3.0]
+    with torch.no_grad():
+        v = visual_tokens(model, col.pixels(ims))
+    pooled = R._pooled(model, col, ims, mask, batch=4)
+    for k in range(len(ims)):
+        assert torch.allclose(pooled[k], v[k][torch.from_numpy(mask[k])].amax(0), atol=1e-6)
+    assert not torch.allclose(pooled, v.amax(1))
+    with pytest.raises(ValueError, match="pool must be"):
+        R.frozen_probe(model, proc, test, test, pool="mean")
+
+
+def test_the_detail_tokens_are_the_patches_under_the_detail(sets):
+    _, test = sets
+    one, three = test.detail_tokens[1.0], test.detail_tokens[3.0]
+    assert one.shape == (6, 16) and one.any(1).all() and three.any(1).all()
+    assert (one.sum(1) >= three.sum(1)).all()  # a third of the crop's side at 1x, less at 3x
 
 
 def test_the_command_line_writes_its_result(tmp_path, capsys):

@@ -32,9 +32,10 @@ from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor
 from .detail import detail_box
-from .data import Collator, _is_read, _resize, crop_around, visual_tokens
+from .data import Collator, _is_read, _resize, crop_around, look_tokens, visual_tokens
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
+PATCH = 14  # LLaVA-1.5's, as every 24x24 reference model's
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
 
 
@@ -42,12 +43,14 @@ FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds
 class ReadingSet:
     """Crops and what they read: `images[f]` is (n, S, S, 3) at scale f (one key: training crops);
     `crowded[f]`: whether that crop holds most of another object's detail as well; `detail_px[f]`:
-    the detail's longer side in the crop, in input pixels."""
+    the detail's longer side in the crop, in input pixels; `detail_tokens[f]`: (n, tokens) bool, the
+    visual tokens whose patch overlaps the detail."""
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
     crowded: dict[float, np.ndarray] = field(default_factory=dict)
     detail_px: dict[float, np.ndarray] = field(default_factory=dict)
+    detail_tokens: dict[float, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
     """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale."""
     rng = np.random.default_rng(seed)
     images, answers, fams = {f: [] for f in scales}, [], []
-    crowd, px = {f: [] for f in scales}, {f: [] for f in scales}
+    crowd, px, toks = {f: [] for f in scales}, {f: [] for f in scales}, {f: [] for f in scales}
     for fam, it, reads in _facts(families, split, n, seed, geometry):
         a, b = reads[rng.integers(len(reads))]
         answers.append(a)
@@ -93,8 +96,12 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
             images[f].append(_resize(it.image, crop, size))
             crowd[f].append(crowded(it, b, crop))
             px[f].append(max((d[2] - d[0]) * size / (crop[2] - crop[0]), (d[3] - d[1]) * size / (crop[3] - crop[1])))
+            mask = np.zeros((size // PATCH) ** 2, dtype=bool)
+            mask[list(look_tokens([d], [crop], size, PATCH))] = True
+            toks[f].append(mask)
     arrays = lambda v: {f: np.array(x) for f, x in v.items()}
-    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, arrays(crowd), arrays(px))
+    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, arrays(crowd), arrays(px),
+                      arrays(toks))
 
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
@@ -111,14 +118,19 @@ def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str =
     return ReadingSet({0.0: np.stack(images)}, answers, fams)
 
 
-def _pooled(model, col: Collator, images: np.ndarray, batch: int = 50):
-    """Max-pooled visual tokens, (n, dim), without gradients."""
+def _pooled(model, col: Collator, images: np.ndarray, mask: np.ndarray | None = None, batch: int = 50):
+    """Max-pooled visual tokens, (n, dim), without gradients; with `mask` (n, tokens), over its tokens only."""
     import torch
 
+    out = []
     with torch.no_grad():
         dev = next(model.parameters()).device
-        return torch.cat([visual_tokens(model, col.pixels(images[k:k + batch]).to(dev)).amax(1)
-                          for k in range(0, len(images), batch)])
+        for k in range(0, len(images), batch):
+            v = visual_tokens(model, col.pixels(images[k:k + batch]).to(dev))
+            if mask is not None:
+                v = v.masked_fill(~torch.from_numpy(mask[k:k + batch]).to(dev)[..., None], float("-inf"))
+            out.append(v.amax(1))
+    return torch.cat(out)
 
 
 def _by_scale(predict, test: ReadingSet, label: dict[str, int]) -> dict[float, dict[str, float]]:
@@ -126,7 +138,7 @@ def _by_scale(predict, test: ReadingSet, label: dict[str, int]) -> dict[float, d
     fams = np.array(test.families)
     out = {}
     for f, ims in test.images.items():
-        ok = predict(ims) == truth
+        ok = predict(f, ims) == truth
         out[f] = {fam: round(100 * float(ok[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
     return out
 
@@ -135,14 +147,20 @@ def _labels(*sets: ReadingSet) -> dict[str, int]:
     return {a: i for i, a in enumerate(sorted({a for s in sets for a in s.answers}))}
 
 
-def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, seed: int = 0) -> ScaleReading:
+def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, seed: int = 0,
+                 pool: str = "all") -> ScaleReading:
     """A linear probe on `model`'s frozen, max-pooled visual tokens, fitted on `train`'s crops
-    of every scale (standardised features, full-batch Adam), scored per scale on `test`."""
+    of every scale (standardised features, full-batch Adam), scored per scale on `test`. `pool`
+    "detail" pools only the tokens on the detail: whether they hold it, whatever else the crop
+    shows (the decoder has to find them; "all" asks the tower to have done that too)."""
     import torch
 
+    if pool not in ("all", "detail"):
+        raise ValueError(f"pool must be 'all' or 'detail', got {pool!r}")
     torch.manual_seed(seed)
     col, label = Collator(processor), _labels(train, test)
-    x = torch.cat([_pooled(model, col, ims) for ims in train.images.values()]).cpu()
+    masks = lambda s, f: s.detail_tokens[f] if pool == "detail" else None
+    x = torch.cat([_pooled(model, col, ims, masks(train, f)) for f, ims in train.images.items()]).cpu()
     y = torch.tensor([label[a] for a in train.answers]).repeat(len(train.images))
     mu, sd = x.mean(0), x.std(0) + 1e-5
     lin = torch.nn.Linear(x.shape[1], len(label))
@@ -154,9 +172,10 @@ def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: i
         opt.step()
     with torch.no_grad():
         train_acc = 100 * float((lin((x - mu) / sd).argmax(1) == y).float().mean())
-        acc = _by_scale(lambda ims: lin((_pooled(model, col, ims).cpu() - mu) / sd).argmax(1).numpy(), test, label)
+        predict = lambda f, ims: lin((_pooled(model, col, ims, masks(test, f)).cpu() - mu) / sd).argmax(1).numpy()
+        acc = _by_scale(predict, test, label)
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1),
-                        settings={"steps": steps, "seed": seed})
+                        settings={"steps": steps, "seed": seed, "pool": pool})
 
 
 def _counts(test: ReadingSet) -> dict[str, int]:
@@ -193,7 +212,7 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
     (images,) = train.images.values()
     y = torch.tensor([label[a] for a in train.answers], device=device)
     rng = np.random.default_rng(seed)
-    predict = lambda ims: probe(_pooled(model, col, ims)).argmax(1).cpu().numpy()
+    predict = lambda f, ims: probe(_pooled(model, col, ims)).argmax(1).cpu().numpy()
     curve, smooth, t0, acc = [], None, time.time(), {}
     for s in range(1, steps + 1):
         idx = rng.choice(len(images), size=min(batch, len(images)), replace=False)
@@ -211,7 +230,7 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
             log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step "
                 + " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items()))
     model.eval()
-    train_acc = 100 * float(np.mean(predict(images) == y.cpu().numpy()))
+    train_acc = 100 * float(np.mean(predict(0.0, images) == y.cpu().numpy()))
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
                         settings={"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
 
@@ -239,6 +258,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--pool", choices=["all", "detail"], default="all",
+                    help="frozen: max-pool every token, or only those on the detail")
     ap.add_argument("--max-scale", type=float, default=4.0)
     ap.add_argument("--size", type=int, default=336, help="the input side (patch 14)")
     ap.add_argument("--device", default="cpu")
@@ -256,7 +277,7 @@ def main(argv=None) -> None:
 
         model = LlavaForConditionalGeneration.from_pretrained(a.model).eval()
         train = scale_set(split="train", n=a.train_items or 150, seed=1, geometry=a.geometry, size=a.size)
-        r = frozen_probe(model, AutoProcessor.from_pretrained(a.model), train, test)
+        r = frozen_probe(model, AutoProcessor.from_pretrained(a.model), train, test, pool=a.pool)
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
