@@ -863,3 +863,18 @@ def test_a_recipe_trains_its_stages_in_turn_and_reruns_only_an_unfinished_one(tm
     assert not (tmp_path / "elsewhere").exists()
     with pytest.raises(SystemExit, match="no saved model"):
         recipes.run(recipes.Recipe(start=str(tmp_path / "none"), out="x", common=(), stages=()), tmp_path / "w2")
+
+
+def test_reading_crops_can_start_above_the_tight_crop():
+    """`min_scale` draws the reading crops from that many times the object's side on, so the detail
+    covers fewer patches than in the tight crop (run 41's decoder did not read it at 3x)."""
+    items = [bench.item(f, "train", i, 1, "llava15-large") for f in ("text", "info") for i in range(3)]
+    tokens = {}
+    for lo, hi in ((1.0, 1.0), (3.0, 3.0)):
+        rng = np.random.default_rng(0)
+        exs = [ex for it in items for ex in D.reading_crops(it, rng, 2, 336, hi, detail=0.3, min_scale=lo)]
+        tokens[lo] = [len(ex.looks[0]) for ex in exs]
+    assert len(tokens[1.0]) == len(tokens[3.0]) == 12
+    assert all(t3 < t1 for t1, t3 in zip(tokens[1.0], tokens[3.0]))
+    with pytest.raises(ValueError, match="min_scale <= max_scale"):
+        D.reading_crops(items[0], np.random.default_rng(0), 1, 336, 2.0, min_scale=3.0)

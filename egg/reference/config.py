@@ -51,6 +51,9 @@ class TrainConfig:
     freeze_vision: int = 0  # 1: the decoder steps leave the vision tower as its warm-up made it (LLaVA's stage 2)
     read_steps: int = 0  # decoder steps on the warm-up's reading crops, one image each, before the curriculum
     read_scale: float = 2.0  # the warm-up's reading crops are 1 to this many times the evidence's side
+    # ... and at least this many times it: run 41's tower held the detail at 3x, its decoder did not
+    # read it there (CHANGELOG, stop 50)
+    read_min_scale: float = 1.0
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0
