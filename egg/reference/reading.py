@@ -4,10 +4,10 @@ A zoom helps only where the model reads the detail in a crop several times the e
 (notebook 09's `crop3x`). The 24x24 reference models read the tight crop and not the 3x one,
 with their tower frozen or not (CHANGELOG, stop 49). These measurements tell whether the
 tower's output holds the detail at all, and whether a tower of another size can learn it.
-Both use one reading fact per item and square crops `loose_crop(box, f)` around its object,
-the crops notebook 09's `crop3x` asks about. A crop several times its object's side often shows
-another object's detail too (`ReadingSet.crowded`): there, telling the right one apart is binding,
-which a pooled probe cannot do and the decoder must, so each table says how many were crowded:
+Both score one reading fact per test item in square crops `loose_crop(box, f)` around its
+object, as notebook 09's `crop3x` cuts them. A crop several times its object's side often shows
+another object's detail too (`ReadingSet.crowded`); telling the named one apart there is binding,
+which a pooled probe cannot do and the decoder must, so each table says how often that was.
 
 - `frozen_probe`: a linear probe on a trained model's frozen visual tokens, max-pooled as the
   warm-up's reading probe pools them (`AuxHeads`), fitted on crops of every scale at once;
