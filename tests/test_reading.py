@@ -100,6 +100,18 @@ def test_the_command_line_writes_its_result(tmp_path, capsys):
     assert "| text | 1 |" in capsys.readouterr().out
 
 
+def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):
+    proc = build_processor(TINY)
+    build_model(TINY, proc.tokenizer, 0).save_pretrained(tmp_path / "m")
+    proc.save_pretrained(tmp_path / "m")
+    out = tmp_path / "r.json"
+    R.main(["frozen", str(tmp_path / "m"), "--pool", "detail", "--train-items", "1", "--test-items", "1",
+            "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["pool"] == "detail" and saved["settings"]["model"] == str(tmp_path / "m")
+    assert saved["n"] == {f: 1 for f in R.FAMILIES} and "| vstar | 1 |" in capsys.readouterr().out
+
+
 def test_a_crop_is_crowded_where_it_shows_another_objects_detail():
     it = bench.item("info", "test", 0, 13, "llava15-large")
     (obj, det), *others = it.meta["details"]

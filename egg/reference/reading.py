@@ -35,7 +35,6 @@ from .detail import detail_box
 from .data import Collator, _is_read, _resize, crop_around, look_tokens, visual_tokens
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
-PATCH = 14  # LLaVA-1.5's, as every 24x24 reference model's
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
 
 
@@ -81,8 +80,9 @@ def crowded(item: bench.Item, box, crop) -> bool:
 
 
 def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 13, geometry: str = "llava15-large",
-              size: int = 336, scales=SCALES) -> ReadingSet:
-    """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale."""
+              size: int = 336, scales=SCALES, patch: int = 14) -> ReadingSet:
+    """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale; `size`
+    and `patch` are the model's input side and patch (LLaVA-1.5's by default)."""
     rng = np.random.default_rng(seed)
     images, answers, fams = {f: [] for f in scales}, [], []
     crowd, px, toks = {f: [] for f in scales}, {f: [] for f in scales}, {f: [] for f in scales}
@@ -96,8 +96,8 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
             images[f].append(_resize(it.image, crop, size))
             crowd[f].append(crowded(it, b, crop))
             px[f].append(max((d[2] - d[0]) * size / (crop[2] - crop[0]), (d[3] - d[1]) * size / (crop[3] - crop[1])))
-            mask = np.zeros((size // PATCH) ** 2, dtype=bool)
-            mask[list(look_tokens([d], [crop], size, PATCH))] = True
+            mask = np.zeros((size // patch) ** 2, dtype=bool)
+            mask[list(look_tokens([d], [crop], size, patch))] = True
             toks[f].append(mask)
     arrays = lambda v: {f: np.array(x) for f, x in v.items()}
     return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, arrays(crowd), arrays(px),
@@ -216,7 +216,8 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
     curve, smooth, t0, acc = [], None, time.time(), {}
     for s in range(1, steps + 1):
         idx = rng.choice(len(images), size=min(batch, len(images)), replace=False)
-        loss = torch.nn.functional.cross_entropy(probe(visual_tokens(model, col.pixels(images[idx]).to(device)).amax(1)), y[idx])
+        feats = visual_tokens(model, col.pixels(images[idx]).to(device))
+        loss = torch.nn.functional.cross_entropy(probe(feats.amax(1)), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -261,7 +262,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", choices=["all", "detail"], default="all",
                     help="frozen: max-pool every token, or only those on the detail")
     ap.add_argument("--max-scale", type=float, default=4.0)
-    ap.add_argument("--size", type=int, default=336, help="the input side (patch 14)")
+    ap.add_argument("--size", type=int, default=336, help="tower: the input side (patch 14); frozen: the model's")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the result")
@@ -269,24 +270,28 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
     if a.what == "frozen":
         if not a.model:
             raise SystemExit("frozen: name the saved model to probe, e.g. data/reference-llava15-large")
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         model = LlavaForConditionalGeneration.from_pretrained(a.model).eval()
-        train = scale_set(split="train", n=a.train_items or 150, seed=1, geometry=a.geometry, size=a.size)
+        vc = model.config.vision_config
+        shape = dict(geometry=a.geometry, size=vc.image_size, patch=vc.patch_size)
+        test = scale_set(n=a.test_items, seed=a.test_seed, **shape)
+        train = scale_set(split="train", n=a.train_items or 150, seed=1, **shape)
         r = frozen_probe(model, AutoProcessor.from_pretrained(a.model), train, test, pool=a.pool)
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
                               vision_heads=a.heads, text_hidden=128, text_layers=1, text_heads=4,
                               max_positions=2048, position_init="sincos")
+        test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
         train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
     r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
-    print(table(r) + "\n(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
+    print(table(r))
+    print("(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
     print(f"train accuracy {r.train_accuracy:.0f}%")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
