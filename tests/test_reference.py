@@ -824,7 +824,8 @@ def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsew
 @pytest.mark.parametrize("name", ["llava15-detail", "llava15-large"])
 def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     """Its last stage's settings are those in the committed model's training log (only the paths
-    and the resume flag differ), and each stage continues the one before."""
+    and the resume flag differ; a setting added after it was trained is at its default, the
+    behaviour it was trained with), and each stage continues the one before."""
     from egg.reference import recipes
     r = recipes.recipe(name)
     stages = recipes.stage_configs(r, "w")
@@ -832,7 +833,11 @@ def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     committed = json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())["config"]
     ours = json.loads(json.dumps(vars(stages[-1][1])))  # tuples as the log's lists
     paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
-    assert {k: v for k, v in ours.items() if k not in paths} == {k: v for k, v in committed.items() if k not in paths}
+    later = set(ours) - set(committed)
+    default = json.loads(json.dumps(vars(T.TrainConfig())))
+    assert later <= {"read_min_scale"} and all(ours[k] == default[k] for k in later)
+    assert ({k: v for k, v in ours.items() if k not in paths | later}
+            == {k: v for k, v in committed.items() if k not in paths})
     with pytest.raises(SystemExit, match="llava15-detail"):
         recipes.recipe("llava15-details")
 
