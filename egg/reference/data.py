@@ -132,12 +132,12 @@ def target_answer(item: Item) -> str:
     return item.meta.get("truth") or item.answers[0] if item.options else item.answers[0]
 
 
-def shown_side(box, view, size: int) -> float:
-    """`box`'s smaller side in input pixels once `view` is resized to the input square; 0 if
-    `view` does not contain it."""
+def shown_side(box, view, size: int, side=min) -> float:
+    """`box`'s smaller side (`side=max`: its longer one) in input pixels once `view` is resized to
+    the input square; 0 if `view` does not contain it."""
     if not box_contains(view, box):
         return 0.0
-    return min((box[2] - box[0]) * size / (view[2] - view[0]), (box[3] - box[1]) * size / (view[3] - view[1]))
+    return side((box[2] - box[0]) * size / (view[2] - view[0]), (box[3] - box[1]) * size / (view[3] - view[1]))
 
 
 def untaught(turns, views, size: int, readable_px: float) -> tuple[int, ...]:

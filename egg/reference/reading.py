@@ -32,7 +32,7 @@ from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor
 from .detail import detail_box
-from .data import Collator, _is_read, _resize, crop_around, look_tokens, visual_tokens
+from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side, visual_tokens
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
@@ -95,7 +95,7 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
             crop = clamp_aspect(loose_crop(b, f), it.image.size)
             images[f].append(_resize(it.image, crop, size))
             crowd[f].append(crowded(it, b, crop))
-            px[f].append(max((d[2] - d[0]) * size / (crop[2] - crop[0]), (d[3] - d[1]) * size / (crop[3] - crop[1])))
+            px[f].append(shown_side(d, crop, size, max))
             mask = np.zeros((size // patch) ** 2, dtype=bool)
             mask[list(look_tokens([d], [crop], size, patch))] = True
             toks[f].append(mask)
