@@ -10,7 +10,7 @@ import torch
 from egg import bench
 from egg.reference import reading as R
 from egg.reference.build import ReferenceConfig, build_model, build_processor
-from egg.reference.data import _is_read
+from egg.reference.data import Collator, _is_read
 
 TINY = ReferenceConfig(image_size=56, patch_size=14, vision_hidden=16, vision_layers=1, vision_heads=2,
                        text_hidden=16, text_layers=1, text_heads=2, max_positions=256, position_init="sincos")
@@ -90,8 +90,9 @@ def test_the_detail_tokens_are_the_patches_under_the_detail(sets):
 
 
 def test_the_command_line_writes_its_result(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="name the saved model"):
-        R.main(["frozen", "--test-items", "1"])
+    for what in ("frozen", "decoder"):
+        with pytest.raises(SystemExit, match=f"{what}: name the saved model"):
+            R.main([what, "--test-items", "1"])
     out = tmp_path / "r.json"
     R.main(["tower", "--size", "56", "--hidden", "16", "--train-items", "1", "--test-items", "1", "--steps", "2",
             "--layers", "1", "--out", str(out)])
@@ -110,6 +111,11 @@ def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["settings"]["pool"] == "detail" and saved["settings"]["model"] == str(tmp_path / "m")
     assert saved["n"] == {f: 1 for f in R.FAMILIES} and "| vstar | 1 |" in capsys.readouterr().out
+    R.main(["decoder", str(tmp_path / "m"), "--train-items", "1", "--test-items", "1", "--steps", "2",
+            "--eval-every", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [c["step"] for c in saved["curve"]] == [0, 1, 2] and saved["settings"]["lr"] == 2e-4
+    assert "step 2/2" in capsys.readouterr().out
 
 
 def test_a_crop_is_crowded_where_it_shows_another_objects_detail():
@@ -120,3 +126,65 @@ def test_a_crop_is_crowded_where_it_shows_another_objects_detail():
     assert not R.crowded(it, obj, obj)  # its own detail does not count
     assert R.crowded(it, obj, (0, 0, W, H))
     assert R.crowded(it, obj, others[0][1]) and not R.crowded(it, others[0][0], others[0][1])
+
+
+def test_the_decoder_pass_is_the_models_own_forward(sets):
+    _, test = sets
+    proc = build_processor(TINY)
+    model = build_model(TINY, proc.tokenizer, 0).eval()
+    col = Collator(proc)
+    enc = R._encoded(col, test)[:3]
+    ims = test.images[3.0][:3]
+    with torch.no_grad():
+        feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
+        logits, lab = R._decoder_pass(model, feats, enc, model.config.image_token_id)
+        for k, (ids, labels) in enumerate(enc):
+            own = model(input_ids=torch.tensor([ids]), pixel_values=col.pixels(ims[k:k + 1])).logits[0, :-1]
+            assert torch.allclose(logits[k, : len(ids) - 1], own, atol=1e-5)
+            assert lab[k, : len(ids) - 1].tolist() == labels[1:]
+    assert (lab != -100).any(1).all()  # every prompt's answer is scored
+
+
+def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
+    train, test = sets
+    proc = build_processor(TINY)
+    runs, models = [], []
+    for _ in range(2):
+        model = build_model(TINY, proc.tokenizer, 0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        runs.append(R.train_decoder(model, proc, train, test, steps=4, batch=4, lr=1e-2, eval_every=2,
+                                    log=lambda m: None))
+        moved = {n.split(".")[1] if n.startswith("model.") else n.split(".")[0]
+                 for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        models.append(moved)
+    a, b = runs
+    assert models[0] == {"language_model", "lm_head"}  # the tower and projector stay as saved
+    assert [c["step"] for c in a.curve] == [0, 2, 4] and a.curve[0]["loss"] is None
+    assert [c["accuracy"] for c in a.curve] == [c["accuracy"] for c in b.curve]
+    assert set(a.accuracy) == {1.0, 3.0} and a.n == {"text": 3, "vstar": 3} and 0 <= a.train_accuracy <= 100
+
+
+def test_a_decoder_answer_counts_where_greedy_decoding_gives_it():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = "data/reference-llava15-detail"
+    model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    test = R.scale_set(("text",), n=6, geometry="llava15", scales=(1.0, 3.0))
+    col = Collator(proc)
+    enc = R._encoded(col, test)
+    agree = []
+    for f, ims in test.images.items():
+        feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
+        with torch.no_grad():
+            logits, lab = R._decoder_pass(model, feats, enc, model.config.image_token_id)
+        for k, a in enumerate(test.answers):
+            ok = bool(((logits[k].argmax(-1) == lab[k]) | (lab[k] == -100)).all())
+            prompt = col.encode(1, [(test.questions[k], "")])[0]
+            with torch.no_grad():
+                out = model.generate(input_ids=torch.tensor([prompt]), pixel_values=col.pixels(ims[k:k + 1]),
+                                     max_new_tokens=8, do_sample=False)
+            said = proc.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
+            agree.append(ok == (said == a))
+            assert ok == (said == a), (f, k, said, a)
+    assert len(agree) == 12

@@ -47,6 +47,7 @@ class ReadingSet:
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
+    questions: list[str] = field(default_factory=list)
     crowded: dict[float, np.ndarray] = field(default_factory=dict)
     detail_px: dict[float, np.ndarray] = field(default_factory=dict)
     detail_tokens: dict[float, np.ndarray] = field(default_factory=dict)
@@ -70,7 +71,7 @@ def _facts(families, split: str, n: int, seed: int, geometry: str):
     for fam in families:
         for i in range(n):
             it = bench.item(fam, split, i, seed, geometry)
-            yield fam, it, [(a, b) for _, a, b in it.facts if _is_read(a)]
+            yield fam, it, [(q, a, b) for q, a, b in it.facts if _is_read(a)]
 
 
 def crowded(item: bench.Item, box, crop) -> bool:
@@ -84,11 +85,12 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
     """One reading fact per item (drawn with `seed`), seen in a centred crop at every scale; `size`
     and `patch` are the model's input side and patch (LLaVA-1.5's by default)."""
     rng = np.random.default_rng(seed)
-    images, answers, fams = {f: [] for f in scales}, [], []
+    images, answers, fams, questions = {f: [] for f in scales}, [], [], []
     crowd, px, toks = {f: [] for f in scales}, {f: [] for f in scales}, {f: [] for f in scales}
     for fam, it, reads in _facts(families, split, n, seed, geometry):
-        a, b = reads[rng.integers(len(reads))]
+        q, a, b = reads[rng.integers(len(reads))]
         answers.append(a)
+        questions.append(q)
         fams.append(fam)
         d = detail_box(it, b) or b
         for f in scales:
@@ -100,47 +102,56 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
             mask[list(look_tokens([d], [crop], size, patch))] = True
             toks[f].append(mask)
     arrays = lambda v: {f: np.array(x) for f, x in v.items()}
-    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, arrays(crowd), arrays(px),
-                      arrays(toks))
+    return ReadingSet({f: np.stack(v) for f, v in images.items()}, answers, fams, questions, arrays(crowd),
+                      arrays(px), arrays(toks))
 
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
                  max_scale: float = 4.0, per_item: int = 2) -> ReadingSet:
     """`per_item` reading facts per training item, each in a crop 1 to `max_scale` x its object's side."""
     rng = np.random.default_rng(seed)
-    images, answers, fams = [], [], []
+    images, answers, fams, questions = [], [], [], []
     for fam, it, reads in _facts(families, "train", n, seed, geometry):
         for k in rng.permutation(len(reads))[:per_item]:
-            a, b = reads[k]
+            q, a, b = reads[k]
             images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale)), size))
             answers.append(a)
+            questions.append(q)
             fams.append(fam)
-    return ReadingSet({0.0: np.stack(images)}, answers, fams)
+    return ReadingSet({0.0: np.stack(images)}, answers, fams, questions)
+
+
+def _tokens(model, col: Collator, images: np.ndarray, batch: int = 50):
+    """The visual tokens of `images`, (n, tokens, dim), without gradients, `batch` at a time."""
+    import torch
+
+    dev = next(model.parameters()).device
+    for k in range(0, len(images), batch):
+        with torch.no_grad():  # not around the yield: the caller's code would run without gradients
+            v = visual_tokens(model, col.pixels(images[k:k + batch]).to(dev))
+        yield k, v
 
 
 def _pooled(model, col: Collator, images: np.ndarray, mask: np.ndarray | None = None, batch: int = 50):
-    """Max-pooled visual tokens, (n, dim), without gradients; with `mask` (n, tokens), over its tokens only."""
+    """Max-pooled visual tokens, (n, dim); with `mask` (n, tokens), over its tokens only."""
     import torch
 
     out = []
-    with torch.no_grad():
-        dev = next(model.parameters()).device
-        for k in range(0, len(images), batch):
-            v = visual_tokens(model, col.pixels(images[k:k + batch]).to(dev))
-            if mask is not None:
-                v = v.masked_fill(~torch.from_numpy(mask[k:k + batch]).to(dev)[..., None], float("-inf"))
-            out.append(v.amax(1))
+    for k, v in _tokens(model, col, images, batch):
+        if mask is not None:
+            v = v.masked_fill(~torch.from_numpy(mask[k:k + len(v)]).to(v.device)[..., None], float("-inf"))
+        out.append(v.amax(1))
     return torch.cat(out)
 
 
 def _by_scale(predict, test: ReadingSet, label: dict[str, int]) -> dict[float, dict[str, float]]:
     truth = np.array([label[a] for a in test.answers])
+    return {f: _family_means(test, predict(f, ims) == truth) for f, ims in test.images.items()}
+
+
+def _family_means(test: ReadingSet, ok: np.ndarray) -> dict[str, float]:
     fams = np.array(test.families)
-    out = {}
-    for f, ims in test.images.items():
-        ok = predict(f, ims) == truth
-        out[f] = {fam: round(100 * float(ok[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
-    return out
+    return {fam: round(100 * float(ok[fams == fam].mean()), 1) for fam in dict.fromkeys(test.families)}
 
 
 def _labels(*sets: ReadingSet) -> dict[str, int]:
@@ -228,12 +239,95 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
             acc = _by_scale(predict, test, label)
             model.train()
             curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
-            log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step "
-                + " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items()))
+            log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
     model.eval()
     train_acc = 100 * float(np.mean(predict(0.0, images) == y.cpu().numpy()))
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
                         settings={"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
+
+
+def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int]]]:
+    return [col.encode(1, [(q, a)])[:2] for q, a in zip(test.questions, test.answers)]
+
+
+def _decoder_pass(model, feats, enc, image_token: int):
+    """Logits and labels of one batch: `feats` (n, tokens, dim) in place of each prompt's image tokens."""
+    import torch
+
+    dev = feats.device
+    L = max(len(x) for x, _ in enc)
+    ids = torch.zeros((len(enc), L), dtype=torch.long, device=dev)
+    lab = torch.full((len(enc), L), -100, dtype=torch.long, device=dev)
+    mask = torch.zeros((len(enc), L), dtype=torch.long, device=dev)
+    for i, (x, y) in enumerate(enc):
+        ids[i, : len(x)], lab[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    emb = model.get_input_embeddings()(ids)
+    emb = emb.masked_scatter((ids == image_token)[..., None], feats.to(emb.dtype))
+    return model(inputs_embeds=emb, attention_mask=mask).logits[:, :-1], lab[:, 1:]
+
+
+def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
+                  lr: float = 2e-4, seed: int = 0, eval_every: int = 500, log=print) -> ScaleReading:
+    """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (tower
+    and projector as they are; their output computed once), scored per scale on `test` (step 0:
+    the model as saved). Whether the decoder can learn to find and read the detail at 3x when it
+    is taught nothing else, apart from what a recipe mixes in. A test answer counts when every one
+    of its tokens is the argmax after the ones before it (what greedy decoding would answer)."""
+    import torch
+
+    torch.manual_seed(seed)
+    col, tok_id = Collator(processor), model.config.image_token_id
+    dev = next(model.parameters()).device
+    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims)])
+    (train_images,) = train.images.values()
+    x, enc = cache(train_images), _encoded(col, train)
+    tests = {f: cache(ims) for f, ims in test.images.items()}
+    test_enc = _encoded(col, test)
+
+    def correct(feats, enc) -> np.ndarray:
+        ok = []
+        model.eval()
+        with torch.no_grad():
+            for k in range(0, len(feats), 50):
+                logits, lab = _decoder_pass(model, feats[k:k + 50].to(dev), enc[k:k + 50], tok_id)
+                ok += [bool(((lg.argmax(-1) == lb) | (lb == -100)).all()) for lg, lb in zip(logits, lab)]
+        model.train()
+        return np.array(ok)
+
+    accuracy = lambda: {f: _family_means(test, correct(feats, test_enc)) for f, feats in tests.items()}
+
+    params = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.multi_modal"))]
+    for n, p in model.named_parameters():
+        p.requires_grad_(p in set(params))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    rate = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    rng = np.random.default_rng(seed)
+    acc = accuracy()
+    curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
+    log("step 0 " + _line(acc))
+    for s in range(1, steps + 1):
+        idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
+        logits, lab = _decoder_pass(model, x[idx].to(dev), [enc[i] for i in idx], tok_id)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        if s % eval_every == 0 or s == steps:
+            acc = accuracy()
+            curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
+            log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
+    seen = slice(0, min(len(x), 400))  # the training crops' accuracy, on a share of them
+    train_acc = 100 * float(correct(x[seen], enc[seen]).mean())
+    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
+                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed})
+
+
+def _line(acc: dict[float, dict[str, float]]) -> str:
+    return " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items())
 
 
 def table(r: ScaleReading) -> str:
@@ -248,8 +342,8 @@ def table(r: ScaleReading) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["frozen", "tower"])
-    ap.add_argument("model", nargs="?", help="frozen: the saved model whose tower is probed")
+    ap.add_argument("what", choices=["frozen", "tower", "decoder"])
+    ap.add_argument("model", nargs="?", help="frozen, decoder: the saved model whose tower is probed / decoder trained")
     ap.add_argument("--geometry", default="llava15-large")
     ap.add_argument("--train-items", type=int, default=None,
                     help="per family (default: frozen 150, each at every scale; tower 500, two crops each)")
@@ -262,6 +356,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", choices=["all", "detail"], default="all",
                     help="frozen: max-pool every token, or only those on the detail")
     ap.add_argument("--max-scale", type=float, default=4.0)
+    ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
+    ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
     ap.add_argument("--size", type=int, default=336, help="tower: the input side (patch 14); frozen: the model's")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -270,17 +366,22 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    if a.what == "frozen":
+    if a.what in ("frozen", "decoder"):
         if not a.model:
-            raise SystemExit("frozen: name the saved model to probe, e.g. data/reference-llava15-large")
+            raise SystemExit(f"{a.what}: name the saved model, e.g. data/reference-llava15-large")
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        model = LlavaForConditionalGeneration.from_pretrained(a.model).eval()
-        vc = model.config.vision_config
-        shape = dict(geometry=a.geometry, size=vc.image_size, patch=vc.patch_size)
-        test = scale_set(n=a.test_items, seed=a.test_seed, **shape)
-        train = scale_set(split="train", n=a.train_items or 150, seed=1, **shape)
-        r = frozen_probe(model, AutoProcessor.from_pretrained(a.model), train, test, pool=a.pool)
+        model = LlavaForConditionalGeneration.from_pretrained(a.model).to(a.device).eval()
+        proc, vc = AutoProcessor.from_pretrained(a.model), model.config.vision_config
+        shape = dict(geometry=a.geometry, size=vc.image_size)
+        test = scale_set(n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
+        if a.what == "frozen":
+            train = scale_set(split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
+            r = frozen_probe(model, proc, train, test, pool=a.pool)
+        else:
+            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
+            r = train_decoder(model, proc, train, test, a.steps, lr=a.lr, eval_every=a.eval_every,
+                              log=lambda m: print(m, flush=True))
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
