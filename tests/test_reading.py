@@ -162,6 +162,20 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     assert [c["step"] for c in a.curve] == [0, 2, 4] and a.curve[0]["loss"] is None
     assert [c["accuracy"] for c in a.curve] == [c["accuracy"] for c in b.curve]
     assert set(a.accuracy) == {1.0, 3.0} and a.n == {"text": 3, "vstar": 3} and 0 <= a.train_accuracy <= 100
+    # with the projector: the tower's tokens are cached, and the projector learns too (LLaVA's stage 2)
+    model = build_model(TINY, proc.tokenizer, 0)
+    col, ims = Collator(proc), test.images[3.0]
+    with torch.no_grad():
+        tower = torch.cat([v for _, v in R._tokens(model, col, ims, projector=False)])
+        assert torch.allclose(model.model.multi_modal_projector(tower),
+                              torch.cat([v for _, v in R._tokens(model, col, ims)]), atol=1e-6)
+    vision = {n: p.detach().clone() for n, p in model.model.vision_tower.named_parameters()}
+    proj = [p.detach().clone() for p in model.model.multi_modal_projector.parameters()]
+    r = R.train_decoder(model, proc, train, test, steps=2, batch=4, lr=1e-2, eval_every=2, projector=True,
+                        log=lambda m: None)
+    assert r.settings["projector"]
+    assert all(torch.equal(p, vision[n]) for n, p in model.model.vision_tower.named_parameters())
+    assert not any(torch.equal(p, q) for p, q in zip(model.model.multi_modal_projector.parameters(), proj))
 
 
 def test_a_decoder_answer_counts_where_greedy_decoding_gives_it():

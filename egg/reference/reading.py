@@ -32,7 +32,7 @@ from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor
 from .detail import detail_box
-from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side, visual_tokens
+from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side, tower_tokens, visual_tokens
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
@@ -121,14 +121,17 @@ def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str =
     return ReadingSet({0.0: np.stack(images)}, answers, fams, questions)
 
 
-def _tokens(model, col: Collator, images: np.ndarray, batch: int = 50):
-    """The visual tokens of `images`, (n, tokens, dim), without gradients, `batch` at a time."""
+def _tokens(model, col: Collator, images: np.ndarray, batch: int = 50, projector: bool = True):
+    """The visual tokens of `images`, (n, tokens, dim), without gradients, `batch` at a time; without
+    `projector`, the tower's tokens that the projector takes."""
     import torch
 
     dev = next(model.parameters()).device
+    layer = model.config.vision_feature_layer % (model.config.vision_config.num_hidden_layers + 1)
     for k in range(0, len(images), batch):
+        pix = col.pixels(images[k:k + batch]).to(dev)
         with torch.no_grad():  # not around the yield: the caller's code would run without gradients
-            v = visual_tokens(model, col.pixels(images[k:k + batch]).to(dev))
+            v = visual_tokens(model, pix) if projector else tower_tokens(model, pix, layer)
         yield k, v
 
 
@@ -267,9 +270,11 @@ def _decoder_pass(model, feats, enc, image_token: int):
 
 
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
-                  lr: float = 2e-4, seed: int = 0, eval_every: int = 500, log=print) -> ScaleReading:
-    """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (tower
-    and projector as they are; their output computed once), scored per scale on `test` (step 0:
+                  lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
+                  log=print) -> ScaleReading:
+    """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (the
+    tower as it is, its output computed once; with `projector`, the projector trained too, as
+    LLaVA's stage 2 and the recipes' decoder steps train it), scored per scale on `test` (step 0:
     the model as saved). Whether the decoder can learn to find and read the detail at 3x when it
     is taught nothing else, apart from what a recipe mixes in. A test answer counts when every one
     of its tokens is the argmax after the ones before it (what greedy decoding would answer)."""
@@ -278,7 +283,9 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     torch.manual_seed(seed)
     col, tok_id = Collator(processor), model.config.image_token_id
     dev = next(model.parameters()).device
-    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims)])
+    project = model.model.multi_modal_projector if projector else (lambda v: v)
+    frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
+    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=projector)])
     (train_images,) = train.images.values()
     x, enc = cache(train_images), _encoded(col, train)
     tests = {f: cache(ims) for f, ims in test.images.items()}
@@ -289,14 +296,14 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         model.eval()
         with torch.no_grad():
             for k in range(0, len(feats), 50):
-                logits, lab = _decoder_pass(model, feats[k:k + 50].to(dev), enc[k:k + 50], tok_id)
+                logits, lab = _decoder_pass(model, project(feats[k:k + 50].to(dev).float()), enc[k:k + 50], tok_id)
                 ok += [bool(((lg.argmax(-1) == lb) | (lb == -100)).all()) for lg, lb in zip(logits, lab)]
         model.train()
         return np.array(ok)
 
     accuracy = lambda: {f: _family_means(test, correct(feats, test_enc)) for f, feats in tests.items()}
 
-    params = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.multi_modal"))]
+    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     for n, p in model.named_parameters():
         p.requires_grad_(p in set(params))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -308,7 +315,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
         idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
-        logits, lab = _decoder_pass(model, x[idx].to(dev), [enc[i] for i in idx], tok_id)
+        logits, lab = _decoder_pass(model, project(x[idx].to(dev).float()), [enc[i] for i in idx], tok_id)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,7 +330,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     seen = slice(0, min(len(x), 400))  # the training crops' accuracy, on a share of them
     train_acc = 100 * float(correct(x[seen], enc[seen]).mean())
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
-                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed})
+                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector})
 
 
 def _line(acc: dict[float, dict[str, float]]) -> str:
@@ -358,6 +365,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-scale", type=float, default=4.0)
     ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
     ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
+    ap.add_argument("--projector", action="store_true", help="decoder: train the projector too (LLaVA's stage 2)")
     ap.add_argument("--size", type=int, default=336, help="tower: the input side (patch 14); frozen: the model's")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -381,7 +389,7 @@ def main(argv=None) -> None:
         else:
             train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
             r = train_decoder(model, proc, train, test, a.steps, lr=a.lr, eval_every=a.eval_every,
-                              log=lambda m: print(m, flush=True))
+                              projector=a.projector, log=lambda m: print(m, flush=True))
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
