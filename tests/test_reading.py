@@ -80,6 +80,25 @@ def test_a_frozen_probe_fits_its_training_crops(sets):
     assert not torch.allclose(pooled, v.amax(1))
     with pytest.raises(ValueError, match="pool must be"):
         R.frozen_probe(model, proc, test, test, pool="mean")
+    attended = R.frozen_probe(model, proc, test, test, steps=300, pool="attention")
+    assert attended.settings["pool"] == "attention" and attended.train_accuracy == 100.0
+    assert attended.accuracy == R.frozen_probe(model, proc, test, test, steps=300, pool="attention").accuracy
+
+
+def test_the_attention_reader_finds_a_token_by_its_content():
+    # the label is written on one token at a random place among 64 noise tokens: a max-pool of the
+    # raw features cannot tell which, softmax attention keyed on the marker can
+    g = torch.Generator().manual_seed(0)
+    n, t, d = 512, 64, 8
+    x = torch.randn(n, t, d, generator=g) * 0.3
+    y = torch.randint(0, 2, (n,), generator=g)
+    where = torch.randint(0, t, (n,), generator=g)
+    x[torch.arange(n), where, 0] = 3.0  # the marker
+    x[torch.arange(n), where, 1] = 2.0 * y - 1  # the label, at the marker only
+    reader = R.fit_reader(x[:384], y[:384], 2, steps=400)
+    with torch.no_grad():
+        acc = (reader(x[384:]).argmax(1) == y[384:]).float().mean()
+    assert acc > 0.95
 
 
 def test_the_detail_tokens_are_the_patches_under_the_detail(sets):

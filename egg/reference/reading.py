@@ -163,33 +163,84 @@ def _labels(*sets: ReadingSet) -> dict[str, int]:
 
 def frozen_probe(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, seed: int = 0,
                  pool: str = "all") -> ScaleReading:
-    """A linear probe on `model`'s frozen, max-pooled visual tokens, fitted on `train`'s crops
-    of every scale (standardised features, full-batch Adam), scored per scale on `test`. `pool`
-    "detail" pools only the tokens on the detail: whether they hold it, whatever else the crop
-    shows (the decoder has to find them; "all" asks the tower to have done that too)."""
+    """A probe on `model`'s frozen visual tokens, fitted on `train`'s crops of every scale, scored
+    per scale on `test`. `pool` "all": linear on the tokens max-pooled (standardised, full-batch
+    Adam); "detail": the same over the tokens on the detail only, whether they hold it whatever
+    else the crop shows (the decoder has to find them; "all" asks the tower to have done that);
+    "attention": `attention_reader`, which has to find them by softmax attention, as a decoder does."""
     import torch
 
-    if pool not in ("all", "detail"):
-        raise ValueError(f"pool must be 'all' or 'detail', got {pool!r}")
+    if pool not in ("all", "detail", "attention"):
+        raise ValueError(f"pool must be 'all', 'detail' or 'attention', got {pool!r}")
     torch.manual_seed(seed)
     col, label = Collator(processor), _labels(train, test)
-    masks = lambda s, f: s.detail_tokens[f] if pool == "detail" else None
-    x = torch.cat([_pooled(model, col, ims, masks(train, f)) for f, ims in train.images.items()]).cpu()
     y = torch.tensor([label[a] for a in train.answers]).repeat(len(train.images))
-    mu, sd = x.mean(0), x.std(0) + 1e-5
-    lin = torch.nn.Linear(x.shape[1], len(label))
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+    if pool == "attention":
+        tokens = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims)])
+        x = torch.cat([tokens(ims) for ims in train.images.values()])
+        read, features = fit_reader(x, y, len(label), steps, seed), lambda f, ims: tokens(ims)
+    else:
+        masks = lambda s, f: s.detail_tokens[f] if pool == "detail" else None
+        x = torch.cat([_pooled(model, col, ims, masks(train, f)) for f, ims in train.images.items()]).cpu()
+        mu, sd = x.mean(0), x.std(0) + 1e-5
+        lin = torch.nn.Linear(x.shape[1], len(label))
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(lin((x - mu) / sd), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        read = lambda v: lin((v - mu) / sd)
+        features = lambda f, ims: _pooled(model, col, ims, masks(test, f)).cpu()
+    with torch.no_grad():
+        train_acc = 100 * float((_batched(read, x).argmax(1) == y).float().mean())
+        acc = _by_scale(lambda f, ims: _batched(read, features(f, ims)).argmax(1).numpy(), test, label)
+    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1),
+                        settings={"steps": steps, "seed": seed, "pool": pool})
+
+
+def _batched(fn, x, batch: int = 256):
+    import torch
+
+    return torch.cat([fn(x[k:k + batch].float()) for k in range(0, len(x), batch)])
+
+
+def attention_reader(dim: int, n_labels: int, heads: int = 4):
+    """Softmax attention pooling with `heads` learned queries, then a linear read: a one-layer
+    reader that has to find the detail's tokens, as a decoder's attention does (max-pooling need not)."""
+    import torch
+
+    class Reader(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(dim)
+            self.key = torch.nn.Linear(dim, dim)
+            self.query = torch.nn.Parameter(torch.randn(heads, dim) / dim ** 0.5)
+            self.out = torch.nn.Linear(heads * dim, n_labels)
+
+        def forward(self, v):  # (n, tokens, dim) -> (n, n_labels)
+            v = self.norm(v)
+            w = torch.softmax(torch.einsum("ntd,hd->nht", self.key(v), self.query) / dim ** 0.5, -1)
+            return self.out(torch.einsum("nht,ntd->nhd", w, v).flatten(1))
+
+    return Reader()
+
+
+def fit_reader(x, y, n_labels: int, steps: int, seed: int = 0, batch: int = 64, lr: float = 3e-3):
+    """`attention_reader` fitted on tokens `x` (n, tokens, dim) to labels `y` by minibatch Adam."""
+    import torch
+
+    torch.manual_seed(seed)
+    reader = attention_reader(x.shape[-1], n_labels)
+    opt = torch.optim.Adam(reader.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(lin((x - mu) / sd), y)
+        idx = torch.from_numpy(rng.choice(len(x), size=min(batch, len(x)), replace=False))
+        loss = torch.nn.functional.cross_entropy(reader(x[idx].float()), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        train_acc = 100 * float((lin((x - mu) / sd).argmax(1) == y).float().mean())
-        predict = lambda f, ims: lin((_pooled(model, col, ims, masks(test, f)).cpu() - mu) / sd).argmax(1).numpy()
-        acc = _by_scale(predict, test, label)
-    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1),
-                        settings={"steps": steps, "seed": seed, "pool": pool})
+    return reader.eval()
 
 
 def _counts(test: ReadingSet) -> dict[str, int]:
@@ -360,8 +411,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--pool", choices=["all", "detail"], default="all",
-                    help="frozen: max-pool every token, or only those on the detail")
+    ap.add_argument("--pool", choices=["all", "detail", "attention"], default="all",
+                    help="frozen: max-pool every token, or only those on the detail; or attention-pool them")
     ap.add_argument("--max-scale", type=float, default=4.0)
     ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
     ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
