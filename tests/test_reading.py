@@ -1,6 +1,7 @@
 """`egg.reference.reading`: reading a detail against the crop's scale, on real items and towers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -181,8 +182,10 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     assert [c["step"] for c in a.curve] == [0, 2, 4] and a.curve[0]["loss"] is None
     assert [c["accuracy"] for c in a.curve] == [c["accuracy"] for c in b.curve]
     assert set(a.accuracy) == {1.0, 3.0} and a.n == {"text": 3, "vstar": 3} and 0 <= a.train_accuracy <= 100
-    # with the projector: the tower's tokens are cached, and the projector learns too (LLaVA's stage 2)
-    model = build_model(TINY, proc.tokenizer, 0)
+    # with the projector: the tower's tokens are cached, and the projector learns too (LLaVA's stage 2);
+    # a tower narrower than the decoder, so that tokens projected twice, or not at all, cannot pass
+    narrow = dataclasses.replace(TINY, vision_hidden=8)
+    model = build_model(narrow, proc.tokenizer, 0)
     col, ims = Collator(proc), test.images[3.0]
     with torch.no_grad():
         tower = torch.cat([v for _, v in R._tokens(model, col, ims, projector=False)])
@@ -192,7 +195,8 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     proj = [p.detach().clone() for p in model.model.multi_modal_projector.parameters()]
     r = R.train_decoder(model, proc, train, test, steps=2, batch=4, lr=1e-2, eval_every=2, projector=True,
                         log=lambda m: None)
-    assert r.settings["projector"]
+    assert r.settings["projector"] and r.curve[0]["accuracy"] == R.train_decoder(
+        build_model(narrow, proc.tokenizer, 0), proc, train, test, steps=0, log=lambda m: None).curve[0]["accuracy"]
     assert all(torch.equal(p, vision[n]) for n, p in model.model.vision_tower.named_parameters())
     assert not any(torch.equal(p, q) for p, q in zip(model.model.multi_modal_projector.parameters(), proj))
 

@@ -243,6 +243,11 @@ def fit_reader(x, y, n_labels: int, steps: int, seed: int = 0, batch: int = 64, 
     return reader.eval()
 
 
+def _warm_cosine(steps: int):
+    """A learning-rate factor: 100 steps of linear warm-up, then a cosine to 0 at `steps`."""
+    return lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(steps, 1))))
+
+
 def _counts(test: ReadingSet) -> dict[str, int]:
     return {fam: test.families.count(fam) for fam in dict.fromkeys(test.families)}
 
@@ -272,8 +277,7 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *probe.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    rate = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     (images,) = train.images.values()
     y = torch.tensor([label[a] for a in train.answers], device=device)
     rng = np.random.default_rng(seed)
@@ -336,7 +340,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     dev = next(model.parameters()).device
     project = model.model.multi_modal_projector if projector else (lambda v: v)
     frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
-    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=projector)])
+    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
     (train_images,) = train.images.values()
     x, enc = cache(train_images), _encoded(col, train)
     tests = {f: cache(ims) for f, ims in test.images.items()}
@@ -358,8 +362,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     for n, p in model.named_parameters():
         p.requires_grad_(p in set(params))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    rate = lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
     acc = accuracy()
     curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
