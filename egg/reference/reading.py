@@ -417,6 +417,9 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", choices=["all", "detail", "attention"], default="all",
                     help="frozen: max-pool every token, or only those on the detail; or attention-pool them")
     ap.add_argument("--max-scale", type=float, default=4.0)
+    ap.add_argument("--train-crops", choices=["centred", "random"], default="centred",
+                    help="frozen: fit on centred crops at the test's scales, or on the decoder's random crops "
+                         "1 to --max-scale x")
     ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
     ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
     ap.add_argument("--projector", action="store_true", help="decoder: train the projector too (LLaVA's stage 2)")
@@ -437,8 +440,14 @@ def main(argv=None) -> None:
         proc, vc = AutoProcessor.from_pretrained(a.model), model.config.vision_config
         shape = dict(geometry=a.geometry, size=vc.image_size)
         test = scale_set(n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
-        if a.what == "frozen":
+        if a.what == "frozen" and a.train_crops == "centred":
             train = scale_set(split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
+            r = frozen_probe(model, proc, train, test, pool=a.pool)
+        elif a.what == "frozen":
+            if a.pool == "detail":
+                raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
+                                 "the detail's tokens")
+            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
             r = frozen_probe(model, proc, train, test, pool=a.pool)
         else:
             train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
@@ -452,7 +461,8 @@ def main(argv=None) -> None:
         test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
         train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
-    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
+    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed,
+                      train_crops=a.train_crops)
     print(table(r))
     print("(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
     print(f"train accuracy {r.train_accuracy:.0f}%")
