@@ -131,6 +131,12 @@ def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["settings"]["pool"] == "detail" and saved["settings"]["model"] == str(tmp_path / "m")
     assert saved["n"] == {f: 1 for f in R.FAMILIES} and "| vstar | 1 |" in capsys.readouterr().out
+    R.main(["frozen", str(tmp_path / "m"), "--pool", "attention", "--train-crops", "random", "--train-items", "1",
+            "--test-items", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["pool"] == "attention" and saved["settings"]["train_crops"] == "random"
+    with pytest.raises(SystemExit, match="--pool detail needs --train-crops centred"):
+        R.main(["frozen", str(tmp_path / "m"), "--pool", "detail", "--train-crops", "random", "--test-items", "1"])
     R.main(["decoder", str(tmp_path / "m"), "--train-items", "1", "--test-items", "1", "--steps", "2",
             "--eval-every", "1", "--out", str(out)])
     saved = json.loads(out.read_text())
