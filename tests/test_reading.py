@@ -141,6 +141,7 @@ def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):
             "--eval-every", "1", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert [c["step"] for c in saved["curve"]] == [0, 1, 2] and saved["settings"]["lr"] == 2e-4
+    assert saved["settings"]["train_crops"] == "random"
     assert "step 2/2" in capsys.readouterr().out
 
 
@@ -188,6 +189,10 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     assert [c["step"] for c in a.curve] == [0, 2, 4] and a.curve[0]["loss"] is None
     assert [c["accuracy"] for c in a.curve] == [c["accuracy"] for c in b.curve]
     assert set(a.accuracy) == {1.0, 3.0} and a.n == {"text": 3, "vstar": 3} and 0 <= a.train_accuracy <= 100
+    # fitted on centred crops of several scales (`scale_set`): each crop with its own question
+    centred = R.train_decoder(build_model(TINY, proc.tokenizer, 0), proc, test, test, steps=2, batch=4,
+                              eval_every=2, log=lambda m: None)
+    assert 0 <= centred.train_accuracy <= 100 and [c["step"] for c in centred.curve] == [0, 2]
     # with the projector: the tower's tokens are cached, and the projector learns too (LLaVA's stage 2);
     # a tower narrower than the decoder, so that tokens projected twice, or not at all, cannot pass
     narrow = dataclasses.replace(TINY, vision_hidden=8)

@@ -341,8 +341,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     project = model.model.multi_modal_projector if projector else (lambda v: v)
     frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
     cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
-    (train_images,) = train.images.values()
-    x, enc = cache(train_images), _encoded(col, train)
+    # a training set of several scales (`scale_set`) is read at all of them
+    x, enc = cache(np.concatenate(list(train.images.values()))), _encoded(col, train) * len(train.images)
     tests = {f: cache(ims) for f, ims in test.images.items()}
     test_enc = _encoded(col, test)
 
@@ -417,9 +417,9 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", choices=["all", "detail", "attention"], default="all",
                     help="frozen: max-pool every token, or only those on the detail; or attention-pool them")
     ap.add_argument("--max-scale", type=float, default=4.0)
-    ap.add_argument("--train-crops", choices=["centred", "random"], default="centred",
-                    help="frozen: fit on centred crops at the test's scales, or on the decoder's random crops "
-                         "1 to --max-scale x")
+    ap.add_argument("--train-crops", choices=["centred", "random"], default=None,
+                    help="centred crops at the test's scales (frozen's default), or random ones 1 to --max-scale x, "
+                         "anywhere around the object and of any aspect, as training draws them (decoder's default)")
     ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
     ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
     ap.add_argument("--projector", action="store_true", help="decoder: train the projector too (LLaVA's stage 2)")
@@ -440,19 +440,20 @@ def main(argv=None) -> None:
         proc, vc = AutoProcessor.from_pretrained(a.model), model.config.vision_config
         shape = dict(geometry=a.geometry, size=vc.image_size)
         test = scale_set(n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
-        if a.what == "frozen" and a.train_crops == "centred":
+        crops = a.train_crops or ("centred" if a.what == "frozen" else "random")
+        if crops == "centred":
             train = scale_set(split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
-            r = frozen_probe(model, proc, train, test, pool=a.pool)
-        elif a.what == "frozen":
-            if a.pool == "detail":
-                raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
-                                 "the detail's tokens")
-            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
-            r = frozen_probe(model, proc, train, test, pool=a.pool)
+        elif a.what == "frozen" and a.pool == "detail":
+            raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
+                             "the detail's tokens")
         else:
             train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
+        if a.what == "frozen":
+            r = frozen_probe(model, proc, train, test, pool=a.pool)
+        else:
             r = train_decoder(model, proc, train, test, a.steps, lr=a.lr, eval_every=a.eval_every,
                               projector=a.projector, log=lambda m: print(m, flush=True))
+        r.settings["train_crops"] = crops
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
@@ -461,8 +462,7 @@ def main(argv=None) -> None:
         test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
         train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
-    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed,
-                      train_crops=a.train_crops)
+    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
     print(table(r))
     print("(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
     print(f"train accuracy {r.train_accuracy:.0f}%")
