@@ -1,21 +1,29 @@
-"""How well a vision tower tells a detail at each crop scale: the reading a zoom needs (#16).
+"""How well a model reads a detail at each crop scale: the reading a zoom needs (#16).
 
 A zoom helps only where the model reads the detail in a crop several times the evidence's side
 (notebook 09's `crop3x`). The 24x24 reference models read the tight crop and not the 3x one,
 with their tower frozen or not (CHANGELOG, stop 49). These measurements tell whether the
-tower's output holds the detail at all, and whether a tower of another size can learn it.
-Both score one reading fact per test item in square crops `loose_crop(box, f)` around its
-object, as notebook 09's `crop3x` cuts them. A crop several times its object's side often shows
-another object's detail too (`ReadingSet.crowded`); telling the named one apart there is binding,
-which a pooled probe cannot do and the decoder must, so each table says how often that was.
+tower's output holds the detail at all, whether a tower of another size can learn it, and
+whether the decoder can learn to read it from those tokens. All score one reading fact per test
+item in square crops `loose_crop(box, f)` around its object, as notebook 09's `crop3x` cuts them.
+A crop several times its object's side often shows another object's detail too
+(`ReadingSet.crowded`); telling the named one apart there is binding, which a pooled probe
+cannot do and the decoder must, so each table says how often that was.
 
-- `frozen_probe`: a linear probe on a trained model's frozen visual tokens, max-pooled as the
-  warm-up's reading probe pools them (`AuxHeads`), fitted on crops of every scale at once;
+- `frozen_probe`: a probe on a trained model's frozen visual tokens, fitted on crops of every
+  scale at once: linear on the tokens max-pooled, as the warm-up's reading probe pools them
+  (`AuxHeads`), or a one-layer attention reader, which has to find the detail as a decoder does;
 - `train_tower`: a tower and projector of a given size trained from scratch with that probe
-  alone, on crops 1 to `max_scale` x the object (`crop_around`, as the warm-up draws them).
+  alone, on crops 1 to `max_scale` x the object (`crop_around`, as the warm-up draws them);
+- `train_decoder`: a saved model's decoder (and projector) trained on the item's question
+  about each crop, from its frozen tower's tokens.
+
+Training crops are either drawn as training draws them (`training_set`: anywhere around the
+object, of any aspect) or centred and square at the test's scales (`scale_set`'s train split).
 
     python -m egg.reference.reading frozen data/reference-llava15-large --out out/reading-run41.json
     python -m egg.reference.reading tower --hidden 128 --layers 4 --steps 1500 --out out/tower-128x4.json
+    python -m egg.reference.reading decoder data/reference-llava15-detail --geometry llava15 --projector
 """
 from __future__ import annotations
 
@@ -358,9 +366,9 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
 
     accuracy = lambda: {f: _family_means(test, correct(feats, test_enc)) for f, feats in tests.items()}
 
-    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     for n, p in model.named_parameters():
-        p.requires_grad_(p in set(params))
+        p.requires_grad_(not n.startswith(frozen))
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
@@ -407,7 +415,7 @@ def main(argv=None) -> None:
     ap.add_argument("model", nargs="?", help="frozen, decoder: the saved model whose tower is probed / decoder trained")
     ap.add_argument("--geometry", default="llava15-large")
     ap.add_argument("--train-items", type=int, default=None,
-                    help="per family (default: frozen 150, each at every scale; tower 500, two crops each)")
+                    help="per family (default: 150 centred, each at every scale; 500 random, two crops each)")
     ap.add_argument("--test-items", type=int, default=50, help="per family, of the test split")
     ap.add_argument("--test-seed", type=int, default=13)
     ap.add_argument("--hidden", type=int, default=64)
