@@ -164,7 +164,7 @@ def test_the_decoder_pass_is_the_models_own_forward(sets):
     ims = test.images[3.0][:3]
     with torch.no_grad():
         feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
-        logits, lab = R._decoder_pass(model, feats, enc, model.config.image_token_id)
+        logits, lab = R._decoder_pass(model, col, feats, enc)
         for k, (ids, labels) in enumerate(enc):
             own = model(input_ids=torch.tensor([ids]), pixel_values=col.pixels(ims[k:k + 1])).logits[0, :-1]
             assert torch.allclose(logits[k, : len(ids) - 1], own, atol=1e-5)
@@ -225,7 +225,7 @@ def test_a_decoder_answer_counts_where_greedy_decoding_gives_it():
     for f, ims in test.images.items():
         feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
         with torch.no_grad():
-            logits, lab = R._decoder_pass(model, feats, enc, model.config.image_token_id)
+            logits, lab = R._decoder_pass(model, col, feats, enc)
         for k, a in enumerate(test.answers):
             ok = bool(((logits[k].argmax(-1) == lab[k]) | (lab[k] == -100)).all())
             prompt = col.encode(1, [(test.questions[k], "")])[0]

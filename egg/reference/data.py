@@ -400,22 +400,27 @@ class Collator:
             labels += [-100] * len(part) if i in untrained else part
         return ids, labels, queries
 
+    def pad(self, enc):
+        """Encodings (ids, labels, ...) -> right-padded input_ids, labels and attention mask."""
+        import torch
+
+        L = max(len(e[0]) for e in enc)
+        input_ids = torch.full((len(enc), L), self.tok.pad_token_id, dtype=torch.long)
+        lab = torch.full((len(enc), L), -100, dtype=torch.long)
+        mask = torch.zeros((len(enc), L), dtype=torch.long)
+        for i, (x, y, *_) in enumerate(enc):
+            input_ids[i, : len(x)], lab[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        return input_ids, lab, mask
+
     def __call__(self, batch: list[Example]):
         import torch
 
         enc = [ex.enc or self.encode(len(ex.images), ex.turns, ex.untrained) for ex in batch]
-        L = max(len(x) for x, _, _ in enc)
-        pad = self.tok.pad_token_id
-        input_ids = torch.full((len(batch), L), pad, dtype=torch.long)
-        lab = torch.full((len(batch), L), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        input_ids, lab, mask = self.pad(enc)
         # where each turn's answer should look: (example, query position) -> its visual tokens
         n_vis = max(len(ex.images) for ex in batch) * self.tokens_per_image
         look_at, look_q = [], []
-        for i, (x, y, qs) in enumerate(enc):
-            input_ids[i, : len(x)] = torch.tensor(x)
-            lab[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
+        for i, (_, _, qs) in enumerate(enc):
             for pos, toks in zip(qs, batch[i].looks):
                 if toks:
                     row = torch.zeros(n_vis, dtype=torch.bool)

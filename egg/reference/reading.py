@@ -316,17 +316,10 @@ def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int]
     return [col.encode(1, [(q, a)])[:2] for q, a in zip(test.questions, test.answers)]
 
 
-def _decoder_pass(model, feats, enc, image_token: int):
+def _decoder_pass(model, col: Collator, feats, enc):
     """Logits and labels of one batch: `feats` (n, tokens, dim) in place of each prompt's image tokens."""
-    import torch
-
-    dev = feats.device
-    L = max(len(x) for x, _ in enc)
-    ids = torch.zeros((len(enc), L), dtype=torch.long, device=dev)
-    lab = torch.full((len(enc), L), -100, dtype=torch.long, device=dev)
-    mask = torch.zeros((len(enc), L), dtype=torch.long, device=dev)
-    for i, (x, y) in enumerate(enc):
-        ids[i, : len(x)], lab[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    ids, lab, mask = (t.to(feats.device) for t in col.pad(enc))
+    image_token = model.config.image_token_id
     emb = model.get_input_embeddings()(ids)
     emb = emb.masked_scatter((ids == image_token)[..., None], feats.to(emb.dtype))
     return model(inputs_embeds=emb, attention_mask=mask).logits[:, :-1], lab[:, 1:]
@@ -344,8 +337,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     import torch
 
     torch.manual_seed(seed)
-    col, tok_id = Collator(processor), model.config.image_token_id
-    dev = next(model.parameters()).device
+    col, dev = Collator(processor), next(model.parameters()).device
     project = model.model.multi_modal_projector if projector else (lambda v: v)
     frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
     cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
@@ -359,7 +351,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         model.eval()
         with torch.no_grad():
             for k in range(0, len(feats), 50):
-                logits, lab = _decoder_pass(model, project(feats[k:k + 50].to(dev).float()), enc[k:k + 50], tok_id)
+                logits, lab = _decoder_pass(model, col, project(feats[k:k + 50].to(dev).float()), enc[k:k + 50])
                 ok += [bool(((lg.argmax(-1) == lb) | (lb == -100)).all()) for lg, lb in zip(logits, lab)]
         model.train()
         return np.array(ok)
@@ -377,7 +369,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
         idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
-        logits, lab = _decoder_pass(model, project(x[idx].to(dev).float()), [enc[i] for i in idx], tok_id)
+        logits, lab = _decoder_pass(model, col, project(x[idx].to(dev).float()), [enc[i] for i in idx])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
