@@ -73,6 +73,17 @@ def test_examples_cover_every_kind_and_crop_contains_evidence():
         assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
 
 
+def test_square_crops_are_square_and_hold_the_box():
+    """Square reading crops (as the method's crops are cut square) still land anywhere around the box."""
+    it = bench.item("info", "train", 4)
+    b, rng = it.boxes[0], np.random.default_rng(0)
+    crops = [D.crop_around(b, it.image.size, rng, (1.0, 4.0), square=True) for _ in range(60)]
+    for c in crops:
+        assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
+        assert abs((c[2] - c[0]) - (c[3] - c[1])) <= 1
+    assert len({c[:2] for c in crops}) > 30  # offsets vary
+
+
 def test_exact_crops_are_the_oracle_box():
     """Some evidence crops are the box itself, made croppable exactly as the oracle makes it."""
     from egg.method.boxes import clamp_aspect

@@ -76,15 +76,15 @@ class Example:
 
 
 # ---------------------------------------------------------------- crops and examples
-def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0) -> tuple[int, int, int, int]:
-    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect;
-    with probability `exact_p` the box itself, made croppable as the oracle makes it."""
+def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0, square: bool = False):
+    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect (1 if
+    `square`); with probability `exact_p` the box itself, made croppable as the oracle makes it."""
     W, H = image_size
     if exact_p and rng.random() < exact_p:
         return tuple(int(v) for v in clamp_aspect(box, (W, H)))
     bw, bh = box[2] - box[0], box[3] - box[1]
     side = max(bw, bh) * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
-    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
+    aspect = 1.0 if square else float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
     cw, ch = max(bw + 2, side * math.sqrt(aspect)), max(bh + 2, side / math.sqrt(aspect))
     cw, ch = min(cw, W), min(ch, H)
     x0 = rng.uniform(max(0, box[2] - cw), min(box[0], W - cw) + 1e-6)

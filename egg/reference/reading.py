@@ -115,14 +115,15 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
 
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
-                 max_scale: float = 4.0, per_item: int = 2) -> ReadingSet:
-    """`per_item` reading facts per training item, each in a crop 1 to `max_scale` x its object's side."""
+                 max_scale: float = 4.0, per_item: int = 2, square: bool = False) -> ReadingSet:
+    """`per_item` reading facts per training item, each in a crop 1 to `max_scale` x its object's side
+    (`crop_around`: any aspect, or square)."""
     rng = np.random.default_rng(seed)
     images, answers, fams, questions = [], [], [], []
     for fam, it, reads in _facts(families, "train", n, seed, geometry):
         for k in rng.permutation(len(reads))[:per_item]:
             q, a, b = reads[k]
-            images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale)), size))
+            images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale), square=square), size))
             answers.append(a)
             questions.append(q)
             fams.append(fam)
@@ -417,9 +418,10 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", choices=["all", "detail", "attention"], default="all",
                     help="frozen: max-pool every token, or only those on the detail; or attention-pool them")
     ap.add_argument("--max-scale", type=float, default=4.0)
-    ap.add_argument("--train-crops", choices=["centred", "random"], default=None,
+    ap.add_argument("--train-crops", choices=["centred", "random", "square"], default=None,
                     help="centred crops at the test's scales (frozen's default), or random ones 1 to --max-scale x, "
-                         "anywhere around the object and of any aspect, as training draws them (decoder's default)")
+                         "anywhere around the object and of any aspect, as training draws them (decoder's default), "
+                         "or such crops made square")
     ap.add_argument("--lr", type=float, default=2e-4, help="decoder: its learning rate")
     ap.add_argument("--eval-every", type=int, default=500, help="decoder: score the test crops this often")
     ap.add_argument("--projector", action="store_true", help="decoder: train the projector too (LLaVA's stage 2)")
@@ -447,7 +449,7 @@ def main(argv=None) -> None:
             raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
                              "the detail's tokens")
         else:
-            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, **shape)
+            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, square=crops == "square", **shape)
         if a.what == "frozen":
             r = frozen_probe(model, proc, train, test, pool=a.pool)
         else:
