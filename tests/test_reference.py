@@ -82,6 +82,10 @@ def test_square_crops_are_square_and_hold_the_box():
         assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
         assert abs((c[2] - c[0]) - (c[3] - c[1])) <= 1
     assert len({c[:2] for c in crops}) > 30  # offsets vary
+    for c in (D.crop_around(b, it.image.size, rng, (2.0, 4.0), square=True, spread=0.0) for _ in range(20)):
+        # spread 0: centred on the box (to a pixel), unless the image's edge is in the way
+        if 0 < c[0] and 0 < c[1] and c[2] < it.image.size[0] and c[3] < it.image.size[1]:
+            assert abs((c[0] + c[2]) - (b[0] + b[2])) <= 2 and abs((c[1] + c[3]) - (b[1] + b[3])) <= 2
 
 
 def test_exact_crops_are_the_oracle_box():

@@ -18,10 +18,8 @@ import numpy as np
 from PIL import Image
 
 from .. import synthetic as bench
-from ..synthetic.core import Item, rng_for
-from ..synthetic.core import COLOURS
+from ..synthetic.core import COLOURS, Item, rng_for
 from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
-
 from .build import IMAGE_TOKEN, ReferenceConfig, build_processor
 from .detail import detail_box
 
@@ -76,19 +74,21 @@ class Example:
 
 
 # ---------------------------------------------------------------- crops and examples
-def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0, square: bool = False):
-    """A crop containing `box`, side = box side x log-uniform scale, random offset and aspect (1 if
-    `square`); with probability `exact_p` the box itself, made croppable as the oracle makes it."""
+def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0, square: bool = False, spread=1.0):
+    """A crop containing `box`, side = box side x log-uniform scale, random aspect (1 if `square`), and
+    offset: anywhere (`spread` 1) or within `spread` x the room around the box of centring it (0: centred,
+    shifted inside the image). With probability `exact_p` the box itself, made croppable as the oracle does."""
     W, H = image_size
     if exact_p and rng.random() < exact_p:
         return tuple(int(v) for v in clamp_aspect(box, (W, H)))
     bw, bh = box[2] - box[0], box[3] - box[1]
     side = max(bw, bh) * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     aspect = 1.0 if square else float(np.exp(rng.uniform(np.log(0.6), np.log(1.66))))
-    cw, ch = max(bw + 2, side * math.sqrt(aspect)), max(bh + 2, side / math.sqrt(aspect))
-    cw, ch = min(cw, W), min(ch, H)
-    x0 = rng.uniform(max(0, box[2] - cw), min(box[0], W - cw) + 1e-6)
-    y0 = rng.uniform(max(0, box[3] - ch), min(box[1], H - ch) + 1e-6)
+    cw, ch = min(W, max(bw + 2, side * math.sqrt(aspect))), min(H, max(bh + 2, side / math.sqrt(aspect)))
+    room = [(max(0, b1 - c), min(b0, n - c) + 1e-6, (b0 + b1 - c) / 2)  # where the crop's start can be; centred
+            for b0, b1, c, n in ((box[0], box[2], cw, W), (box[1], box[3], ch, H))]
+    x0, y0 = (lo + (hi - lo) * rng.random() if spread >= 1 else
+              min(max(mid + spread * (hi - lo) * (rng.random() - 0.5), lo), hi) for lo, hi, mid in room)
     return int(x0), int(y0), int(min(W, x0 + cw)), int(min(H, y0 + ch))
 
 
