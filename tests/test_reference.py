@@ -850,7 +850,7 @@ def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
     later = set(ours) - set(committed)
     default = json.loads(json.dumps(vars(T.TrainConfig())))
-    assert later <= {"read_min_scale", "read_square"} and all(ours[k] == default[k] for k in later)
+    assert later <= {"read_min_scale", "read_square", "read_spread"} and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
     with pytest.raises(SystemExit, match="llava15-detail"):
@@ -898,3 +898,19 @@ def test_reading_crops_can_start_above_the_tight_crop():
     assert all(t3 < t1 for t1, t3 in zip(tokens[1.0], tokens[3.0]))
     with pytest.raises(ValueError, match="min_scale <= max_scale"):
         D.reading_crops(items[0], np.random.default_rng(0), 1, 336, 2.0, min_scale=3.0)
+
+
+def test_read_square_and_spread_cut_the_reading_stage_crops():
+    """`--read-square 1 --read-spread S` reach the reading crops the training set renders: each is
+    the crop `crop_around` cuts with them, drawn from the same generator."""
+    cfg = T.config_from_args(["--preset", "llava15", "--read-square", "1", "--read-spread", "0.25"])
+    cut = D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))[0][-1][-1]
+    assert cut == {"square": True, "spread": 0.25}
+    it = bench.item("doc", "train", 1, 1, "llava15")
+    exs = D.reading_crops(it, np.random.default_rng(3), 2, 336, 4.0, min_scale=2.0, cut=cut)
+    rng = np.random.default_rng(3)
+    reads = [(q, a, b) for q, a, b in it.facts if D._is_read(a)]
+    for ex, k in zip(exs, rng.permutation(len(reads))[:2]):
+        crop = D.crop_around(reads[k][2], it.image.size, rng, (2.0, 4.0), 0.0, square=True, spread=0.25)
+        assert abs((crop[2] - crop[0]) - (crop[3] - crop[1])) <= 1
+        assert np.array_equal(np.asarray(ex.images)[0], D._resize(it.image, crop, 336))

@@ -54,9 +54,12 @@ class TrainConfig:
     # ... and at least this many times it: run 41's tower held the detail at 3x, its decoder did not
     # read it there (CHANGELOG, stop 50)
     read_min_scale: float = 1.0
-    # 1: the reading crops are square at any offset, as the method's crops and notebook 09's crop3x are cut (a
-    # random aspect, resized to a square, skews the detail: CHANGELOG, stops 51 and 52)
+    # 1: the reading crops are square, as notebook 09's crop3x is cut, not of a random aspect resized to a square
     read_square: int = 0
+    # where the object is in a reading crop: anywhere (1), or within this share of the room around it of
+    # the crop centred on it (0: centred). Fitted on crops anywhere, no reader read a 3x crop centred on the
+    # object as well as one fitted on centred crops did (CHANGELOG, stops 51 and 52).
+    read_spread: float = 1.0
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0

@@ -266,9 +266,9 @@ def full_views(data: list[Example]) -> list[Example]:
 
 
 def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0,
-                  detail: float | None = None, patch: int = 14, min_scale: float = 1.0, square: bool = False):
-    """Crops around evidence, `min_scale` to `max_scale` x its side (square or not), with what they read:
-    the vision tower's warm-up task; with `detail`, each looks at its detail (`detail_box`)."""
+                  detail: float | None = None, patch: int = 14, min_scale: float = 1.0, cut: dict | None = None):
+    """Crops around evidence, `min_scale` to `max_scale` x its side (`cut`: `crop_around`'s square and spread),
+    with what they read: the vision tower's warm-up task; with `detail`, each looks at its detail (`detail_box`)."""
     if not 1.0 <= min_scale <= max_scale:
         raise ValueError(f"reading crops need 1 <= min_scale <= max_scale, got {min_scale} and {max_scale}")
     img, W, H = item.image, *item.image.size
@@ -276,7 +276,7 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        crop = crop_around(b, (W, H), rng, (min_scale, max_scale), EXACT_P if min_scale == 1 else 0.0, square)
+        crop = crop_around(b, (W, H), rng, (min_scale, max_scale), EXACT_P if min_scale == 1 else 0.0, **(cut or {}))
         d = detail_box(item, b) if detail is not None else None
         looks = (look_tokens([d], [crop], size, patch),) if d is not None else ()
         out.append(Example(_resize(img, crop, size)[None], [(q, a)], item.family, "read", looks=looks))
@@ -288,7 +288,7 @@ _COLLATOR = None  # one per rendering process
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
-    family, split, start, n, seed, per_item, model, mix, geometry, (read_min, read_scale, square) = args
+    family, split, start, n, seed, per_item, model, mix, geometry, (read_min, read_scale, cut) = args
     if _COLLATOR is None:
         import torch
 
@@ -303,7 +303,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
         reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0)),
-                                   mix["detail"], model["patch_size"], read_min, bool(square)))
+                                   mix["detail"], model["patch_size"], read_min, cut))
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         ex.colours = pack_colours(ex.images, model["patch_size"])
@@ -314,12 +314,12 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
 
 def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
     """What `render_dataset` renders, chunk by chunk: every setting its result depends on."""
-    chunk = 100
+    chunk, cut = 100, {"square": bool(cfg.read_square), "spread": cfg.read_spread}
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
            "digits": position_digits(cfg.geometry), "looks": cfg.look > 0,
            "detail": bench.GEOMETRIES[cfg.geometry].detail if cfg.look_detail else None}
     return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
-             cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cfg.read_square))
+             cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut))
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
 
 

@@ -123,7 +123,8 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, f
 # The settings the vision warm-up depends on: a run that changes only the decoder's reuses it.
 WARMUP_KEYS = ("seed", "items_per_family", "examples_per_item", "batch_size", "lr", "weight_decay", "aux",
                "vision_steps", "readable_px", "position", "vision_warmup", "window_max", "geometry", "read_pool",
-               "look", "read_scale", "read_min_scale", "read_square", "vision_decay", "init_vision", "warmup_full", "colour_weight")
+               "look", "read_scale", "read_min_scale", "read_square", "read_spread",
+               "vision_decay", "init_vision", "warmup_full", "colour_weight")
 
 
 def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: ReferenceConfig, run, log) -> list[dict]:
