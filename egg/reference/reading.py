@@ -115,18 +115,21 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
 
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
-                 max_scale: float = 4.0, per_item: int = 2, square: bool = False, spread: float = 1.0) -> ReadingSet:
-    """`per_item` reading facts per training item, each in a crop 1 to `max_scale` x its object's side
+                 max_scale: float = 4.0, per_item: int = 2, square: bool = False, spread: float = 1.0,
+                 views: int = 1) -> ReadingSet:
+    """`per_item` reading facts per training item, each in `views` crops 1 to `max_scale` x its object's side
     (`crop_around`: any aspect or square, the object anywhere in it or within `spread` of its middle)."""
     rng = np.random.default_rng(seed)
     images, answers, fams, questions = [], [], [], []
     for fam, it, reads in _facts(families, "train", n, seed, geometry):
         for k in rng.permutation(len(reads))[:per_item]:
             q, a, b = reads[k]
-            images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale), 0.0, square, spread), size))
-            answers.append(a)
-            questions.append(q)
-            fams.append(fam)
+            for _ in range(views):
+                images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale), 0.0, square, spread),
+                                      size))
+                answers.append(a)
+                questions.append(q)
+                fams.append(fam)
     return ReadingSet({0.0: np.stack(images)}, answers, fams, questions)
 
 
@@ -422,6 +425,8 @@ def main(argv=None) -> None:
                     help="centred crops at the test's scales (frozen's default), or random ones 1 to --max-scale x, "
                          "anywhere around the object and of any aspect, as training draws them (decoder's default), "
                          "or such crops made square")
+    ap.add_argument("--views", type=int, default=1, help="random and square crops: each fact in this many crops")
+    ap.add_argument("--per-item", type=int, default=2, help="random and square crops: reading facts per train item")
     ap.add_argument("--spread", type=float, default=1.0,
                     help="random and square crops: the object's offset is drawn from this middle share of the room "
                          "around it (1: anywhere; 0: centred)")
@@ -453,13 +458,13 @@ def main(argv=None) -> None:
                              "the detail's tokens")
         else:
             train = training_set(n=a.train_items or 500, max_scale=a.max_scale, square=crops == "square",
-                                 spread=a.spread, **shape)
+                                 spread=a.spread, views=a.views, per_item=a.per_item, **shape)
         if a.what == "frozen":
             r = frozen_probe(model, proc, train, test, pool=a.pool)
         else:
             r = train_decoder(model, proc, train, test, a.steps, lr=a.lr, eval_every=a.eval_every,
                               projector=a.projector, log=lambda m: print(m, flush=True))
-        r.settings.update(train_crops=crops, spread=a.spread)
+        r.settings.update(train_crops=crops, spread=a.spread, views=a.views, per_item=a.per_item)
         r.settings["model"] = a.model
     else:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
