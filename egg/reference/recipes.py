@@ -64,6 +64,16 @@ RECIPES["llava15-large"] = Recipe(
     ),
 )
 
+# run 39 plus run 44: its stage once more with the reading crops square and centred on the object,
+# 1-4 x its side (stop 52: fitted on such crops, its decoder read a 3x crop best)
+RECIPES["llava15-centred"] = Recipe(
+    start=RECIPES["llava15-detail"].out,
+    out="data/reference-llava15-centred",
+    common=RECIPES["llava15-detail"].common,
+    stages=(("run44", _DETAIL + ("--read-mix", "1", "--read-scale", "4", "--read-square", "1", "--read-spread", "0",
+                                 "--read-steps", "1000", "--max-steps", "1000", "--eval-every", "500")),),
+)
+
 
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:
