@@ -189,6 +189,9 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     assert [c["step"] for c in a.curve] == [0, 2, 4] and a.curve[0]["loss"] is None
     assert [c["accuracy"] for c in a.curve] == [c["accuracy"] for c in b.curve]
     assert set(a.accuracy) == {1.0, 3.0} and a.n == {"text": 3, "vstar": 3} and 0 <= a.train_accuracy <= 100
+    # the last evaluation's answers, item by item, are what its accuracy averages
+    assert a.correct == b.correct and all(len(ok) == 6 for ok in a.correct.values())
+    assert a.accuracy[3.0]["text"] == pytest.approx(100 * np.mean(a.correct[3.0][:3]))
     # fitted on centred crops of several scales (`scale_set`): each crop with its own question
     centred = R.train_decoder(build_model(TINY, proc.tokenizer, 0), proc, test, test, steps=2, batch=4,
                               eval_every=2, log=lambda m: None)

@@ -65,7 +65,8 @@ class ReadingSet:
 class ScaleReading:
     """Probe accuracy (%) per crop scale and family, with the n behind each number; `crowded`: the
     share (%) of those crops that show another object's detail too; `detail_px`: the detail's
-    median longer side there, in input pixels (a patch is 14)."""
+    median longer side there, in input pixels (a patch is 14); `correct[f]`: per test item, in
+    order, whether it was read at scale f (the decoder's last evaluation), for paired comparisons."""
     accuracy: dict[float, dict[str, float]]
     n: dict[str, int]
     crowded: dict[float, dict[str, float]]
@@ -73,6 +74,7 @@ class ScaleReading:
     train_accuracy: float
     curve: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    correct: dict[float, list[bool]] = field(default_factory=dict)
 
 
 def _facts(families, split: str, n: int, seed: int, geometry: str):
@@ -360,7 +362,12 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         model.train()
         return np.array(ok)
 
-    accuracy = lambda: {f: _family_means(test, correct(feats, test_enc)) for f, feats in tests.items()}
+    def accuracy():
+        nonlocal last
+        last = {f: correct(feats, test_enc) for f, feats in tests.items()}
+        return {f: _family_means(test, ok) for f, ok in last.items()}
+
+    last: dict[float, np.ndarray] = {}
 
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith(frozen))
@@ -388,7 +395,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     seen = slice(0, min(len(x), 400))  # the training crops' accuracy, on a share of them
     train_acc = 100 * float(correct(x[seen], enc[seen]).mean())
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
-                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector})
+                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector},
+                        correct={f: ok.tolist() for f, ok in last.items()})
 
 
 def _line(acc: dict[float, dict[str, float]]) -> str:
