@@ -74,7 +74,8 @@ def test_examples_cover_every_kind_and_crop_contains_evidence():
 
 
 def test_square_crops_are_square_and_hold_the_box():
-    """Square reading crops (as the method's crops are cut square) still land anywhere around the box."""
+    """Square reading crops (as notebook 09's crop3x is cut) still land anywhere around the box; with
+    `spread` 0 they are centred on it, and shifted inside the image where its edge is in the way."""
     it = bench.item("info", "train", 4)
     b, rng = it.boxes[0], np.random.default_rng(0)
     crops = [D.crop_around(b, it.image.size, rng, (1.0, 4.0), square=True) for _ in range(60)]
@@ -82,10 +83,13 @@ def test_square_crops_are_square_and_hold_the_box():
         assert c[0] <= b[0] and c[1] <= b[1] and c[2] >= b[2] and c[3] >= b[3]
         assert abs((c[2] - c[0]) - (c[3] - c[1])) <= 1
     assert len({c[:2] for c in crops}) > 30  # offsets vary
-    for c in (D.crop_around(b, it.image.size, rng, (2.0, 4.0), square=True, spread=0.0) for _ in range(20)):
-        # spread 0: centred on the box (to a pixel), unless the image's edge is in the way
-        if 0 < c[0] and 0 < c[1] and c[2] < it.image.size[0] and c[3] < it.image.size[1]:
-            assert abs((c[0] + c[2]) - (b[0] + b[2])) <= 2 and abs((c[1] + c[3]) - (b[1] + b[3])) <= 2
+    box = (300, 200, 340, 230)  # far from every edge of an 800 x 600 image: centred to a pixel
+    for c in (D.crop_around(box, (800, 600), rng, (2.0, 4.0), square=True, spread=0.0) for _ in range(20)):
+        assert abs((c[0] + c[2]) - 640) <= 2 and abs((c[1] + c[3]) - 430) <= 2 and c[2] - c[0] >= 80
+    edge = D.crop_around((5, 200, 45, 240), (800, 600), rng, (4.0, 4.0), square=True, spread=0.0)
+    assert edge[0] == 0 and edge[2] - edge[0] == 160  # shifted inside, its side kept
+    near = [D.crop_around(box, (800, 600), rng, (3.0, 3.0), square=True, spread=0.25) for _ in range(40)]
+    assert max(abs((c[0] + c[2]) / 2 - 320) for c in near) <= 0.25 * 80 / 2 + 1  # within a quarter of the room
 
 
 def test_exact_crops_are_the_oracle_box():

@@ -74,7 +74,7 @@ class Example:
 
 
 # ---------------------------------------------------------------- crops and examples
-def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0, square: bool = False, spread=1.0):
+def crop_around(box, image_size, rng, scale=(1.0, 5.0), exact_p: float = 0.0, square: bool = False, spread: float = 1.0):
     """A crop containing `box`, side = box side x log-uniform scale, random aspect (1 if `square`), and
     offset: anywhere (`spread` 1) or within `spread` x the room around the box of centring it (0: centred,
     shifted inside the image). With probability `exact_p` the box itself, made croppable as the oracle does."""
