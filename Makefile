@@ -24,6 +24,7 @@ help:
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
 	@echo "make train-reference RECIPE=llava15-detail  its five later stages into data/reference-llava15-detail (~90 min on 2 cores)"
 	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~120 min)"
+	@echo "make train-reference RECIPE=llava15-centred run 44 (centred reading crops) from data/reference-llava15-detail (~35 min)"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -58,7 +59,7 @@ nbval: setup
 	$(NBVAL)
 
 # PRESET=llava15: the 24x24 model (egg.reference.config.PRESETS) into data/reference-llava15;
-# RECIPE=llava15-detail or llava15-large: the stages that continue it (egg.reference.recipes), resumable
+# RECIPE=llava15-detail, llava15-large or llava15-centred: the stages that continue it (egg.reference.recipes), resumable
 train-reference: setup
 ifneq ($(RECIPE),)
 	$(PY) -m egg.reference.recipes $(RECIPE)
