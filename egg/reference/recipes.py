@@ -74,6 +74,15 @@ RECIPES["llava15-centred"] = Recipe(
                                  "--read-steps", "1000", "--max-steps", "1000", "--eval-every", "500")),),
 )
 
+# run 41 plus run 45: run 41's stage once more with run 44's centred square reading crops, 1-4 x
+# the object's side (stop 53: at `llava15-large` EGG's first box is about 2.4 x the object's side)
+RECIPES["llava15-large-centred"] = Recipe(
+    start=RECIPES["llava15-large"].out,
+    out="data/reference-llava15-large-centred",
+    common=RECIPES["llava15-detail"].common,
+    stages=(("run45", RECIPES["llava15-centred"].stages[0][1] + ("--geometry", "llava15-large", "--readable-px", "64")),),
+)
+
 
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:
