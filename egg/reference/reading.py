@@ -362,12 +362,9 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         model.train()
         return np.array(ok)
 
-    def accuracy():
-        nonlocal last
-        last = {f: correct(feats, test_enc) for f, feats in tests.items()}
-        return {f: _family_means(test, ok) for f, ok in last.items()}
-
-    last: dict[float, np.ndarray] = {}
+    def accuracy() -> tuple[dict, dict[float, np.ndarray]]:
+        ok = {f: correct(feats, test_enc) for f, feats in tests.items()}
+        return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith(frozen))
@@ -375,7 +372,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
-    acc = accuracy()
+    acc, last = accuracy()
     curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
@@ -389,7 +386,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         sched.step()
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if s % eval_every == 0 or s == steps:
-            acc = accuracy()
+            acc, last = accuracy()
             curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
             log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
     seen = slice(0, min(len(x), 400))  # the training crops' accuracy, on a share of them
