@@ -83,6 +83,16 @@ RECIPES["llava15-large-centred"] = Recipe(
     stages=(("run45", RECIPES["llava15-centred"].stages[0][1] + ("--geometry", "llava15-large", "--readable-px", "64")),),
 )
 
+# run 45, then run 46: its stage once more on items drawn at `llava15-large-d4` (the detail 0.4 x the
+# object's side, as at `llava15`, instead of 0.3: stop 53)
+RECIPES["llava15-large-d4"] = Recipe(
+    start=RECIPES["llava15-large-centred"].start,
+    out="data/reference-llava15-large-d4",
+    common=RECIPES["llava15-detail"].common,
+    stages=RECIPES["llava15-large-centred"].stages + (
+        ("run46", RECIPES["llava15-centred"].stages[0][1] + ("--geometry", "llava15-large-d4", "--readable-px", "64")),),
+)
+
 
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:

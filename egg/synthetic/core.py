@@ -116,6 +116,9 @@ class Geometry:
       the object's side: `tests/test_bench.py`). The paper's region defaults cannot box an object
       of 1-2 cells a side tighter than 18-64x its area (`egg.synthetic.ideal.square_floor`); at 3-4
       cells a side they reach 5.6-9x.
+    - ``llava15-large-d4``: ``llava15-large`` with the detail 0.4 x the object's side, as at
+      ``llava15``: in a crop 3x the object's side the 64-wide tower read details of 50 px (``llava15``)
+      and not of 39 px (``llava15-large``; CHANGELOG, stop 53).
 
     `pope_scale` multiplies pope's objects, so that their shape is seen at the full view.
     """
@@ -141,6 +144,7 @@ GEOMETRIES = {
     "v1": Geometry("v1"),
     "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4, pope_scale=2),
     "llava15-large": Geometry("llava15-large", object_cells=(9.0, 16.0), grid=24, detail=0.3),
+    "llava15-large-d4": Geometry("llava15-large-d4", object_cells=(9.0, 16.0), grid=24, detail=0.4),
 }
 
 
