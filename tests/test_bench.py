@@ -159,6 +159,18 @@ def test_llava15_large_objects_span_three_to_four_cells_a_side(family):
     assert min(loose) >= 20, loose
 
 
+@pytest.mark.parametrize("family", ["text", "vstar", "doc", "info"])
+def test_llava15_large_d4_draws_the_same_objects_with_a_larger_detail(family):
+    """`llava15-large-d4`: `llava15-large`'s objects, with the detail 0.4 x their side: in a crop 3x
+    the object's side about as large as at `llava15` (over 28 px), still under 17 px at the
+    median at the full view."""
+    cells, full, loose = _object_and_detail_sizes(family, "llava15-large-d4")
+    cells_03, full_03, _ = _object_and_detail_sizes(family, "llava15-large")
+    assert cells == cells_03
+    assert all(a >= b for a, b in zip(full, full_03)) and np.median(full) > np.median(full_03), (full, full_03)
+    assert np.median(full) < 17, full
+    assert min(loose) >= 28, loose
+
 def test_llava15_pope_teaches_as_many_no_as_yes():
     """At the full view of a 24x24 grid a shape is visible, so pope's answers can depend on the
     image only if training asks "no" about as often as "yes"."""

@@ -74,23 +74,16 @@ RECIPES["llava15-centred"] = Recipe(
                                  "--read-steps", "1000", "--max-steps", "1000", "--eval-every", "500")),),
 )
 
-# run 41 plus run 45: run 41's stage once more with run 44's centred square reading crops, 1-4 x
-# the object's side (stop 53: at `llava15-large` EGG's first box is about 2.4 x the object's side)
-RECIPES["llava15-large-centred"] = Recipe(
-    start=RECIPES["llava15-large"].out,
-    out="data/reference-llava15-large-centred",
-    common=RECIPES["llava15-detail"].common,
-    stages=(("run45", RECIPES["llava15-centred"].stages[0][1] + ("--geometry", "llava15-large", "--readable-px", "64")),),
-)
-
-# run 45, then run 46: its stage once more on items drawn at `llava15-large-d4` (the detail 0.4 x the
-# object's side, as at `llava15`, instead of 0.3: stop 53)
+# run 41, then run 45 (run 44's centred square reading crops at `llava15-large`; not kept, `--stop-after
+# run45`) and run 46 (the same on items drawn at `llava15-large-d4`, the detail 0.4 x the object's side
+# instead of 0.3); CHANGELOG, stop 53
+_CENTRED = RECIPES["llava15-centred"].stages[0][1]
 RECIPES["llava15-large-d4"] = Recipe(
-    start=RECIPES["llava15-large-centred"].start,
+    start=RECIPES["llava15-large"].out,
     out="data/reference-llava15-large-d4",
     common=RECIPES["llava15-detail"].common,
-    stages=RECIPES["llava15-large-centred"].stages + (
-        ("run46", RECIPES["llava15-centred"].stages[0][1] + ("--geometry", "llava15-large-d4", "--readable-px", "64")),),
+    stages=(("run45", _CENTRED + ("--geometry", "llava15-large", "--readable-px", "64")),
+            ("run46", _CENTRED + ("--geometry", "llava15-large-d4", "--readable-px", "64"))),
 )
 
 
