@@ -126,6 +126,7 @@ def test_the_llava15_large_d4_model_finds_and_boxes_its_evidence():
     assert rows.oracle.mean() - rows.base.mean() >= 0.5 and rows.pointing.mean() >= 0.75
     assert rows.egg_box_ratio.median() <= 10
 
+
 # --------------------------------------------------------------------------- odd inputs
 
 

@@ -171,6 +171,7 @@ def test_llava15_large_d4_draws_the_same_objects_with_a_larger_detail(family):
     assert np.median(full) < 17, full
     assert min(loose) >= 28, loose
 
+
 def test_llava15_pope_teaches_as_many_no_as_yes():
     """At the full view of a 24x24 grid a shape is visible, so pope's answers can depend on the
     image only if training asks "no" about as often as "yes"."""
