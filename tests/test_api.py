@@ -93,14 +93,19 @@ def test_the_llava15_detail_model_reads_an_appended_crop_and_its_map_finds_the_e
     assert rows.pointing.mean() >= 0.4 > 10 * rows.chance.mean()
 
 
+def _val_text_rows(name: str, n: int = 12):
+    """`checks.measure`'s rows, methods included, for the committed model `data/<name>` on `n` val text items."""
+    from egg.synthetic import checks
+    vlm = load_model(REFERENCE_DIR.parent / name)
+    return checks.measure(vlm, families=["text"], n=n, split="val", seed=3, progress=False, methods=True)
+
+
 def test_the_llava15_large_model_reads_a_tight_crop_and_egg_boxes_its_evidence_within_10x():
     """What the README says of `data/reference-llava15-large` (#16), on 8 val text items: the
     evidence crop is read where the full view is not, and EGG's first box, at the paper's
     defaults, covers at most 10x the evidence's area (measured on 500 test items: CHANGELOG,
     stop 48)."""
-    from egg.synthetic import checks
-    vlm = load_model(REFERENCE_DIR.parent / "reference-llava15-large")
-    rows = checks.measure(vlm, families=["text"], n=8, split="val", seed=3, progress=False, methods=True)
+    rows = _val_text_rows("reference-llava15-large", n=8)
     assert len(rows) == 8 and rows.oracle.mean() - rows.base.mean() >= 0.5
     assert rows.egg_box_ratio.median() <= 10
 
@@ -109,9 +114,7 @@ def test_the_llava15_centred_model_reads_a_crop_three_times_the_evidence():
     """What the README says of `data/reference-llava15-centred` (#16, run 44), on 12 val text items: a
     crop 3x the evidence's side, centred on it, is read on most items where the full view is not
     (measured on 100 test items: 76% against 95% for the tight crop; CHANGELOG, stop 52)."""
-    from egg.synthetic import checks
-    vlm = load_model(REFERENCE_DIR.parent / "reference-llava15-centred")
-    rows = checks.measure(vlm, families=["text"], n=12, split="val", seed=3, progress=False, methods=True)
+    rows = _val_text_rows("reference-llava15-centred")
     assert rows.crop3x.mean() >= 2 / 3 and rows.crop3x.mean() - rows.base.mean() >= 0.5
 
 
@@ -120,9 +123,7 @@ def test_the_llava15_large_d4_model_finds_and_boxes_its_evidence():
     items: the evidence crop is read where the full view is not, the map's peak lies in the
     evidence, and EGG's first box covers at most 10x its area (measured on 100 test items per
     family: 95% against 13%, 88%, 6.2x; CHANGELOG, stop 53)."""
-    from egg.synthetic import checks
-    vlm = load_model(REFERENCE_DIR.parent / "reference-llava15-large-d4")
-    rows = checks.measure(vlm, families=["text"], n=12, split="val", seed=3, progress=False, methods=True)
+    rows = _val_text_rows("reference-llava15-large-d4")
     assert rows.oracle.mean() - rows.base.mean() >= 0.5 and rows.pointing.mean() >= 0.75
     assert rows.egg_box_ratio.median() <= 10
 

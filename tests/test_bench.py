@@ -172,6 +172,24 @@ def test_llava15_large_d4_draws_the_same_objects_with_a_larger_detail(family):
     assert min(loose) >= 28, loose
 
 
+def test_llava15_large_pope_draws_pope_objects_seen_at_the_full_view():
+    """`llava15-large-pope`: `llava15-large-d4`'s items, except pope's objects are 1.5x as large,
+    over 45 px a side at the 336-px full view (median about 64), where their shape can be seen."""
+    def shown(geometry):
+        sides = []
+        for it in bench.load("pope", "val", n=30, geometry=geometry):
+            W, H = it.image.size
+            sides += [min((b[2] - b[0]) * 336 / W, (b[3] - b[1]) * 336 / H) for q, a, b in it.facts if a == "yes"]
+        return sides
+
+    large, small = shown("llava15-large-pope"), shown("llava15-large-d4")
+    assert min(large) >= 45 and 55 <= np.median(large) <= 75, np.percentile(large, [0, 50, 100])
+    assert np.median(large) >= 1.3 * np.median(small), (np.median(large), np.median(small))
+    for family in ("text", "vstar", "doc", "info", "rwqa"):
+        a, b = (bench.item(family, "val", 2, 0, g) for g in ("llava15-large-pope", "llava15-large-d4"))
+        assert a.image.tobytes() == b.image.tobytes() and a.facts == b.facts and a.boxes == b.boxes, family
+
+
 def test_llava15_pope_teaches_as_many_no_as_yes():
     """At the full view of a 24x24 grid a shape is visible, so pope's answers can depend on the
     image only if training asks "no" about as often as "yes"."""

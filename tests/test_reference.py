@@ -854,7 +854,7 @@ def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
     later = set(ours) - set(committed)
     default = json.loads(json.dumps(vars(T.TrainConfig())))
-    assert later <= {"read_min_scale", "read_square", "read_spread"} and all(ours[k] == default[k] for k in later)
+    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px"} and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
     with pytest.raises(SystemExit, match="llava15-detail"):
@@ -902,6 +902,28 @@ def test_reading_crops_can_start_above_the_tight_crop():
     assert all(t3 < t1 for t1, t3 in zip(tokens[1.0], tokens[3.0]))
     with pytest.raises(ValueError, match="min_scale <= max_scale"):
         D.reading_crops(items[0], np.random.default_rng(0), 1, 336, 2.0, min_scale=3.0)
+
+
+def test_pope_readable_px_teaches_pope_shapes_at_the_full_view_only():
+    """`--pope-readable-px` changes pope's render jobs alone, and there the shapes are then taught
+    at the full view, where `--readable-px 64` leaves them untaught on objects of 48-83 px."""
+    argv = ["--preset", "llava15", "--geometry", "llava15-large-pope", "--readable-px", "64"]
+    def readable(extra):
+        cfg = T.config_from_args(argv + extra)
+        return {j[0]: j[7]["readable_px"] for j in D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))}
+
+    plain = readable([])
+    assert set(plain.values()) == {64.0}
+    assert readable(["--pope-readable-px", "40"]) == {**plain, "pope": 40.0}
+    untaught = {}
+    for px in (64.0, 40.0):
+        n = 0
+        for i in range(6):
+            it = bench.item("pope", "train", i, 1, "llava15-large-pope")
+            for ex in D.examples_for(it, np.random.default_rng(i), 8, 336, readable_px=px, patch=14):
+                n += sum(ex.turns[k][0].startswith("what shape") for k in ex.untrained if len(ex.images) == 1)
+        untaught[px] = n
+    assert untaught[64.0] > 0 and untaught[40.0] == 0, untaught
 
 
 def test_read_square_and_spread_cut_the_reading_stage_crops():

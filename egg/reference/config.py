@@ -32,6 +32,9 @@ class TrainConfig:
     vision_steps: int = 1500
     curriculum: float = 0.3
     readable_px: float = READABLE_PX  # 0: teach every answer, readable or not
+    # > 0: pope's shapes are taught where shown this large instead (they are whole objects, seen at
+    # the full view, which a model must do to answer pope there)
+    pope_readable_px: float = 0.0
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
     look_detail: int = 0  # 1: a turn that reads a detail looks at it (the panel, not the sign) where it is readable
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)

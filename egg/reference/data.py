@@ -318,8 +318,10 @@ def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
     mix = {"readable_px": cfg.readable_px, "window_max": cfg.window_max, "patch": model.patch_size,
            "digits": position_digits(cfg.geometry), "looks": cfg.look > 0,
            "detail": bench.GEOMETRIES[cfg.geometry].detail if cfg.look_detail else None}
-    return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(), mix,
-             cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut))
+    mixes = {f: {**mix, "readable_px": cfg.pope_readable_px} if f == "pope" and cfg.pope_readable_px > 0 else mix
+             for f in bench.families()}
+    return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(),
+             mixes[f], cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut))
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
 
 

@@ -33,6 +33,7 @@ class Recipe:
 
 
 _DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
+_LARGE = ("--geometry", "llava15-large", "--readable-px", "64")
 
 RECIPES: dict[str, Recipe] = {
     # run 24 (data/reference-llava15-look, committed) -> runs 35a, 36, 37, 38, 39 (CHANGELOG, stops
@@ -60,7 +61,7 @@ RECIPES["llava15-large"] = Recipe(
     out="data/reference-llava15-large",
     common=RECIPES["llava15-detail"].common,
     stages=RECIPES["llava15-detail"].stages + (
-        ("run41", RECIPES["llava15-detail"].stages[-1][1] + ("--geometry", "llava15-large", "--readable-px", "64")),
+        ("run41", RECIPES["llava15-detail"].stages[-1][1] + _LARGE),
     ),
 )
 
@@ -82,7 +83,7 @@ RECIPES["llava15-large-d4"] = Recipe(
     start=RECIPES["llava15-large"].out,
     out="data/reference-llava15-large-d4",
     common=RECIPES["llava15-detail"].common,
-    stages=(("run45", _CENTRED + ("--geometry", "llava15-large", "--readable-px", "64")),
+    stages=(("run45", _CENTRED + _LARGE),
             ("run46", _CENTRED + ("--geometry", "llava15-large-d4", "--readable-px", "64"))),
 )
 

@@ -119,15 +119,19 @@ class Geometry:
     - ``llava15-large-d4``: ``llava15-large`` with the detail 0.4 x the object's side, as at
       ``llava15``: in a crop 3x the object's side the 64-wide tower read details of 50 px (``llava15``)
       and not of 39 px (``llava15-large``; CHANGELOG, stop 53).
+    - ``llava15-large-pope``: ``llava15-large-d4`` with pope's objects 1.5x as large, 4.5-6 cells a
+      side (48-83 px at the full view, where a real POPE object is seen): at 3-4 cells the pope
+      question was answered from the prior, "yes" on 90% of items (CHANGELOG, stop 53). Twice as
+      large, a canvas did not hold its 4-7 objects on 130 of 300 items.
 
-    `pope_scale` multiplies pope's objects, so that their shape is seen at the full view.
+    `pope_scale` multiplies the side of pope's objects, so that their shape is seen at the full view.
     """
 
     name: str
     object_cells: tuple[float, float] | None = None
     grid: int = 24
     detail: float | None = None
-    pope_scale: int = 1
+    pope_scale: float = 1
 
     def object_side(self, rng: np.random.Generator, w: int, h: int, frac: tuple[float, float] | None = None) -> int:
         """Canvas side of a named object: the family's `frac` (v1) or `object_cells` of the grid."""
@@ -145,6 +149,7 @@ GEOMETRIES = {
     "llava15": Geometry("llava15", object_cells=(1.0, 4.0), grid=24, detail=0.4, pope_scale=2),
     "llava15-large": Geometry("llava15-large", object_cells=(9.0, 16.0), grid=24, detail=0.3),
     "llava15-large-d4": Geometry("llava15-large-d4", object_cells=(9.0, 16.0), grid=24, detail=0.4),
+    "llava15-large-pope": Geometry("llava15-large-pope", object_cells=(9.0, 16.0), grid=24, detail=0.4, pope_scale=1.5),
 }
 
 

@@ -31,7 +31,7 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     d = ImageDraw.Draw(img)
     taken, objs = [], []
     for _ in range(int(rng.integers(4, 8))):
-        s = geo.object_side(rng, w, h, FRAC) * geo.pope_scale
+        s = int(round(geo.object_side(rng, w, h, FRAC) * geo.pope_scale))
         box = place(rng, w, h, s, s, taken)
         c, t = pick(rng, list(COLOURS)), pick(rng, SHAPES)
         draw_shape(d, t, box, COLOURS[c])
