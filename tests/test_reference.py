@@ -854,7 +854,7 @@ def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
     later = set(ours) - set(committed)
     default = json.loads(json.dumps(vars(T.TrainConfig())))
-    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px"} and all(ours[k] == default[k] for k in later)
+    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own"} and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
     with pytest.raises(SystemExit, match="llava15-detail"):
@@ -926,11 +926,31 @@ def test_pope_readable_px_teaches_pope_shapes_at_the_full_view_only():
     assert untaught[64.0] > 0 and untaught[40.0] == 0, untaught
 
 
+def test_read_own_asks_a_multiple_choice_item_its_own_question_on_its_evidence():
+    """With `--read-own 1`, a reading crop of a single-evidence vstar item's ring asks the item's
+    multiple-choice question (taught its option text); the other rings' crops, and every crop
+    without the flag, ask the fact. The crops themselves are the same."""
+    cfg = T.config_from_args(["--preset", "llava15", "--read-own", "1"])
+    assert {j[-1][3] for j in D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))} == {True}
+    asked = {True: [], False: []}
+    for i in range(12):
+        it = bench.item("vstar", "train", i, 1, "llava15-large-d4")
+        for own in (True, False):
+            exs = D.reading_crops(it, np.random.default_rng(i), 3, 336, 4.0, own=own)
+            asked[own] += [(it, ex.turns[0], np.asarray(ex.images).tobytes()) for ex in exs]
+    assert [x[2] for x in asked[True]] == [x[2] for x in asked[False]]
+    mc = [(it, t) for it, t, _ in asked[True] if t[0] == it.question]
+    assert mc and all(not it.multi_evidence and t[1] == it.meta["truth"] for it, t in mc)
+    assert len(mc) == sum(t[0] == f"what shape is in the {it.meta['key']} ring ?" for it, t, _ in asked[False]
+                          if not it.multi_evidence)
+    assert not any(t[0] == it.question for it, t, _ in asked[False])
+
+
 def test_read_square_and_spread_cut_the_reading_stage_crops():
     """`--read-square 1 --read-spread S` reach the reading crops the training set renders: each is
     the crop `crop_around` cuts with them, drawn from the same generator."""
     cfg = T.config_from_args(["--preset", "llava15", "--read-square", "1", "--read-spread", "0.25"])
-    cut = D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))[0][-1][-1]
+    cut = D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))[0][-1][2]
     assert cut == {"square": True, "spread": 0.25}
     it = bench.item("doc", "train", 1, 1, "llava15")
     exs = D.reading_crops(it, np.random.default_rng(3), 2, 336, 4.0, min_scale=2.0, cut=cut)

@@ -63,6 +63,7 @@ class TrainConfig:
     # the crop centred on it (0: centred). Fitted on crops anywhere, no reader read a 3x crop centred on the
     # object as well as one fitted on centred crops did (CHANGELOG, stops 51 and 52).
     read_spread: float = 1.0
+    read_own: int = 0  # 1: a reading crop of a multiple-choice item's evidence asks its own question (`reading_crops`)
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0
