@@ -88,6 +88,20 @@ RECIPES["llava15-large-d4"] = Recipe(
 )
 
 
+# run 46, then run 47 (its stage with the object anywhere within a quarter of the room around it in
+# a reading crop, as EGG's boxes hold it) and run 48 (the same on `llava15-large-pope` items, pope's
+# shapes taught at the full view, vstar's reading crops asking its own question); CHANGELOG, stop 54
+_SPREAD = tuple("0.25" if i and _CENTRED[i - 1] == "--read-spread" else x for i, x in enumerate(_CENTRED))
+RECIPES["llava15-large-pope"] = Recipe(
+    start=RECIPES["llava15-large-d4"].out,
+    out="data/reference-llava15-large-pope",
+    common=RECIPES["llava15-detail"].common,
+    stages=(("run47", _SPREAD + ("--geometry", "llava15-large-d4", "--readable-px", "64")),
+            ("run48", _SPREAD + ("--geometry", "llava15-large-pope", "--readable-px", "64", "--pope-readable-px", "40",
+                                 "--read-own", "1"))),
+)
+
+
 def recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise SystemExit(f"no recipe {name!r}; the recipes are {sorted(RECIPES)}")
