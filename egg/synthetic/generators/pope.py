@@ -32,7 +32,12 @@ def generate(rng, geo: Geometry = GEOMETRIES["v1"]) -> Item:
     taken, objs = [], []
     for _ in range(int(rng.integers(4, 8))):
         s = int(round(geo.object_side(rng, w, h, FRAC) * geo.pope_scale))
-        box = place(rng, w, h, s, s, taken)
+        try:
+            box = place(rng, w, h, s, s, taken)
+        except RuntimeError:
+            if len(objs) < 3:  # large objects (`pope_scale`) on a narrow canvas: fewer of them, never under 3
+                raise
+            break
         c, t = pick(rng, list(COLOURS)), pick(rng, SHAPES)
         draw_shape(d, t, box, COLOURS[c])
         objs.append((c, t, box))
