@@ -26,6 +26,7 @@ help:
 	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~120 min)"
 	@echo "make train-reference RECIPE=llava15-centred run 44 (centred reading crops) from data/reference-llava15-detail (~35 min)"
 	@echo "make train-reference RECIPE=llava15-large-d4 runs 45, 46 (centred reading, llava15-large-d4 items) from data/reference-llava15-large (~55 min)"
+	@echo "make train-reference RECIPE=llava15-large-pope runs 47, 48 (off-centre reading, larger pope objects) from data/reference-llava15-large-d4 (~55 min)"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -60,7 +61,7 @@ nbval: setup
 	$(NBVAL)
 
 # PRESET=llava15: the 24x24 model (egg.reference.config.PRESETS) into data/reference-llava15;
-# RECIPE=llava15-detail, llava15-large, llava15-centred or llava15-large-d4: the stages that continue it (egg.reference.recipes), resumable
+# RECIPE=llava15-detail, llava15-large, llava15-centred, llava15-large-d4 or llava15-large-pope: the stages that continue it (egg.reference.recipes), resumable
 train-reference: setup
 ifneq ($(RECIPE),)
 	$(PY) -m egg.reference.recipes $(RECIPE)

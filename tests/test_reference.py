@@ -840,7 +840,8 @@ def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsew
 
 # --------------------------------------------------------------------------- recipes
 
-@pytest.mark.parametrize("name", ["llava15-detail", "llava15-large", "llava15-centred", "llava15-large-d4"])
+@pytest.mark.parametrize("name", ["llava15-detail", "llava15-large", "llava15-centred", "llava15-large-d4",
+                                  "llava15-large-pope"])
 def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     """Its last stage's settings are those in the committed model's training log (only the paths
     and the resume flag differ; a setting added after it was trained is at its default, the
