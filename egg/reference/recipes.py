@@ -79,12 +79,13 @@ RECIPES["llava15-centred"] = Recipe(
 # run45`) and run 46 (the same on items drawn at `llava15-large-d4`, the detail 0.4 x the object's side
 # instead of 0.3); CHANGELOG, stop 53
 _CENTRED = RECIPES["llava15-centred"].stages[0][1]
+_D4 = ("--geometry", "llava15-large-d4", "--readable-px", "64")
 RECIPES["llava15-large-d4"] = Recipe(
     start=RECIPES["llava15-large"].out,
     out="data/reference-llava15-large-d4",
     common=RECIPES["llava15-detail"].common,
     stages=(("run45", _CENTRED + _LARGE),
-            ("run46", _CENTRED + ("--geometry", "llava15-large-d4", "--readable-px", "64"))),
+            ("run46", _CENTRED + _D4)),
 )
 
 
@@ -96,7 +97,7 @@ RECIPES["llava15-large-pope"] = Recipe(
     start=RECIPES["llava15-large-d4"].out,
     out="data/reference-llava15-large-pope",
     common=RECIPES["llava15-detail"].common,
-    stages=(("run47", _SPREAD + ("--geometry", "llava15-large-d4", "--readable-px", "64")),
+    stages=(("run47", _SPREAD + _D4),
             ("run48", _SPREAD + ("--geometry", "llava15-large-pope", "--readable-px", "64", "--pope-readable-px", "40",
                                  "--read-own", "1"))),
 )
