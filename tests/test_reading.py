@@ -70,7 +70,8 @@ def test_a_frozen_probe_fits_its_training_crops(sets):
     located = R.frozen_probe(model, proc, test, test, steps=300, pool="detail")
     assert located.settings["pool"] == "detail" and located.train_accuracy == 100.0
     # pooled over the detail's tokens: the largest of each feature there, not over the whole crop
-    from egg.reference.data import Collator, visual_tokens
+    from egg.reference.build import visual_tokens
+    from egg.reference.data import Collator
 
     col, ims, mask = Collator(proc), test.images[3.0], test.detail_tokens[3.0]
     with torch.no_grad():

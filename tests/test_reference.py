@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from egg import bench
+from egg.reference import build
 from egg.reference import data as D
 from egg.reference import train as T
 from egg.reference.detail import detail_box
@@ -644,7 +645,7 @@ def test_the_colour_probe_finds_the_colours_the_shipped_model_sees():
 
 
 def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_processor):
-    """`colour_probe(layer=...)` reads `data.tower_tokens`: at the last layer, projected, they must be
+    """`colour_probe(layer=...)` reads `build.tower_tokens`: at the last layer, projected, they must be
     the decoder's visual tokens exactly, and a layer the tower does not have is refused by name."""
     from transformers import LlavaForConditionalGeneration
 
@@ -656,14 +657,14 @@ def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_pro
     pixels = D.Collator(ref_processor).pixels(np.random.default_rng(0).integers(0, 256, (2, S, S, 3), dtype=np.uint8))
     depth = model.config.vision_config.num_hidden_layers
     with torch.no_grad():
-        last = D.tower_tokens(model, pixels, depth)
-        torch.testing.assert_close(model.model.multi_modal_projector(last), D.visual_tokens(model, pixels))
-        assert not torch.allclose(D.tower_tokens(model, pixels, 0), last)
+        last = build.tower_tokens(model, pixels, depth)
+        torch.testing.assert_close(model.model.multi_modal_projector(last), build.visual_tokens(model, pixels))
+        assert not torch.allclose(build.tower_tokens(model, pixels, 0), last)
     for bad in (-1, depth + 1):
         with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
             colour_probe(model, ref_processor, "v1", layer=bad)
         with pytest.raises(ValueError, match=f"layer must be 0..{depth}"):
-            D.tower_tokens(model, pixels, bad)
+            build.tower_tokens(model, pixels, bad)
 
 
 def test_the_reading_stage_mixes_in_full_views_only_when_asked():

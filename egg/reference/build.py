@@ -186,3 +186,27 @@ def standardise_projector(model, pixel_values) -> tuple[float, float]:
         lin.weight.div_(sd)
         lin.bias.sub_(lin.weight @ mu)
     return float(mu.norm()), float(sd.mean())
+
+
+def visual_tokens(model, pixel_values):
+    """The projector's output, (n_images, tokens, dim): what the decoder reads for each image."""
+    import torch
+
+    feats = model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def check_tower_layer(model, layer: int) -> int:
+    """`layer`, refused by name unless the tower has it (0: the patch embeddings): read from the config,
+    so a caller can check before rendering anything."""
+    depth = model.config.vision_config.num_hidden_layers
+    if not 0 <= layer <= depth:
+        raise ValueError(f"layer must be 0..{depth} (the tower's layers), got {layer!r}")
+    return layer
+
+
+def tower_tokens(model, pixel_values, layer: int):
+    """The vision tower's patch tokens after `layer` of its layers (0: the patch embeddings), its class
+    token dropped: at the tower's last layer, what the projector turns into `visual_tokens`."""
+    layer = check_tower_layer(model, layer)
+    return model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:]

@@ -456,30 +456,6 @@ class Collator:
 KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
 
 
-def visual_tokens(model, pixel_values):
-    """The projector's output, (n_images, tokens, dim): what the decoder reads for each image."""
-    import torch
-
-    feats = model.model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
-    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
-
-
-def check_tower_layer(model, layer: int) -> int:
-    """`layer`, refused by name unless the tower has it (0: the patch embeddings): read from the config,
-    so a caller can check before rendering anything."""
-    depth = model.config.vision_config.num_hidden_layers
-    if not 0 <= layer <= depth:
-        raise ValueError(f"layer must be 0..{depth} (the tower's layers), got {layer!r}")
-    return layer
-
-
-def tower_tokens(model, pixel_values, layer: int):
-    """The vision tower's patch tokens after `layer` of its layers (0: the patch embeddings), its class
-    token dropped: at the tower's last layer, what the projector turns into `visual_tokens`."""
-    layer = check_tower_layer(model, layer)
-    return model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[layer][:, 1:]
-
-
 def patch_colour_pixels(images: np.ndarray, patch: int, tol: int = 60) -> np.ndarray:
     """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) int: pixels of each key colour in each patch."""
     import torch

@@ -69,13 +69,14 @@ def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "ful
     fitted on two thirds of the images to the warm-up's targets (`data.patch_colours`: 2 pixels of
     the colour make a patch positive), scored on the rest, over all positives and over the patches
     that the colour fills to at least `strong` (an object's body, not its edge). `layer` probes the
-    tower's tokens after that many layers instead of the projector's output (`data.tower_tokens`):
+    tower's tokens after that many layers instead of the projector's output (`build.tower_tokens`):
     where along the way a colour is lost.
 
     Why: a decoder can bind "the blue sign" only to tokens that say blue (CHANGELOG, stop 39)."""
     import torch
 
-    from .data import check_tower_layer, crop_around, patch_colour_pixels, tower_tokens, visual_tokens
+    from .build import check_tower_layer, tower_tokens, visual_tokens
+    from .data import crop_around, patch_colour_pixels
 
     if view not in ("full", "crop"):
         raise ValueError(f"view must be 'full' or 'crop', got {view!r}")

@@ -40,7 +40,8 @@ from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor
 from .detail import detail_box
-from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side, tower_tokens, visual_tokens
+from .build import tower_tokens, visual_tokens
+from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read

@@ -58,7 +58,8 @@ from .build import ReferenceConfig, build_model, build_processor, standardise_pr
 from .checkpoint import cached_render, load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .config import TrainConfig, config_from_args
 from .evaluation import eval_line, quick_eval
-from .data import Collator, Example, batches, cpu_seconds, full_views, visual_tokens
+from .build import visual_tokens
+from .data import Collator, Example, batches, cpu_seconds, full_views
 from .look import attention_rows, capturing, look_loss, register
 from .probes import AuxHeads
 
