@@ -20,13 +20,13 @@ help:
 	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
-	@echo "make train-reference                 retrain the reference VLM into data/reference (1400 decoder steps, ~37 min on 2 cores)"
+	@echo "make train-reference                 retrain the embedded 24x24 model's last two stages (runs 47, 48) from data/reference-llava15-large-d4 into data/reference-llava15-large-pope (~55 min)"
+	@echo "make train-reference RECIPE=v1       retrain the first testbed's 8x8 model into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
 	@echo "make train-reference RECIPE=llava15-detail  its five later stages into data/reference-llava15-detail (~90 min on 2 cores)"
 	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~120 min)"
 	@echo "make train-reference RECIPE=llava15-centred run 44 (centred reading crops) from data/reference-llava15-detail (~35 min)"
 	@echo "make train-reference RECIPE=llava15-large-d4 runs 45, 46 (centred reading, llava15-large-d4 items) from data/reference-llava15-large (~55 min)"
-	@echo "make train-reference RECIPE=llava15-large-pope runs 47, 48 (off-centre reading, larger pope objects) from data/reference-llava15-large-d4 (~55 min)"
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
@@ -61,12 +61,15 @@ nbval: setup
 	$(NBVAL)
 
 # PRESET=llava15: the 24x24 model (egg.reference.config.PRESETS) into data/reference-llava15;
-# RECIPE=llava15-detail, llava15-large, llava15-centred, llava15-large-d4 or llava15-large-pope: the stages that continue it (egg.reference.recipes), resumable
+# RECIPE=llava15-detail, llava15-large, llava15-centred, llava15-large-d4 or llava15-large-pope (the default): the stages
+# that continue it (egg.reference.recipes), resumable; RECIPE=v1: the first testbed's 8x8 model into data/reference
 train-reference: setup
-ifneq ($(RECIPE),)
-	$(PY) -m egg.reference.recipes $(RECIPE)
+ifneq ($(PRESET),)
+	$(PY) -m egg.reference.train --preset $(PRESET) --out data/reference-$(PRESET)
+else ifeq ($(RECIPE),v1)
+	$(PY) -m egg.reference.train --out data/reference
 else
-	$(PY) -m egg.reference.train $(if $(PRESET),--preset $(PRESET) --out data/reference-$(PRESET),--out data/reference)
+	$(PY) -m egg.reference.recipes $(or $(RECIPE),llava15-large-pope)
 endif
 
 # the README's run times are tested against docs/timings.json (egg.timings)

@@ -1,7 +1,7 @@
 """egg: Entropy-Gradient Grounding for vision-language models.
 
 >>> import egg
->>> vlm = egg.load_model()                      # the embedded reference VLM (data/reference)
+>>> vlm = egg.load_model()                      # the embedded reference VLM (data/reference-llava15-large-pope)
 >>> item = egg.bench.load("text", n=1)[0]
 >>> g = egg.ground(vlm, item.image, item.question)
 >>> g.answer, g.boxes

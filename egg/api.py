@@ -28,9 +28,14 @@ from .method import checks
 from .method.result import Grounding, Iteration
 from .method.zoom import ground
 
-#: Where ``load_model()`` looks for the embedded reference model (save_pretrained of the
-#: model and its processor), relative to the package: <repo>/data/reference.
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
+#: The committed models (save_pretrained of each model and its processor): <repo>/data.
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+#: Where ``load_model()`` looks for the embedded reference model: the 24x24 one at LLaVA-1.5's
+#: geometry (issue #16, run 48), which ``make train-reference`` retrains.
+REFERENCE_DIR = DATA_DIR / "reference-llava15-large-pope"
+#: The first testbed's 8x8 model (96 px input, benchmark geometry v1), kept beside it:
+#: ``make train-reference RECIPE=v1`` retrains it.
+REFERENCE_V1_DIR = DATA_DIR / "reference"
 
 
 def _offline() -> bool:
@@ -138,7 +143,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
     """Load a VLM (model + processor + adapter), in eval mode with frozen parameters.
 
     path_or_id: None = the embedded reference model at ``REFERENCE_DIR``
-        (<repo>/data/reference); a local directory written by ``save_pretrained``; or a
+        (<repo>/data/reference-llava15-large-pope, 24x24 tokens per image); a local directory written by ``save_pretrained``; or a
         Hugging Face Hub id (e.g. "llava-hf/llava-1.5-7b-hf"), taken from the local
         cache, downloaded only when the Hub is reachable and not disabled (HF_HUB_OFFLINE).
     device: "cpu", "cuda", ... (None: cuda if available, else cpu).
@@ -172,7 +177,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
         if not REFERENCE_DIR.is_dir():
             raise FileNotFoundError(
                 f"the reference model is not at {str(REFERENCE_DIR)!r}. Train it with "
-                "`python -m egg.reference.train` (it saves there), or pass load_model(path_or_id=...) "
+                "`make train-reference` (it saves there), or pass load_model(path_or_id=...) "
                 "a local checkpoint directory or a Hugging Face model id."
             )
         return _load_local(REFERENCE_DIR, device, dtype, **extra)

@@ -18,7 +18,7 @@ Exit status 0 on success, 1 on failure, 2 when a requirement is missing.
 
 Needs: the pip packages ``playwright`` (Python package only; never ``playwright install``),
 ``jupyterlab``, ``ipywidgets`` (with ``jupyterlab_widgets``); the Debian package ``chromium``.
-Model: ``--model`` (default: the embedded reference at data/reference when it exists, else
+Model: ``--model`` (default: the embedded reference (egg.api.REFERENCE_DIR) when it exists, else
 ``data/reference.placeholder``) is written into the copy's parameters cell.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 def default_model() -> str | None:
-    ref = ROOT / "data" / "reference"
+    from egg.api import REFERENCE_DIR as ref
     if (ref / "config.json").is_file():
         return None
     placeholder = ROOT / "data" / "reference.placeholder"
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--notebook", default=str(ROOT / "notebooks" / "07_explorer.ipynb"))
     ap.add_argument("--model", default="auto", help="model path for the copy's parameters cell "
-                    "('auto': data/reference if trained, else data/reference.placeholder; 'none': leave it)")
+                    "('auto': the embedded reference if trained, else data/reference.placeholder; 'none': leave it)")
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--out", default=str(ROOT / "figures"), help="where the screenshots go")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds for running the cells / the redraw")

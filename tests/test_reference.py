@@ -628,12 +628,12 @@ def test_the_colour_probe_finds_the_colours_the_shipped_model_sees():
     patches there (measured 76% recall, 89% precision); a random tower gives the probe far less."""
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    from egg.api import REFERENCE_DIR
+    from egg.api import REFERENCE_V1_DIR
     from egg.reference.build import ReferenceConfig, build_model
     from egg.reference.evaluation import colour_probe
 
-    model = LlavaForConditionalGeneration.from_pretrained(REFERENCE_DIR)
-    processor = LlavaProcessor.from_pretrained(REFERENCE_DIR)
+    model = LlavaForConditionalGeneration.from_pretrained(REFERENCE_V1_DIR)
+    processor = LlavaProcessor.from_pretrained(REFERENCE_V1_DIR)
     seen = colour_probe(model, processor, "v1", n=90, view="full", steps=500)
     assert seen["view"] == "full" and seen["n_images"] == 30 and seen["positive_patches"] > 100
     assert seen["recall"] > 0.6 and seen["precision"] > 0.7
@@ -649,10 +649,10 @@ def test_the_tower_tokens_at_its_last_layer_are_what_the_projector_reads(ref_pro
     the decoder's visual tokens exactly, and a layer the tower does not have is refused by name."""
     from transformers import LlavaForConditionalGeneration
 
-    from egg.api import REFERENCE_DIR
+    from egg.api import REFERENCE_V1_DIR
     from egg.reference.evaluation import colour_probe
 
-    model = LlavaForConditionalGeneration.from_pretrained(REFERENCE_DIR)
+    model = LlavaForConditionalGeneration.from_pretrained(REFERENCE_V1_DIR)
     S = ref_processor.image_processor.size["height"]
     pixels = D.Collator(ref_processor).pixels(np.random.default_rng(0).integers(0, 256, (2, S, S, 3), dtype=np.uint8))
     depth = model.config.vision_config.num_hidden_layers

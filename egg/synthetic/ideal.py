@@ -16,10 +16,10 @@ import pandas as pd
 
 from ..adapters import as_adapter
 from ..adapters.records import EmbeddingCache
-from ..method.boxes import box_area, clamp_aspect, pixels_to_grid_box
+from ..method.boxes import box_area, box_center, box_intersection, clamp_aspect, pixels_to_grid_box
 from ..method.regions import extract_regions, smooth
 from ..method.stopping import spatial_entropy
-from ..method.zoom import answer_with_crops, propose_regions
+from ..method.zoom import answer_with_crops, ground, propose_regions
 from . import DETAIL_FAMILIES, core, families as all_families, load, score
 from .checks import gap_recovered
 
@@ -93,6 +93,38 @@ def ideal_answers(vlm, items) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def first_zoom_reading(vlm, items) -> pd.DataFrame:
+    """EGG's first zoom taken apart, per single-evidence item: the score of `ground`'s answer
+    (`egg`), of the full view with its state-0 boxes appended (`boxes`), with only the first
+    (`first`), with that box moved so the evidence is at its centre, same width and height
+    (`centred`), and with the perfect map's boxes (`perfect`); and the first box's area over
+    the evidence's (`ratio`), whether it holds the whole evidence (`holds`), and how far its
+    centre is from the evidence's, in box sides (`offset`, the box's geometric-mean side).
+    Where `centred` reads and `first` does not, the map found the evidence and the reader lost it."""
+    adapter = as_adapter(vlm)
+    rows = []
+    for it in items:
+        if len(it.boxes) != 1:
+            continue
+        ev = tuple(it.boxes[0])
+        cache = EmbeddingCache()
+        ask = lambda boxes: score(it.family, answer_with_crops(adapter, it.image, it.question, boxes, cache=cache), it)
+        g = ground(adapter, it.image, it.question)
+        boxes = g.trace[0].boxes
+        first = boxes[0]
+        (cx, cy), (w, h) = box_center(ev), (first[2] - first[0], first[3] - first[1])
+        centred = clamp_aspect((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), it.image.size,
+                               min_side=adapter.min_crop_side)
+        side = float(np.sqrt(box_area(first)))
+        rows.append({"family": it.family, "n_boxes": len(boxes), "egg": score(it.family, g.answer, it),
+                     "boxes": ask(boxes), "first": ask([first]), "centred": ask([centred]),
+                     "perfect": ask(perfect_proposals(adapter, it, cache=cache)[1]["evidence"][1]),
+                     "ratio": box_area(first) / box_area(ev),
+                     "holds": box_area(box_intersection(first, ev)) >= box_area(ev) * (1 - 1e-9),
+                     "offset": float(np.hypot(*np.subtract(box_center(first), (cx, cy)))) / side})
+    return pd.DataFrame(rows)
+
+
 def answer_ceiling(vlm, families=None, n: int = 100, split: str = "test", seed: int = 0,
                    geometry: str | None = None, n_boot: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`ideal_answers` on the detail families' items: accuracy (%) per family, and per perfect
@@ -144,4 +176,5 @@ def square_floor(sides=(1, 1.5, 2, 3, 4, 6), grid: tuple[int, int] = (24, 24), t
     return pd.DataFrame(out)
 
 
-__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "perfect_proposals", "ideal_regions", "ideal_answers", "answer_ceiling", "region_floor", "square_floor"]
+__all__ = ["IDEAL_MAPS", "evidence_map", "peak_map", "perfect_proposals", "ideal_regions", "ideal_answers",
+           "first_zoom_reading", "answer_ceiling", "region_floor", "square_floor"]
