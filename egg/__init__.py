@@ -2,7 +2,7 @@
 
 >>> import egg
 >>> vlm = egg.load_model()                      # the embedded reference VLM (data/reference-llava15-large-pope)
->>> item = egg.bench.load("text", n=1)[0]
+>>> item = egg.bench.load("text", n=1, geometry=egg.bench.geometry_for(vlm))[0]  # items drawn for its grid
 >>> g = egg.ground(vlm, item.image, item.question)
 >>> g.answer, g.boxes
 """

@@ -143,9 +143,10 @@ def load_model(path_or_id: str | os.PathLike | None = None, device: str | None =
     """Load a VLM (model + processor + adapter), in eval mode with frozen parameters.
 
     path_or_id: None = the embedded reference model at ``REFERENCE_DIR``
-        (<repo>/data/reference-llava15-large-pope, 24x24 tokens per image); a local directory written by ``save_pretrained``; or a
-        Hugging Face Hub id (e.g. "llava-hf/llava-1.5-7b-hf"), taken from the local
-        cache, downloaded only when the Hub is reachable and not disabled (HF_HUB_OFFLINE).
+        (<repo>/data/reference-llava15-large-pope, 24x24 tokens per image); a local
+        directory written by ``save_pretrained``; or a Hugging Face Hub id (e.g.
+        "llava-hf/llava-1.5-7b-hf"), taken from the local cache, downloaded only when the Hub
+        is reachable and not disabled (HF_HUB_OFFLINE).
     device: "cpu", "cuda", ... (None: cuda if available, else cpu).
     dtype: torch dtype or name (None: float32 on cpu, bfloat16 on a GPU).
     attn_implementation: passed to ``from_pretrained`` ("sdpa" is transformers' default where

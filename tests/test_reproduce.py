@@ -50,6 +50,30 @@ def test_save_figure_keeps_the_files_of_the_same_figure(tmp_path):
     assert _save(tmp_path, 0.15) != first
 
 
+def test_what_a_notebook_shows_after_save_figure_does_not_depend_on_the_files_on_disk(tmp_path):
+    """A constrained layout moves a little with every draw (the notebook's own picture is one
+    more), so `save_figure` draws every format whether it writes it or not: run 48's quickstart
+    figure came out otherwise on a second `make reproduce`, its files already there."""
+    from egg.figures.base import figure_png
+
+    def shown():
+        fig, ax = plt.subplots(1, 4, figsize=(14.4, 3.8), layout="constrained",
+                               gridspec_kw={"width_ratios": [1.4, 1.4, 1, 1]})
+        for a in ax:
+            a.imshow(np.linspace(0, 1, 1200).reshape(30, 40))
+            a.set_title("what letter is on the\nyellow sign ?")
+            a.axis("off")
+        fig.suptitle("crops the answer used", x=0.99, ha="right", fontsize=8)
+        save_figure(fig, "layout", tmp_path, dpi=100)
+        png = figure_png(fig, 100, bbox_inches="tight")
+        plt.close(fig)
+        return png
+
+    assert not (tmp_path / "layout.pdf").exists()
+    first = shown()  # writes both files
+    assert shown() == first  # finds them unchanged, writes nothing, and shows the same picture
+
+
 def _notebook(text: str, png: bytes) -> dict:
     out = {"output_type": "display_data", "metadata": {},
            "data": {"text/plain": [text], "image/png": base64.b64encode(png).decode() + "\n"}}

@@ -66,18 +66,26 @@ def save_figure(fig, name: str, out_dir: str | os.PathLike = "figures", formats:
     written = []
     for fmt in formats:
         path = d / f"{name}.{fmt}"
+        # Every format is drawn on every call, written or not: a constrained layout moves a little with
+        # each draw, so what the notebook shows after this call must not depend on what was on disk.
+        data = png if fmt == "png" else figure_bytes(fig, fmt, dpi, bbox_inches="tight")
         if not (unchanged and path.exists()):
-            if fmt == "png":
-                path.write_bytes(png)
-            else:
-                meta = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None} if fmt == "pdf" else None
-                fig.savefig(path, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
+            path.write_bytes(data)
         written.append(display_path(path))
     return written
 
 
+#: What a file would record of when and by what it was written, per format (left out).
+_NO_STAMP = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}}
+
+
+def figure_bytes(fig, fmt: str = "png", dpi: int = 80, **savefig) -> bytes:
+    """The figure as a file's bytes, without a date or software stamp: equal figures give equal bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=_NO_STAMP.get(fmt), **savefig)
+    return buf.getvalue()
+
+
 def figure_png(fig, dpi: int = 80, **savefig) -> bytes:
     """The figure as PNG bytes (no software tag: equal figures give equal bytes)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **savefig)
-    return buf.getvalue()
+    return figure_bytes(fig, "png", dpi, **savefig)
