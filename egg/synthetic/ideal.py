@@ -21,7 +21,7 @@ from ..method.regions import extract_regions, smooth
 from ..method.stopping import spatial_entropy
 from ..method.zoom import answer_with_crops, ground, propose_regions
 from . import DETAIL_FAMILIES, core, families as all_families, load, score
-from .checks import gap_recovered
+from .checks import centred_crop, gap_recovered
 
 #: the two perfect maps: each cell's covered share of the evidence, and its single best cell
 IDEAL_MAPS = ("evidence", "peak")
@@ -112,8 +112,7 @@ def first_zoom_reading(vlm, items) -> pd.DataFrame:
         g = ground(adapter, it.image, it.question)
         boxes = g.trace[0].boxes
         first = boxes[0]
-        (cx, cy), (w, h) = box_center(ev), (first[2] - first[0], first[3] - first[1])
-        centred = clamp_aspect((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), it.image.size,
+        centred = clamp_aspect(centred_crop(ev, first[2] - first[0], first[3] - first[1]), it.image.size,
                                min_side=adapter.min_crop_side)
         side = float(np.sqrt(box_area(first)))
         rows.append({"family": it.family, "n_boxes": len(boxes), "egg": score(it.family, g.answer, it),
@@ -121,7 +120,7 @@ def first_zoom_reading(vlm, items) -> pd.DataFrame:
                      "perfect": ask(perfect_proposals(adapter, it, cache=cache)[1]["evidence"][1]),
                      "ratio": box_area(first) / box_area(ev),
                      "holds": box_area(box_intersection(first, ev)) >= box_area(ev) * (1 - 1e-9),
-                     "offset": float(np.hypot(*np.subtract(box_center(first), (cx, cy)))) / side})
+                     "offset": float(np.hypot(*np.subtract(box_center(first), box_center(ev)))) / side})
     return pd.DataFrame(rows)
 
 
