@@ -856,7 +856,8 @@ def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
     paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
     later = set(ours) - set(committed)
     default = json.loads(json.dumps(vars(T.TrainConfig())))
-    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own"} and all(ours[k] == default[k] for k in later)
+    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
+                     "read_pair"} and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
     with pytest.raises(SystemExit, match="llava15-detail"):

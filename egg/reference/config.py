@@ -64,6 +64,9 @@ class TrainConfig:
     # object as well as one fitted on centred crops did (CHANGELOG, stops 51 and 52).
     read_spread: float = 1.0
     read_own: int = 0  # 1: a reading crop of a multiple-choice item's evidence asks its own question (`reading_crops`)
+    # share of reading crops that come as EGG appends them: the full view, then the evidence's crop and
+    # another object's, in random order (run 49: a second crop misled the reader of off-centre crops)
+    read_pair: float = 0.0
     # share of each reading-stage batch that is full-view conversations (with the look loss): read
     # alone, run 26's crops undid run 24's binding (CHANGELOG, stop 43)
     read_full: float = 0.0

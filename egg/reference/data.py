@@ -267,12 +267,14 @@ def full_views(data: list[Example]) -> list[Example]:
 
 def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0,
                   detail: float | None = None, patch: int = 14, min_scale: float = 1.0, cut: dict | None = None,
-                  own: bool = False):
+                  own: bool = False, pair: float = 0.0):
     """Crops around evidence, `min_scale` to `max_scale` x its side (`cut`: `crop_around`'s square and spread),
     with what they read: the vision tower's warm-up task; with `detail`, each looks at its detail (`detail_box`).
     With `own`, a crop of a multiple-choice item's one evidence box asks the item's own question instead of the
     fact: run 46 read vstar's fact off the tight crop beside the full view on 43 of 48 items, and answered the
-    same question with its options on 13 (CHANGELOG, stop 54)."""
+    same question with its options on 13 (CHANGELOG, stop 54). With `pair`, that share of them come
+    as EGG asks: the full view, then the crop and one as wide around another object (a random crop
+    where there is none), in random order (kind "read_pair")."""
     if not 1.0 <= min_scale <= max_scale:
         raise ValueError(f"reading crops need 1 <= min_scale <= max_scale, got {min_scale} and {max_scale}")
     img, W, H = item.image, *item.image.size
@@ -284,8 +286,14 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
             q, a = item.question, target_answer(item)
         crop = crop_around(b, (W, H), rng, (min_scale, max_scale), EXACT_P if min_scale == 1 else 0.0, **(cut or {}))
         d = detail_box(item, b) if detail is not None else None
-        looks = (look_tokens([d], [crop], size, patch),) if d is not None else ()
-        out.append(Example(_resize(img, crop, size)[None], [(q, a)], item.family, "read", looks=looks))
+        views, kind = [crop], "read"
+        if pair and rng.random() < pair:  # consumes nothing without `pair`: earlier recipes render as before
+            others = [o for o, _ in item.meta.get("details", []) if tuple(o) != tuple(b)]
+            other = (crop_around(others[int(rng.integers(len(others)))], (W, H), rng, (min_scale, max_scale),
+                                 **(cut or {})) if others else random_crop((W, H), rng))
+            views, kind = [(0, 0, W, H)] + [(crop, other)[i] for i in rng.permutation(2)], "read_pair"
+        looks = (look_tokens([d], views, size, patch),) if d is not None else ()
+        out.append(Example(np.stack([_resize(img, v, size) for v in views]), [(q, a)], item.family, kind, looks=looks))
     return out
 
 
@@ -294,7 +302,7 @@ _COLLATOR = None  # one per rendering process
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
     global _COLLATOR
-    family, split, start, n, seed, per_item, model, mix, geometry, (read_min, read_scale, cut, own) = args
+    family, split, start, n, seed, per_item, model, mix, geometry, (read_min, read_scale, cut, own, pair) = args
     if _COLLATOR is None:
         import torch
 
@@ -309,7 +317,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         rng = rng_for(family + "/train-mix", split, i, seed)
         out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
         reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0)),
-                                   mix["detail"], model["patch_size"], read_min, cut, own))
+                                   mix["detail"], model["patch_size"], read_min, cut, own, pair))
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         ex.colours = pack_colours(ex.images, model["patch_size"])
@@ -327,7 +335,7 @@ def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
     mixes = {f: {**mix, "readable_px": cfg.pope_readable_px} if f == "pope" and cfg.pope_readable_px > 0 else mix
              for f in bench.families()}
     return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(),
-             mixes[f], cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut, bool(cfg.read_own)))
+             mixes[f], cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut, bool(cfg.read_own), cfg.read_pair))
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
 
 

@@ -285,10 +285,11 @@ def train(cfg: TrainConfig) -> Path:
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     full = full_views(data)
+    single = [r for r in reads if r.kind == "read"]  # the tower warms up on crops alone (not `read_pair`)
     warm = aux is not None and cfg.vision_steps > 0 and not cfg.init
     if warm:  # from scratch, or continuing `init_vision`'s tower
         record["vision_warmup"] = cached_warmup(model, aux, work, cfg, mcfg,
-                                                lambda: pretrain_vision(model, aux, reads, col, cfg, log, full), log)
+                                                lambda: pretrain_vision(model, aux, single, col, cfg, log, full), log)
     if cfg.init:
         record["continues"] = before["config"]
     if cfg.init_vision:
@@ -299,7 +300,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.train_only:  # e.g. the decoder's query/key projections: where it attends, not what it reads
         params = only_matching(model, cfg.train_only) + (aux.parameters() if aux else [])
     if cfg.freeze_vision and not cfg.init and (warm or not cfg.init_vision):  # a saved one is standardised
-        shift, spread = standardise_projector(model, col(reads[:64])["pixel_values"].to(cfg.device))
+        shift, spread = standardise_projector(model, col(single[:64])["pixel_values"].to(cfg.device))
         log(f"projector standardised on the frozen tower's features (offset {shift:.1f}, spread {spread:.2f})")
     rng = np.random.default_rng(cfg.seed)
     # Stages: optionally the reading crops alone (one image each); then single-question conversations
@@ -308,7 +309,8 @@ def train(cfg: TrainConfig) -> Path:
     crops = plan[0][0] if plan else reads
     if cfg.read_steps:
         share = f"{cfg.read_full:.0%} of its batches" if cfg.read_alternate else f"{n_full} of each batch's {cfg.batch_size}"
-        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, one image each"
+        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, {len(reads) - len(single)} of them"
+            " beside the full view and another crop"
             + (f", {share} {'mixture' if cfg.read_mix else 'full-view'} conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
