@@ -17,7 +17,7 @@ RECIPE ?=
 .PHONY: setup reproduce test test-fast nbval train-reference check-browser timings clean help
 
 help:
-	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1]  run the notebooks with papermill, write figures/, tables to results/"
+	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1] [JOBS=1]  run the notebooks with papermill (JOBS at once), write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
 	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
 	@echo "make train-reference                 retrain the embedded 24x24 model's last two stages (runs 47, 48) from data/reference-llava15-large-d4 into data/reference-llava15-large-pope (~55 min)"
@@ -43,12 +43,13 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 reproduce: setup
-	$(PY) -m egg.reproduce $(if $(N),--n $(N)) $(if $(ONLY),--only $(ONLY)) $(if $(RESUME),--resume) --out $(OUT)
+	$(PY) -m egg.reproduce $(if $(N),--n $(N)) $(if $(ONLY),--only $(ONLY)) $(if $(RESUME),--resume) $(if $(JOBS),--jobs $(JOBS)) --out $(OUT)
 
-# nbval runs on one thread: make reproduce writes the committed outputs with all cores, so
-# every test run also checks that another reduction order (a stand-in for another CPU)
-# reproduces them; discrete choices break near-ties with a tolerance (egg.regions.TIE_RTOL).
-NBVAL := OMP_NUM_THREADS=1 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -p no:cacheprovider
+# nbval runs on two threads: make reproduce writes the committed outputs one thread per kernel
+# (egg.reproduce's lanes), so every test run also checks that another reduction order (a
+# stand-in for another CPU) reproduces them; discrete choices break near-ties with a
+# tolerance (egg.regions.TIE_RTOL).
+NBVAL := OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -p no:cacheprovider
 
 test: setup
 	$(PY) -m pytest tests

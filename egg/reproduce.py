@@ -6,8 +6,14 @@ durations are stripped, and a notebook whose outputs match the committed ones un
 nbval's sanitising rules (`notebooks/sanitize.cfg`) is left byte-for-byte as it was. So
 `git status` stays clean after a rerun that reproduced the committed results. With other
 parameters (`--n`, `--model`, ...) notebooks, figures and tables all go under `--out`,
-leaving the committed ones untouched. A notebook that fails stops the run and names
+leaving the committed ones untouched. A notebook that fails stops its lane and names
 itself; the ones already executed stay written.
+
+On the CPU the notebooks run in lanes, one per core (`--jobs`), each kernel on one thread:
+this small model's passes gain little from a second thread (`make test`'s one-thread nbval
+took 1070 s where `make reproduce` on two took 1239 s, CHANGELOG stop 56), and two notebooks
+at once use both cores fully. The notebooks of the shared run (`SHARED_RUN`) stay in one lane,
+in order; the cost notebook (`TIMED`) runs after the others, alone, with every core.
 """
 from __future__ import annotations
 
@@ -30,6 +36,37 @@ NOTEBOOKS = ROOT / "notebooks"
 SANITIZE = NOTEBOOKS / "sanitize.cfg"
 #: Metadata that records when and where a notebook ran, not what it shows.
 VOLATILE_METADATA = ("papermill", "execution")
+
+
+#: Notebooks that read one shared run (results/records.jsonl, written by the first): one lane, in order.
+SHARED_RUN = ("02", "03", "04", "05", "06")
+#: Notebooks that measure time: they run after the others, alone on the machine.
+TIMED = ("08",)
+#: About how many seconds each notebook took on 2 cores (stop 55's `make timings`; unlisted: 10):
+#: only to balance the lanes.
+COST = {"02": 151, "03": 8, "04": 144, "05": 138, "06": 35, "08": 42, "09": 686}
+
+
+def lanes(nbs: list[Path], jobs: int) -> list[list[Path]]:
+    """`nbs` but `TIMED` split into at most `jobs` lanes to run at once, each in notebook order:
+    the shared run's notebooks together, the costliest groups first onto the least loaded lane."""
+    groups: list[list[Path]] = []
+    shared: list[Path] = []
+    for nb in nbs:
+        key = nb.name[:2]
+        if key in TIMED:
+            continue
+        if key in SHARED_RUN:
+            if not shared:
+                groups.append(shared)
+            shared.append(nb)
+        else:
+            groups.append([nb])
+    cost = lambda nb_list: sum(COST.get(nb.name[:2], 10) for nb in nb_list)
+    out: list[list[Path]] = [[] for _ in range(max(1, int(jobs)))]
+    for g in sorted(groups, key=cost, reverse=True):
+        min(out, key=cost).extend(g)
+    return [sorted(lane) for lane in out if lane]
 
 
 def notebooks(only: str | None = None) -> list[Path]:
@@ -121,8 +158,8 @@ def write_back(executed: Path, committed: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _echo(log: Path, every: float = 2.0):
-    """While the block runs, print each line added to ``log``, indented and timed."""
+def _echo(log: Path, every: float = 2.0, prefix: str = ""):
+    """While the block runs, print each line added to ``log``, indented, timed and after ``prefix``."""
     stop, t0 = threading.Event(), time.time()
 
     def tail():
@@ -136,7 +173,7 @@ def _echo(log: Path, every: float = 2.0):
                     pos = f.tell()
             *lines, rest = rest.split("\n")  # a line still being written waits for its newline
             for line in lines:
-                print(f"    {time.time() - t0:5.0f}s  {line}", flush=True)
+                print(f"    {prefix}{time.time() - t0:5.0f}s  {line}", flush=True)
             if done:
                 return
 
@@ -149,7 +186,38 @@ def _echo(log: Path, every: float = 2.0):
         th.join()
 
 
+def run_lane(nbs: list[Path], total: dict[str, int], params: dict, out: Path, threads: int | None,
+             label: str = "") -> str | None:
+    """Execute ``nbs`` in order, each kernel on ``threads`` torch threads (None: as inherited);
+    returns the name of the notebook that failed, else None. `total` numbers them in the whole run."""
+    import papermill as pm
+
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernels inherit it
+    log = (out / f"progress{label}.log").resolve()
+    os.environ[PROGRESS_ENV] = str(log)  # the kernels write their phases there (egg.outputs.progress_line)
+    for nb in nbs:
+        t0, tag = time.time(), f"[{total[nb.name]}/{len(total)}] {nb.name}"
+        print(f"{tag} ...", flush=True)
+        target = out / nb.name
+        log.write_text("")
+        try:
+            with _echo(log, prefix=f"{nb.name[:2]} " if label else ""):
+                pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(ROOT), progress_bar=False,
+                                    kernel_name="python3")
+        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+            print(f"FAILED: {nb.name}: {e}", file=sys.stderr, flush=True)
+            return nb.name
+        note = ""
+        if not params:
+            note = ", notebook updated" if write_back(target, nb) else ", outputs unchanged"
+        print(f"{tag} done in {time.time() - t0:.0f}s{note}", flush=True)
+    return None
+
+
 def main(argv=None) -> int:
+    from .threads import available_cores, default_threads
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="items per family (papermill parameter n)")
     ap.add_argument("--model", default=None, help="model path or hub id (papermill parameter model)")
@@ -160,14 +228,14 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="reuse results/records.jsonl from an interrupted run (default: start afresh, so "
                          "records computed by older code are never mixed in)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="notebooks run at once, each kernel on cores/jobs threads (default: one per core on "
+                         "the CPU, 1 with --device: the lanes would share one accelerator's memory)")
     a = ap.parse_args(argv)
+    if a.jobs is not None and a.jobs < 1:
+        raise SystemExit(f"--jobs must be 1 or more, got {a.jobs}")
+    jobs = a.jobs or (1 if a.device not in (None, "cpu") else available_cores())
 
-    import papermill as pm
-
-    from .threads import default_threads
-
-    # the kernels inherit this: torch in each notebook uses the cores this run may use
-    os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
     params = {k: v for k, v in {"n": a.n, "model": a.model, "device": a.device}.items() if v is not None}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,24 +249,29 @@ def main(argv=None) -> int:
     if records.exists() and not a.resume:
         records.unlink()
     t_all = time.time()
-    log = (out / "progress.log").resolve()
-    os.environ[PROGRESS_ENV] = str(log)  # the kernels write their phases there (egg.outputs.progress_line)
-    for i, nb in enumerate(nbs, 1):
-        t0 = time.time()
-        print(f"[{i}/{len(nbs)}] {nb.name} ...", flush=True)
-        target = out / nb.name
-        log.write_text("")
-        try:
-            with _echo(log):
-                pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(ROOT), progress_bar=False,
-                                    kernel_name="python3")
-        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-            print(f"FAILED: {nb.name}: {e}", file=sys.stderr)
-            return 1
-        note = ""
-        if not params:
-            note = ", notebook updated" if write_back(target, nb) else ", outputs unchanged"
-        print(f"[{i}/{len(nbs)}] {nb.name} done in {time.time() - t0:.0f}s{note}", flush=True)
+    total = {nb.name: i for i, nb in enumerate(nbs, 1)}
+    plan = lanes(nbs, jobs)
+    failed: list[str] = []
+    if len(plan) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        threads = default_threads(len(plan))
+        print(f"{len(nbs)} notebooks in {len(plan)} lanes of {threads} thread(s): "
+              + " | ".join(",".join(nb.name[:2] for nb in lane) for lane in plan), flush=True)
+        with ProcessPoolExecutor(len(plan), mp_context=get_context("spawn")) as pool:
+            done = [pool.submit(run_lane, lane, total, params, out, threads, f"-{k}") for k, lane in enumerate(plan)]
+            failed = [f.result() for f in done]
+    # from here on one lane: the kernels inherit this, torch in each uses the cores this run may use
+    os.environ.setdefault("OMP_NUM_THREADS", str(default_threads()))
+    if len(plan) == 1:
+        failed = [run_lane(plan[0], total, params, out, None)]
+    if not any(failed):
+        failed.append(run_lane([nb for nb in nbs if nb.name[:2] in TIMED], total, params, out, None))
+    failed = [f for f in failed if f]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}; the notebooks that finished are written", file=sys.stderr)
+        return 1
     where = f"figures in {out}/figures" if params else "figures in figures/"
     print(f"all {len(nbs)} notebooks in {time.time() - t_all:.0f}s; executed copies in {out}/, {where}")
     return 0

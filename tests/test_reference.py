@@ -963,3 +963,29 @@ def test_read_square_and_spread_cut_the_reading_stage_crops():
         crop = D.crop_around(reads[k][2], it.image.size, rng, (2.0, 4.0), 0.0, square=True, spread=0.25)
         assert abs((crop[2] - crop[0]) - (crop[3] - crop[1])) <= 1
         assert np.array_equal(np.asarray(ex.images)[0], D._resize(it.image, crop, 336))
+
+
+def test_read_pair_sets_the_reading_crop_beside_the_full_view_and_another_objects_crop():
+    """`--read-pair 1`: every reading crop comes as EGG appends crops, the full view first, then the
+    evidence's crop and one around another object in random order, looking at the detail; 0 renders
+    exactly what it did before the option existed."""
+    cfg = T.config_from_args(["--preset", "llava15", "--read-pair", "0.5"])
+    assert D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))[0][-1][-1] == 0.5
+    items = [bench.item(f, "train", i, 1, "llava15-large") for f in ("text", "doc") for i in range(3)]
+    plain = [ex for it in items for ex in D.reading_crops(it, np.random.default_rng(5), 2, 336, 4.0, detail=0.3)]
+    off = [ex for it in items for ex in D.reading_crops(it, np.random.default_rng(5), 2, 336, 4.0, detail=0.3,
+                                                        pair=0.0)]
+    assert all(np.array_equal(np.asarray(a.images), np.asarray(b.images)) for a, b in zip(plain, off))
+    paired = [ex for it in items for ex in D.reading_crops(it, np.random.default_rng(5), 2, 336, 4.0, detail=0.3,
+                                                           pair=1.0)]
+    assert len(paired) == len(plain) and {ex.kind for ex in paired} == {"read_pair"}
+    g = 24 * 24
+    for it, ex, p in zip([it for it in items for _ in range(2)], paired, plain):
+        ims = np.asarray(ex.images)
+        assert ims.shape == (3, 336, 336, 3) and ex.turns == p.turns
+        assert np.array_equal(ims[0], D._resize(it.image, (0, 0, *it.image.size), 336))
+        assert not np.array_equal(ims[1], ims[2])
+        assert {t // g for t in ex.looks[0]} & {1, 2}  # the detail is looked at in its crop
+    for ex, p in list(zip(paired, plain))[::2]:  # each item's first crop is drawn before the pairing
+        ims = np.asarray(ex.images)
+        assert any(np.array_equal(ims[k], np.asarray(p.images)[0]) for k in (1, 2))

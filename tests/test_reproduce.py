@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from egg.figures.base import save_figure, same_picture  # noqa: E402
 from egg.reproduce import same_notebook, write_back  # noqa: E402
@@ -112,3 +113,37 @@ def test_pictures_are_compared_before_the_sanitisers_touch_their_base64():
     old = _notebook("<Figure>", _noise_png(seed, 0.0))
     assert same_notebook(old, _notebook("<Figure>", _noise_png(seed, 2 / 255)))
     assert not same_notebook(old, _notebook("<Figure>", _noise_png(seed, 0.15)))
+
+
+def test_lanes_keep_the_shared_run_together_in_order_and_leave_the_timed_notebook_out():
+    from egg.reproduce import SHARED_RUN, TIMED, lanes, notebooks
+
+    nbs = notebooks()
+    two = lanes(nbs, 2)
+    assert len(two) == 2
+    flat = [nb for lane in two for nb in lane]
+    assert sorted(flat) == [nb for nb in nbs if nb.name[:2] not in TIMED]  # each once, the timed one after
+    shared = [lane for lane in two if any(nb.name[:2] in SHARED_RUN for nb in lane)]
+    assert len(shared) == 1
+    keys = [nb.name[:2] for nb in shared[0] if nb.name[:2] in SHARED_RUN]
+    assert keys == sorted(keys) == [nb.name[:2] for nb in nbs if nb.name[:2] in SHARED_RUN]
+    assert any(nb.name.startswith("09") for nb in two[0]) != any(nb.name.startswith("09") for nb in two[1])
+    assert lanes(nbs, 1) == [[nb for nb in nbs if nb.name[:2] not in TIMED]]
+    assert lanes(nbs[:1], 4) == [nbs[:1]]  # no empty lanes
+
+
+@pytest.mark.slow
+def test_two_lanes_run_their_notebooks_at_once_and_a_failure_is_reported(tmp_path, capsys):
+    """The real papermill run, two kernels at once: executed copies under --out; a bad model fails
+    both lanes, and the run says which notebooks failed."""
+    from egg.api import REFERENCE_DIR
+    from egg.reproduce import main
+
+    assert main(["--only", "00,07", "--jobs", "2", "--model", str(REFERENCE_DIR), "--out", str(tmp_path / "ok")]) == 0
+    said = capsys.readouterr().out
+    assert "2 notebooks in 2 lanes of 1 thread(s)" in said
+    assert (tmp_path / "ok" / "00_quickstart.ipynb").exists() and (tmp_path / "ok" / "07_explorer.ipynb").exists()
+    assert main(["--only", "00,07", "--jobs", "2", "--model", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED: 00_quickstart.ipynb, 07_explorer.ipynb" in err

@@ -92,7 +92,8 @@ RECIPES["llava15-large-d4"] = Recipe(
 # run 46, then run 47 (its stage with the object anywhere within a quarter of the room around it in
 # a reading crop, as EGG's boxes hold it) and run 48 (the same on `llava15-large-pope` items, pope's
 # shapes taught at the full view, vstar's reading crops asking its own question); CHANGELOG, stop 54
-_SPREAD = tuple("0.25" if i and _CENTRED[i - 1] == "--read-spread" else x for i, x in enumerate(_CENTRED))
+_SPREAD = _DETAIL + ("--read-mix", "1", "--read-scale", "4", "--read-square", "1", "--read-spread", "0.25",
+                     "--read-steps", "1000", "--max-steps", "1000", "--eval-every", "500")
 RECIPES["llava15-large-pope"] = Recipe(
     start=RECIPES["llava15-large-d4"].out,
     out="data/reference-llava15-large-pope",
