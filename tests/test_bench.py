@@ -264,3 +264,36 @@ def test_items_follow_the_geometry_the_model_was_trained_on(ref_dir, tmp_path):
     (d / "config.json").write_text(json.dumps({**cfg, "egg_geometry": "llava-1.5"}))
     with pytest.raises(ValueError, match="llava15"):
         bench.geometry_for(egg.load_model(str(d)))
+
+
+def test_load_draws_an_item_once_and_hands_out_copies(monkeypatch):
+    """A second `load` of the same items restores them from `KEEP_BYTES`' store: the same pixels,
+    question and facts, in objects of their own (changing one changes no other); past the
+    byte budget the oldest are drawn again."""
+    import egg.synthetic as S
+
+    monkeypatch.setattr(S, "_kept", type(S._kept)())
+    monkeypatch.setattr(S, "_kept_bytes", [0])
+    drawn = []
+    real = S.item
+    monkeypatch.setattr(S, "item", lambda *a, **k: drawn.append(a[:3]) or real(*a, **k))
+    a = S.load("doc", "val", 3, seed=2, geometry="llava15")
+    b = S.load("doc", "val", 3, seed=2, geometry=S.GEOMETRIES["llava15"])  # the same geometry, by value
+    assert len(drawn) == 3
+    fresh = [real("doc", "val", i, 2, "llava15") for i in range(3)]
+    for x, y, z in zip(a, b, fresh):
+        assert x is not y and x.image is not y.image
+        assert x.image.tobytes() == y.image.tobytes() == z.image.tobytes()
+        assert (x.question, x.answers, x.boxes, x.facts, x.meta) == (y.question, y.answers, y.boxes, y.facts, y.meta)
+        assert (y.question, y.answers, y.boxes, y.facts, y.meta) == (z.question, z.answers, z.boxes, z.facts, z.meta)
+    b[0].meta["touched"] = True
+    b[0].boxes.append((0, 0, 1, 1))
+    c = S.load("doc", "val", 1, seed=2, geometry="llava15")[0]
+    assert "touched" not in c.meta and c.boxes == fresh[0].boxes
+    monkeypatch.setattr(S, "KEEP_BYTES", 1)  # room for one item: the newest
+    S.load("doc", "val", 3, seed=3, geometry="llava15")
+    assert len(drawn) == 6 and len(S._kept) == 1
+    S.load("doc", "val", 1, seed=3, start=2, geometry="llava15")  # the newest: kept
+    assert len(drawn) == 6
+    S.load("doc", "val", 1, seed=3, geometry="llava15")  # dropped: drawn again
+    assert len(drawn) == 7
