@@ -309,8 +309,9 @@ def train(cfg: TrainConfig) -> Path:
     crops = plan[0][0] if plan else reads
     if cfg.read_steps:
         share = f"{cfg.read_full:.0%} of its batches" if cfg.read_alternate else f"{n_full} of each batch's {cfg.batch_size}"
-        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops, {len(reads) - len(single)} of them"
-            " beside the full view and another crop"
+        paired = len(reads) - len(single)
+        log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops"
+            + (f", {paired} of them beside the full view and another crop" if paired else ", one image each")
             + (f", {share} {'mixture' if cfg.read_mix else 'full-view'} conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:

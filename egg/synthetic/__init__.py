@@ -53,7 +53,7 @@ def item(family: str, split: str = "test", index: int = 0, seed: int = 0, geomet
 
 #: Bytes of compressed pixels `load` keeps of the items it drew, the oldest dropped first (0: none).
 #: Notebook 09 draws its 2100 items twice (the testbed, then the perfect maps) at about 31 ms each;
-#: a kept one is restored in about 4 ms from about 60 KB (flat colours compress some 50x).
+#: a kept one is restored in about 5 ms from about 60 KB (flat colours compress some 50x).
 KEEP_BYTES = 256 * 2**20
 _kept: OrderedDict = OrderedDict()  # key -> (the item without its image, mode, size, zlib'd pixels)
 _kept_bytes = [0]
