@@ -223,9 +223,8 @@ def _quantile_labels(x, labels):
     """`labels` by rank quantile of `x`, ties broken by order; fewer items than labels (qcut cannot
     split them) take the first labels, in rank order."""
     r = x.rank(method="first")
-    if len(x) < len(labels):
-        return r.map(lambda k: labels[int(k) - 1])
-    return pd.qcut(r, len(labels), labels=labels).astype(str)
+    few = len(x) < len(labels)
+    return r.map(lambda k: labels[int(k) - 1]) if few else pd.qcut(r, len(labels), labels=labels).astype(str)
 
 
 def by_evidence_size(df, bins: int = 3):
