@@ -14,7 +14,9 @@ this small model's passes gain little from a second thread (`make test`'s one-th
 took 1070 s where `make reproduce` on two took 1239 s). Two lanes each run 1.5-1.9x slower
 than one notebook alone on both cores, and still finish sooner: 1149 s against 1239 (CHANGELOG,
 stop 56). The notebooks of the shared run (`SHARED_RUN`) stay in one lane, in order; the cost
-notebook (`TIMED`) runs after the others, alone, with every core.
+notebook (`TIMED`) runs after the others, alone, with every core. A lane sets its kernel's
+`OMP_NUM_THREADS` to its share of the cores (one of two) whatever the caller's; a user's own
+`OMP_NUM_THREADS` holds only for notebooks run one at a time (`--jobs 1`) and the cost notebook.
 """
 from __future__ import annotations
 

@@ -272,8 +272,7 @@ def test_load_draws_an_item_once_and_hands_out_copies(monkeypatch):
     byte budget the oldest are drawn again."""
     import egg.synthetic as S
 
-    monkeypatch.setattr(S, "_kept", type(S._kept)())
-    monkeypatch.setattr(S, "_kept_bytes", [0])
+    monkeypatch.setattr(S, "_kept", S._Kept())
     drawn = []
     real = S.item
     monkeypatch.setattr(S, "item", lambda *a, **k: drawn.append(a[:3]) or real(*a, **k))

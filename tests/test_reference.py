@@ -471,6 +471,17 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
         T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), **kw))
     assert (tmp_path / "b" / "train_cache" / "resume.pt").is_file()
     monkeypatch.setattr(T, "quick_eval", real_eval)
+    # --stop-step 2 of the same 4-step schedule: step 2's weights, as the interrupted run kept them, saved as finished
+    stopped = T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), stop_step=2, **kw))
+    record = json.loads((stopped / "training_log.json").read_text())
+    assert record["finished"] and record["steps"] == 2 and "stopped at step 2/4" in (stopped.parent / "train_cache" / "train.log").read_text()
+    kept = torch.load(tmp_path / "b" / "train_cache" / "resume.pt", weights_only=False)
+    assert kept["step"] == 2
+    from transformers import LlavaForConditionalGeneration
+    w = LlavaForConditionalGeneration.from_pretrained(stopped).state_dict()
+    assert w.keys() == kept["model"].keys() and all(torch.equal(w[k], kept["model"][k]) for k in w)
+    with pytest.raises(SystemExit, match="--stop-step 5: this run plans 4"):
+        T.train(T.TrainConfig(out=str(tmp_path / "d" / "ref"), stop_step=5, **kw))
     resumed = T.train(T.TrainConfig(out=str(tmp_path / "b" / "ref"), resume=1, **kw))
     log = (tmp_path / "b" / "train_cache" / "train.log").read_text()
     assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
@@ -841,27 +852,48 @@ def test_a_turn_looks_at_the_detail_where_it_is_readable_and_at_the_object_elsew
 
 # --------------------------------------------------------------------------- recipes
 
+def _trained_with(cfg, committed: dict, stop_step: int = 0) -> None:
+    """`cfg` has the settings of a committed training log's `committed` config: only the paths
+    and the resume flag differ, and a setting added after it was trained is at its default (the
+    behaviour it was trained with), `stop_step` excepted: the step it was saved at."""
+    ours = json.loads(json.dumps(vars(cfg)))  # tuples as the log's lists
+    paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
+    later = set(ours) - set(committed)
+    default = {**json.loads(json.dumps(vars(T.TrainConfig()))), "stop_step": stop_step}
+    assert later <= {"look_detail", "read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
+                     "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step"}
+    assert "stop_step" in later and all(ours[k] == default[k] for k in later)
+    assert ({k: v for k, v in ours.items() if k not in paths | later}
+            == {k: v for k, v in committed.items() if k not in paths})
+
+
 @pytest.mark.parametrize("name", ["llava15-detail", "llava15-large", "llava15-centred", "llava15-large-d4",
                                   "llava15-large-pope"])
 def test_a_recipe_is_how_its_committed_24x24_model_was_trained(name):
-    """Its last stage's settings are those in the committed model's training log (only the paths
-    and the resume flag differ; a setting added after it was trained is at its default, the
-    behaviour it was trained with), and each stage continues the one before."""
+    """Its last stage's settings are those in the committed model's training log, and each stage
+    continues the one before."""
     from egg.reference import recipes
     r = recipes.recipe(name)
     stages = recipes.stage_configs(r, "w")
     assert [c.init for _, c in stages] == [r.start] + [c.out for _, c in stages[:-1]]
-    committed = json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())["config"]
-    ours = json.loads(json.dumps(vars(stages[-1][1])))  # tuples as the log's lists
-    paths = {"out", "init", "resume", "max_minutes"}  # max_minutes: unused with max_steps
-    later = set(ours) - set(committed)
-    default = json.loads(json.dumps(vars(T.TrainConfig())))
-    assert later <= {"read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
-                     "read_pair"} and all(ours[k] == default[k] for k in later)
-    assert ({k: v for k, v in ours.items() if k not in paths | later}
-            == {k: v for k, v in committed.items() if k not in paths})
+    _trained_with(stages[-1][1], json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())["config"])
     with pytest.raises(SystemExit, match="llava15-detail"):
         recipes.recipe("llava15-details")
+
+
+def test_the_from_scratch_recipe_is_how_runs_23_and_24_were_trained():
+    """`llava15-look` trains run 23 from scratch, then run 24 from it: their settings are those in
+    `data/reference-llava15-look`'s log (run 24's, and run 23's under `continues`). Run 24 was saved
+    at step 750 of its 1000-step schedule, unfinished (stopped for time); `--stop-step` replays that."""
+    from egg.reference import recipes
+    r = recipes.recipe("llava15-look")
+    (_, first), (_, second) = recipes.stage_configs(r, "w")
+    record = json.loads((Path(__file__).parents[1] / r.out / "training_log.json").read_text())
+    assert r.start == first.init == "" and second.init == first.out
+    assert record["steps"] == 750 and not record["finished"] and record["config"]["max_steps"] == 1000
+    _trained_with(first, record["continues"])
+    _trained_with(second, record["config"], stop_step=record["steps"])
+    assert recipes.RECIPES["llava15-detail"].start == r.out  # the recipes continue it
 
 
 @pytest.mark.slow

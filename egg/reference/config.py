@@ -27,6 +27,9 @@ class TrainConfig:
     max_minutes: float = 36.0  # of `threads` CPU cores: counted in CPU time, not wall time
     max_steps: int = 1400  # > 0: exactly this many decoder steps, no time budget (bit-reproducible);
     # 0: as many as `max_minutes` of CPU time allow
+    # > 0: end after this step of the planned schedule, its learning rate as planned: how a run that was
+    # stopped early is replayed (run 24 is step 750 of 1000), the model then saved as finished
+    stop_step: int = 0
     device: str = "cpu"
     aux: int = 1
     vision_steps: int = 1500

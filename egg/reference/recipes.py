@@ -1,8 +1,10 @@
 """Multi-stage training recipes: a model that several `egg.reference.train` runs make in turn.
 
-The 24 x 24 model (`data/reference-llava15-detail`, #16) is five stages, each continuing the
-last one's finished model (`--init`), as LLaVA's stages continue each other. A recipe names
-them once, so that `make train-reference RECIPE=llava15-detail` retrains it with one command.
+The 24 x 24 model is trained in stages, each continuing the last one's finished model
+(`--init`), as LLaVA's stages continue each other: `llava15-look` from scratch, then the
+recipes that continue it in turn (`llava15-detail`, `llava15-large`, `llava15-large-d4`,
+`llava15-large-pope`, the embedded model). A recipe names them once, so that
+`make train-reference RECIPE=llava15-detail` retrains it with one command.
 Each stage's model is kept under `work`; a stage whose model is finished is not run again, and
 an interrupted one resumes from its last checkpoint (`--resume 1`), so an interrupted recipe
 loses at most one evaluation interval. The stages share `work/train_cache`, where their
@@ -25,7 +27,8 @@ from .train import TrainConfig, config_from_args, train
 @dataclass(frozen=True)
 class Recipe:
     """`start`: the saved model the first stage continues; `common`: every stage's flags;
-    `stages`: (name, flags) in order; `out`: where the last stage's model is copied."""
+    `stages`: (name, flags) in order; `out`: where the last stage's model is copied. An empty
+    `start`: the first stage trains from scratch."""
     start: str
     out: str
     common: tuple[str, ...]
@@ -36,6 +39,19 @@ _DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
 _LARGE = ("--geometry", "llava15-large", "--readable-px", "64")
 
 RECIPES: dict[str, Recipe] = {
+    # from scratch: run 23 (the vision warm-up, reading crops, the full view with the look loss, the
+    # curriculum; 45 min on 2 cores) and run 24 (run 23 continued on the mixture, a 1000-step schedule
+    # stopped at step 750 for time; the committed weights are that step's save). CHANGELOG, stop 42
+    "llava15-look": Recipe(
+        start="",
+        out="data/reference-llava15-look",
+        common=("--preset", "llava15", "--seed", "1", "--look", "3", "--max-minutes", "600"),
+        stages=(
+            ("run23", ("--colour-weight", "10", "--warmup-full", "0.5", "--vision-steps", "1500", "--read-steps", "1000",
+                       "--full-steps", "500", "--max-steps", "2000", "--eval-every", "500")),
+            ("run24", ("--read-steps", "0", "--max-steps", "1000", "--stop-step", "750", "--eval-every", "250")),
+        ),
+    ),
     # run 24 (data/reference-llava15-look, committed) -> runs 35a, 36, 37, 38, 39 (CHANGELOG, stops
     # 45 and 46); 81 min of training on 2 CPU cores by their logs, plus rendering
     "llava15-detail": Recipe(
@@ -136,7 +152,7 @@ def run(name: str | Recipe, work: str | Path | None = None, out: str | Path | No
     r, name = (recipe(name), name) if isinstance(name, str) else (name, "custom")
     work = Path(work or f"data/train_cache/recipe-{name}")
     out = Path(out or r.out)
-    if not (Path(r.start) / "config.json").exists():  # a saved model, as `--init` takes (run 24 is its step 750)
+    if r.start and not (Path(r.start) / "config.json").exists():  # a saved model, as `--init` takes
         raise SystemExit(f"recipe {name}: its first stage continues {r.start}, which holds no saved model")
     configs = stage_configs(r, work)
     if stop_after is not None and stop_after not in [n for n, _ in configs]:

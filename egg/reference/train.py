@@ -324,6 +324,9 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.max_steps > 0:
         plan = plan[: cfg.max_steps]
     total = len(plan)
+    if not 0 <= cfg.stop_step <= total:
+        raise SystemExit(f"--stop-step {cfg.stop_step}: this run plans {total} decoder steps; give 0 (all of them) "
+                         f"or a step within them")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
     # The budget is CPU time (max_minutes on `threads` cores): a run sharing the machine with
     # other jobs gets the same amount of computation, only later.
@@ -363,7 +366,8 @@ def train(cfg: TrainConfig) -> Path:
     model.train()
     step = done
     t_train = time.time()  # seconds per step count only the steps this process runs (a resume ran fewer)
-    for step, (pool, idx) in enumerate(plan[done:], start=done + 1):
+    end = cfg.stop_step or total  # the schedule still plans `total` steps
+    for step, (pool, idx) in enumerate(plan[done:end], start=done + 1):
         batch = col([pool[i] for i in idx])
         batch = {k: v.to(cfg.device) for k, v in batch.items()}
         loss, parts = lm_step(model, batch, aux, cfg)
@@ -389,6 +393,8 @@ def train(cfg: TrainConfig) -> Path:
         if progress(step) >= 1.0 and step < total:
             log(f"CPU-time budget of {cfg.max_minutes} min x {cfg.threads} cores reached at step {step}/{total}; stopping")
             break
+    if step == end < total:
+        log(f"stopped at step {step}/{total} (--stop-step)")
     if not (record["eval"] and record["eval"][-1]["step"] == step):  # else the last periodic eval is the final one
         ev = quick_eval(model, processor, cfg.eval_items, cfg.seed, mcfg.image_size, cfg.geometry)
         record["eval"].append({"step": step, **ev})

@@ -55,8 +55,39 @@ def item(family: str, split: str = "test", index: int = 0, seed: int = 0, geomet
 #: Notebook 09 draws its 2100 items twice (the testbed, then the perfect maps) at about 31 ms each;
 #: a kept one is restored in about 5 ms from about 60 KB (flat colours compress some 50x).
 KEEP_BYTES = 256 * 2**20
-_kept: OrderedDict = OrderedDict()  # key -> (the item without its image, mode, size, zlib'd pixels)
-_kept_bytes = [0]
+
+
+class _Kept:
+    """The items `load` drew, as (the item without its image, mode, size, zlib'd pixels) by key;
+    past `KEEP_BYTES` (read at each put) the oldest are dropped."""
+
+    def __init__(self):
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0  # the compressed pixels held, so that a put trims in O(1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, key) -> Item | None:
+        hit = self.items.get(key)
+        if hit is None:
+            return None
+        self.items.move_to_end(key)
+        bare, mode, size, pixels = hit
+        return dataclasses.replace(copy.deepcopy(bare), image=Image.frombytes(mode, size, zlib.decompress(pixels)))
+
+    def put(self, key, it: Item) -> None:
+        if KEEP_BYTES <= 0:
+            return
+        img = it.image
+        self.items[key] = entry = (copy.deepcopy(dataclasses.replace(it, image=None)), img.mode, img.size,
+                                   zlib.compress(img.tobytes(), 1))
+        self.bytes += len(entry[3])
+        while len(self.items) > 1 and self.bytes > KEEP_BYTES:
+            self.bytes -= len(self.items.popitem(last=False)[1][3])
+
+
+_kept = _Kept()
 
 
 def _kept_item(family: str, split: str, index: int, seed: int, geometry: str | Geometry) -> Item:
@@ -64,20 +95,11 @@ def _kept_item(family: str, split: str, index: int, seed: int, geometry: str | G
     from .core import geometry as _geometry
 
     key = (family, split, int(index), int(seed), _geometry(geometry))
-    hit = _kept.get(key)
-    if hit is None:
+    it = _kept.get(key)
+    if it is None:
         it = item(family, split, index, seed, geometry)
-        if KEEP_BYTES > 0:
-            img = it.image
-            _kept[key] = (copy.deepcopy(dataclasses.replace(it, image=None)), img.mode, img.size,
-                          zlib.compress(img.tobytes(), 1))
-            _kept_bytes[0] += len(_kept[key][3])
-            while len(_kept) > 1 and _kept_bytes[0] > KEEP_BYTES:
-                _kept_bytes[0] -= len(_kept.popitem(last=False)[1][3])
-        return it
-    _kept.move_to_end(key)
-    bare, mode, size, pixels = hit
-    return dataclasses.replace(copy.deepcopy(bare), image=Image.frombytes(mode, size, zlib.decompress(pixels)))
+        _kept.put(key, it)
+    return it
 
 
 def load(family: str, split: str = "test", n: int | None = None, seed: int = 0, start: int = 0,

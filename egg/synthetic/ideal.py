@@ -19,7 +19,8 @@ from ..adapters.records import EmbeddingCache
 from ..method.boxes import box_area, box_center, box_intersection, clamp_aspect, pixels_to_grid_box
 from ..method.regions import extract_regions, smooth
 from ..method.stopping import spatial_entropy
-from ..method.zoom import answer_with_crops, ground, propose_regions
+from ..method.batch import ground_batch
+from ..method.zoom import answer_with_crops, propose_regions
 from . import DETAIL_FAMILIES, core, families as all_families, load, score
 from .checks import centred_crop, gap_recovered
 
@@ -107,9 +108,9 @@ def first_zoom_reading(vlm, items) -> pd.DataFrame:
         if len(it.boxes) != 1:
             continue
         ev = tuple(it.boxes[0])
-        cache = EmbeddingCache()
+        cache = EmbeddingCache()  # `ground`'s encodings of the full view serve the four answers too
         ask = lambda boxes: score(it.family, answer_with_crops(adapter, it.image, it.question, boxes, cache=cache), it)
-        g = ground(adapter, it.image, it.question)
+        g = ground_batch(adapter, [it.image], [it.question], caches=[cache])[0]  # `ground` with this cache
         boxes = g.trace[0].boxes
         first = boxes[0]
         centred = clamp_aspect(centred_crop(ev, first[2] - first[0], first[3] - first[1]), it.image.size,
