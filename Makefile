@@ -31,11 +31,12 @@ help:
 	@echo "make timings                         time setup, reproduce and test on a fresh clone of HEAD into docs/timings.json"
 	@echo "make check-browser                   open the explorer notebook in headless Chromium"
 
-$(VENV)/.installed: pyproject.toml
+# .ci/constraints.txt pins every other package to the versions that wrote the committed outputs
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,lmms-ci,run]"
+	$(PY) -m pip install -q -c .ci/constraints.txt -e ".[dev,lmms-ci,run]"
 	# lmms-eval's text utilities, for the metric-agreement tests; --no-deps because its full
 	# requirements pull torchvision, which would replace the CPU torch
 	$(PY) -m pip install -q --no-deps "lmms-eval==0.7.3"
