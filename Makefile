@@ -19,7 +19,7 @@ RECIPE ?=
 help:
 	@echo "make reproduce [N=300] [ONLY=02,03] [RESUME=1] [JOBS=1]  run the notebooks with papermill (JOBS at once), write figures/, tables to results/"
 	@echo "make test                            pytest + nbval on the committed notebooks"
-	@echo "make test-fast                       pytest without the slow tests (under 3 min)"
+	@echo "make test-fast                       pytest without the slow tests (8 min on 2 cores at stop 57)"
 	@echo "make train-reference                 retrain the embedded 24x24 model's last two stages (runs 47, 48) from data/reference-llava15-large-d4 into data/reference-llava15-large-pope (~55 min)"
 	@echo "make train-reference RECIPE=v1       retrain the first testbed's 8x8 model into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
