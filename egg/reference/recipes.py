@@ -37,6 +37,7 @@ class Recipe:
 
 _DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
 _LARGE = ("--geometry", "llava15-large", "--readable-px", "64")
+_LOOK = "data/reference-llava15-look"  # run 24: where `llava15-look` ends and `llava15-detail` starts
 
 RECIPES: dict[str, Recipe] = {
     # from scratch: run 23 (the vision warm-up, reading crops, the full view with the look loss, the
@@ -44,7 +45,7 @@ RECIPES: dict[str, Recipe] = {
     # stopped at step 750 for time; the committed weights are that step's save). CHANGELOG, stop 42
     "llava15-look": Recipe(
         start="",
-        out="data/reference-llava15-look",
+        out=_LOOK,
         common=("--preset", "llava15", "--seed", "1", "--look", "3", "--max-minutes", "600"),
         stages=(
             ("run23", ("--colour-weight", "10", "--warmup-full", "0.5", "--vision-steps", "1500", "--read-steps", "1000",
@@ -55,7 +56,7 @@ RECIPES: dict[str, Recipe] = {
     # run 24 (data/reference-llava15-look, committed) -> runs 35a, 36, 37, 38, 39 (CHANGELOG, stops
     # 45 and 46); 81 min of training on 2 CPU cores by their logs, plus rendering
     "llava15-detail": Recipe(
-        start="data/reference-llava15-look",
+        start=_LOOK,
         out="data/reference-llava15-detail",
         common=("--preset", "llava15", "--seed", "1", "--look", "3", "--curriculum", "0"),
         stages=(
