@@ -53,8 +53,9 @@ reproduce: setup
 # tolerance (egg.regions.TIE_RTOL).
 NBVAL := OMP_NUM_THREADS=2 $(PY) -m pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks -p no:cacheprovider
 
+# --durations: CI's log names the slowest tests, where make test's time goes
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 	$(NBVAL)
 
 test-fast: setup
