@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -487,6 +488,11 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert "resumed from" in log and "at step 2/4" in log and "vision warm-up loaded" in log
     steps = lambda d: [e["step"] for e in json.loads((d / "training_log.json").read_text())["eval"]]
     assert steps(full) == steps(resumed) == [2, 4]
+    # each process that trained says what it ran on, from which step
+    ran_on = lambda d: json.loads((d / "training_log.json").read_text())["environment"]
+    assert [e["from_step"] for e in ran_on(full)] == [0] and [e["from_step"] for e in ran_on(resumed)] == [0, 2]
+    assert ran_on(resumed)[-1]["torch"] == torch.__version__ and ran_on(resumed)[-1]["cores"] == os.cpu_count()
+    assert all(e["commit"] is None or len(e["commit"]) == 40 for e in ran_on(resumed))
     # interrupted inside it, full views among its crops: the stage's plan is rebuilt the same
     assert "reading stage: 3 steps" in log and "1 of each batch's 4 full-view conversations" in log
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))

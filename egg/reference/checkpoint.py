@@ -30,6 +30,35 @@ def no_hub_kernels() -> dict:
     return {"use_kernels": False} if hasattr(PreTrainedModel, "set_use_kernels") else {}
 
 
+def environment(step: int = 0) -> dict:
+    """What a training process ran on, from decoder step `step`: egg's commit, the libraries'
+    versions and the CPU. Why: run 23 replayed with today's code, which matches its own code bit
+    for bit on a short run, did not bind the map as run 23 did (CHANGELOG, stop 58), and its log
+    could not say which package or machine had changed."""
+    import platform
+    import subprocess
+
+    import PIL
+    import torch
+    import transformers
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), *args],
+                                  capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):  # not a clone, or no git
+            return None
+
+    status = git("status", "--porcelain", "--", "egg")
+    cpu = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in (cpu.read_text().splitlines() if cpu.exists() else [])
+             if ln.startswith("model name")]
+    return {"from_step": step, "commit": git("rev-parse", "HEAD"), "egg_modified": None if status is None else bool(status),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "pillow": PIL.__version__, "cpu": names[0] if names else platform.processor(),
+            "cores": os.cpu_count()}
+
+
 def save_checkpoint(path: Path, model, aux: AuxHeads | None, opt, sched, record: dict, smooth, step: int) -> None:
     """Everything `--resume 1` needs to continue at `step`, written atomically."""
     import torch

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .build import ReferenceConfig, build_model, build_processor, standardise_projector
-from .checkpoint import cached_render, load_checkpoint, load_initial, load_vision, save, save_checkpoint
+from .checkpoint import cached_render, environment, load_checkpoint, load_initial, load_vision, save, save_checkpoint
 from .config import TrainConfig, config_from_args
 from .evaluation import eval_line, quick_eval
 from .build import visual_tokens
@@ -363,6 +363,7 @@ def train(cfg: TrainConfig) -> Path:
             periodic_eval(done)  # interrupted during that step's evaluation
     elif cfg.resume:
         log(f"no checkpoint at {ckpt}: starting from step 0")
+    record.setdefault("environment", []).append(environment(done))  # one entry per process that trains
     model.train()
     step = done
     t_train = time.time()  # seconds per step count only the steps this process runs (a resume ran fewer)
