@@ -23,7 +23,7 @@ help:
 	@echo "make train-reference                 retrain the embedded 24x24 model's last two stages (runs 47, 48) from data/reference-llava15-large-d4 into data/reference-llava15-large-pope (~55 min)"
 	@echo "make train-reference RECIPE=v1       retrain the first testbed's 8x8 model into data/reference (1400 decoder steps, ~37 min on 2 cores)"
 	@echo "make train-reference PRESET=llava15  train the 24x24 (LLaVA-1.5 geometry) model into data/reference-llava15"
-	@echo "make train-reference RECIPE=llava15-look    the 24x24 chain's start from scratch: runs 23, 24 into data/reference-llava15-look (~70 min)"
+	@echo "make train-reference RECIPE=llava15-look    the settings of the 24x24 chain's start, from scratch: runs 23, 24 into data/reference-llava15-look (run 23 alone: 88 min here; did not reproduce the committed weights, README)"
 	@echo "make train-reference RECIPE=llava15-detail  its five later stages into data/reference-llava15-detail (~90 min on 2 cores)"
 	@echo "make train-reference RECIPE=llava15-large   the same five, then run 41 on llava15-large items, into data/reference-llava15-large (~120 min)"
 	@echo "make train-reference RECIPE=llava15-centred run 44 (centred reading crops) from data/reference-llava15-detail (~35 min)"

@@ -42,7 +42,8 @@ _LOOK = "data/reference-llava15-look"  # run 24: where `llava15-look` ends and `
 RECIPES: dict[str, Recipe] = {
     # from scratch: run 23 (the vision warm-up, reading crops, the full view with the look loss, the
     # curriculum; 45 min on 2 cores) and run 24 (run 23 continued on the mixture, a 1000-step schedule
-    # stopped at step 750 for time; the committed weights are that step's save). CHANGELOG, stop 42
+    # stopped at step 750 for time; the committed weights are that step's save). CHANGELOG, stop 42.
+    # Replayed in stop 58's environment, run 23 did not bind the map as the committed run did (README)
     "llava15-look": Recipe(
         start="",
         out=_LOOK,
