@@ -42,11 +42,15 @@ def environment(step: int = 0) -> dict:
     import torch
     import transformers
 
+    root = Path(__file__).resolve().parents[2]
+
     def git(*args: str) -> str | None:
+        if not (root / ".git").exists():  # an installed copy: a repository around it is not egg's
+            return None
         try:
-            return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), *args],
-                                  capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):  # not a clone, or no git
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):  # no git
             return None
 
     status = git("status", "--porcelain", "--", "egg")
