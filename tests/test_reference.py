@@ -867,7 +867,7 @@ def _trained_with(cfg, committed: dict, stop_step: int = 0) -> None:
     later = set(ours) - set(committed)
     default = {**json.loads(json.dumps(vars(T.TrainConfig()))), "stop_step": stop_step}
     assert later <= {"look_detail", "read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
-                     "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step"}
+                     "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step", "pope_weight"}
     assert "stop_step" in later and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
@@ -965,6 +965,21 @@ def test_pope_readable_px_teaches_pope_shapes_at_the_full_view_only():
                 n += sum(ex.turns[k][0].startswith("what shape") for k in ex.untrained if len(ex.images) == 1)
         untaught[px] = n
     assert untaught[64.0] > 0 and untaught[40.0] == 0, untaught
+
+
+def test_pope_weight_multiplies_pope_examples_alone():
+    """`--pope-weight` renders pope's items with that many times the examples; every other job,
+    and so every recipe's rendered set at the default 1, is unchanged."""
+    def jobs(extra):
+        cfg = T.config_from_args(["--preset", "llava15", "--examples-per-item", "3"] + extra)
+        return D.render_jobs(cfg, T.ReferenceConfig(**cfg.model))
+
+    plain, weighted = jobs([]), jobs(["--pope-weight", "4"])
+    assert {j[5] for j in plain} == {3}
+    assert [j[5] for j in weighted] == [12 if j[0] == "pope" else 3 for j in plain]
+    assert [j[:5] + j[6:] for j in weighted] == [j[:5] + j[6:] for j in plain]
+    with pytest.raises(ValueError, match="pope_weight=0"):
+        jobs(["--pope-weight", "0"])
 
 
 def test_read_own_asks_a_multiple_choice_item_its_own_question_on_its_evidence():

@@ -38,6 +38,7 @@ class TrainConfig:
     # > 0: pope's shapes are taught where shown this large instead (they are whole objects, seen at
     # the full view, which a model must do to answer pope there)
     pope_readable_px: float = 0.0
+    pope_weight: int = 1  # pope's items yield this many times `examples_per_item` (FAMILY_WEIGHT's role)
     look: float = 3.0  # weight of the attention-on-the-named-object loss (0: none)
     look_detail: int = 0  # 1: a turn that reads a detail looks at it (the panel, not the sign) where it is readable
     look_heads: int = 0  # the first this many heads of each layer carry it (0: all)

@@ -334,7 +334,10 @@ def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
            "detail": bench.GEOMETRIES[cfg.geometry].detail if cfg.look_detail else None}
     mixes = {f: {**mix, "readable_px": cfg.pope_readable_px} if f == "pope" and cfg.pope_readable_px > 0 else mix
              for f in bench.families()}
-    return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, cfg.examples_per_item, model.to_dict(),
+    if cfg.pope_weight < 1:
+        raise ValueError(f"pope_weight={cfg.pope_weight} renders no pope example: give 1 (the default) or more")
+    per_item = {f: cfg.examples_per_item * (cfg.pope_weight if f == "pope" else 1) for f in bench.families()}
+    return [(f, "train", s, min(chunk, cfg.items_per_family - s), cfg.seed, per_item[f], model.to_dict(),
              mixes[f], cfg.geometry, (cfg.read_min_scale, cfg.read_scale, cut, bool(cfg.read_own), cfg.read_pair))
             for f in bench.families() for s in range(0, cfg.items_per_family, chunk)]
 
