@@ -47,6 +47,9 @@ class TrainConfig:
     look_rows: int = 0
     position: float = 0.1  # weight of the row/column probe on the visual tokens (0: none; the vision warm-up uses 1)
     read_weight: float = 0.5  # weight of the glyph-reading probe in the decoder steps' auxiliary loss
+    # > 0: weight of a probe in the decoder steps' auxiliary loss that reads, in every patch a pope object
+    # covers, its shape (`probes.shape_targets`); pope's examples are then rendered with those targets
+    shape_weight: float = 0.0
     vision_warmup: int = 100  # learning-rate warm-up steps of the vision tower's pretraining
     vision_decay: int = 0  # 1: after its warm-up, the tower's learning rate falls to 0 along a cosine
     betas: tuple = (0.9, 0.98)  # AdamW betas of the decoder steps

@@ -22,6 +22,7 @@ from ..synthetic.core import COLOURS, Item, rng_for
 from ..method.boxes import box_area, box_contains, box_intersection, clamp_aspect, pixels_to_grid_box
 from .build import IMAGE_TOKEN, ReferenceConfig, build_processor
 from .detail import detail_box
+from .probes import pack_colours, patch_colour_pixels, patch_colours, shape_targets  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # the config lives with the training loop, which imports this module
     from .config import TrainConfig
@@ -63,6 +64,8 @@ class Example:
     untrained: tuple[int, ...] = ()  # turns whose answer is not readable in any image: no loss
     looks: tuple[tuple[int, ...], ...] = ()  # per turn: visual tokens (all images, in order) on the named object
     colours: np.ndarray | None = None  # `pack_colours` of its images, computed while rendering
+    views: tuple = ()  # the canvas box each image shows
+    shapes: np.ndarray | None = None  # `shape_targets` of its views (rendered with `TrainConfig.shape_weight`)
 
     def colour_targets(self, patch: int) -> np.ndarray:
         """`patch_colours` of the images: unpacked from `colours` when rendering stored them (a
@@ -256,7 +259,8 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
         turn_looks = tuple(look_views(named[q], [detail_box(item, b) if rb is not None and detail is not None else None
                                                  for b in named[q]], views, size, patch, readable_px)
                            for q, _, rb in turns) if looks else ()
-        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=turn_looks))
+        out.append(Example(ims, [(q, a) for q, a, _ in turns], item.family, kind, untrained=skip, looks=turn_looks,
+                           views=tuple(views)))
     return out
 
 
@@ -293,7 +297,8 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
                                  **(cut or {})) if others else random_crop((W, H), rng))
             views, kind = [(0, 0, W, H)] + [(crop, other)[i] for i in rng.permutation(2)], "read_pair"
         looks = (look_tokens([d], views, size, patch),) if d is not None else ()
-        out.append(Example(np.stack([_resize(img, v, size) for v in views]), [(q, a)], item.family, kind, looks=looks))
+        out.append(Example(np.stack([_resize(img, v, size) for v in views]), [(q, a)], item.family, kind, looks=looks,
+                           views=tuple(views)))
     return out
 
 
@@ -310,14 +315,19 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         # one thread, as torch's DataLoader workers run
         torch.set_num_threads(1)
         _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
-    size = model["image_size"]
+    size, mix = model["image_size"], dict(mix)
+    shapes = mix.pop("shapes", False)  # present (True) only where `TrainConfig.shape_weight` asks for it
     out, reads = [], []
     for i in range(start, start + n):
         item = bench.item(family, split, i, seed, geometry)
         rng = rng_for(family + "/train-mix", split, i, seed)
-        out.extend(examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix))
-        reads.extend(reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0)),
-                                   mix["detail"], model["patch_size"], read_min, cut, own, pair))
+        convs = examples_for(item, rng, per_item * FAMILY_WEIGHT.get(family, 1), size, **mix)
+        crops = reading_crops(item, rng, 3, size, max(read_scale, FULL_VIEW_READS.get(family, 0)),
+                              mix["detail"], model["patch_size"], read_min, cut, own, pair)
+        for ex in convs + crops if shapes else ():
+            ex.shapes = shape_targets(item, ex.views, size, model["patch_size"])
+        out.extend(convs)
+        reads.extend(crops)
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
         ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
         ex.colours = pack_colours(ex.images, model["patch_size"])
@@ -334,6 +344,8 @@ def render_jobs(cfg: TrainConfig, model: ReferenceConfig) -> list[tuple]:
            "detail": bench.GEOMETRIES[cfg.geometry].detail if cfg.look_detail else None}
     mixes = {f: {**mix, "readable_px": cfg.pope_readable_px} if f == "pope" and cfg.pope_readable_px > 0 else mix
              for f in bench.families()}
+    if cfg.shape_weight > 0:  # only then: a default run's jobs, and so its render cache keys, are unchanged
+        mixes["pope"] = {**mixes["pope"], "shapes": True}
     if cfg.pope_weight < 1:
         raise ValueError(f"pope_weight={cfg.pope_weight} renders no pope example: give 1 (the default) or more")
     per_item = {f: cfg.examples_per_item * (cfg.pope_weight if f == "pope" else 1) for f in bench.families()}
@@ -461,30 +473,10 @@ class Collator:
                 "look_at": torch.stack(look_at) if look_at else torch.zeros((0, n_vis), dtype=torch.bool),
                 "pixel_values": self.pixels(raw),
                 "colour_targets": torch.from_numpy(np.concatenate([ex.colour_targets(self.patch) for ex in batch])),
+                "shape_targets": torch.from_numpy(np.concatenate([
+                    ex.shapes if ex.shapes is not None else np.full((len(ex.images), self.tokens_per_image), -100, np.int8)
+                    for ex in batch])),
                 "read_targets": torch.from_numpy(read)}
-
-
-KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
-
-
-def patch_colour_pixels(images: np.ndarray, patch: int, tol: int = 60) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) int: pixels of each key colour in each patch."""
-    import torch
-
-    im = torch.from_numpy(np.require(images, requirements="W")).to(torch.int16)  # a read-only view is copied
-    d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
-    n, H, W, C = d.shape
-    return d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4)).reshape(n, -1, C).numpy()
-
-
-def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
-    return (patch_colour_pixels(images, patch, tol) >= min_pixels).astype(np.float32)
-
-
-def pack_colours(images: np.ndarray, patch: int) -> np.ndarray:
-    """`patch_colours` as bits (n, patches, ceil(colours / 8)) uint8: what `Example.colours` keeps."""
-    return np.packbits(patch_colours(images, patch) > 0, axis=-1)
 
 
 def cpu_seconds() -> float:

@@ -76,7 +76,8 @@ def colour_probe(model, processor, geometry: str, n: int = 300, view: str = "ful
     import torch
 
     from .build import check_tower_layer, tower_tokens, visual_tokens
-    from .data import crop_around, patch_colour_pixels
+    from .data import crop_around
+    from .probes import patch_colour_pixels
 
     if view not in ("full", "crop"):
         raise ValueError(f"view must be 'full' or 'crop', got {view!r}")

@@ -1,8 +1,13 @@
-"""Linear probes on the visual tokens that the reference trainer adds to its loss (`TrainConfig.aux`).
-They are used only in training. The saved model is plain LLaVA."""
+"""Linear probes on the visual tokens that the reference trainer adds to its loss (`TrainConfig.aux`),
+and their per-patch targets. They are used only in training. The saved model is plain LLaVA."""
 from __future__ import annotations
 
-from ..synthetic.core import COLOURS
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..synthetic.core import COLOURS, SHAPES, draw_shape
 
 
 class AuxHeads:
@@ -16,7 +21,7 @@ class AuxHeads:
     """
 
     def __init__(self, dim: int, vocab: int, device, grid: int = 8, read_pool: str = "mean",
-                 colour_weight: float = 1.0):
+                 colour_weight: float = 1.0, shapes: bool = False):
         import torch
 
         if read_pool not in ("mean", "max"):
@@ -28,13 +33,16 @@ class AuxHeads:
         self.pos_weight = torch.full((len(COLOURS),), float(colour_weight), device=device) if colour_weight != 1 else None
         self.read = torch.nn.Linear(dim, 2 * vocab).to(device)
         self.where = torch.nn.Linear(dim, 2 * grid).to(device)
+        # "which shape covers this patch" (`shape_targets`), with `shapes`: `TrainConfig.shape_weight`
+        self.shape = torch.nn.Linear(dim, len(SHAPES)).to(device) if shapes else None
         self.vocab, self.grid, self.read_pool = vocab, grid, read_pool
+        self.heads = ("colour", "read", "where") + (("shape",) if shapes else ())
 
     def parameters(self):
-        return [*self.colour.parameters(), *self.read.parameters(), *self.where.parameters()]
+        return [p for k in self.heads for p in getattr(self, k).parameters()]
 
     def state(self) -> dict:
-        return {k: getattr(self, k).state_dict() for k in ("colour", "read", "where")}
+        return {k: getattr(self, k).state_dict() for k in self.heads}
 
     def load_state(self, state: dict) -> None:
         for k, v in state.items():
@@ -59,3 +67,62 @@ class AuxHeads:
         lp = (F.cross_entropy(where[:, :, 0].reshape(-1, g), (cell // g).repeat(len(feats)))
               + F.cross_entropy(where[:, :, 1].reshape(-1, g), (cell % g).repeat(len(feats)))) / 2
         return lc, lr, lp
+
+    def shape_loss(self, feats, shape_targets):
+        """Cross-entropy of the shape probe on the patches an object covers (`shape_targets`, -100 elsewhere)."""
+        import torch.nn.functional as F
+
+        if not (shape_targets != -100).any():
+            return feats.sum() * 0
+        return F.cross_entropy(self.shape(feats).reshape(-1, len(SHAPES)), shape_targets.reshape(-1).long(),
+                               ignore_index=-100)
+
+
+KEY_RGB = np.array(list(COLOURS.values()), dtype=np.int16)
+
+
+def patch_colour_pixels(images: np.ndarray, patch: int, tol: int = 60) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) int: pixels of each key colour in each patch."""
+    import torch
+
+    im = torch.from_numpy(np.require(images, requirements="W")).to(torch.int16)  # a read-only view is copied
+    d = torch.stack([(im - k).abs().amax(-1) < tol for k in torch.from_numpy(KEY_RGB)], -1)  # (n, H, W, C)
+    n, H, W, C = d.shape
+    return d.reshape(n, H // patch, patch, W // patch, patch, C).sum((2, 4)).reshape(n, -1, C).numpy()
+
+
+def patch_colours(images: np.ndarray, patch: int, tol: int = 60, min_pixels: int = 2) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H/patch * W/patch, n_colours) float: key colour visible in each patch."""
+    return (patch_colour_pixels(images, patch, tol) >= min_pixels).astype(np.float32)
+
+
+def pack_colours(images: np.ndarray, patch: int) -> np.ndarray:
+    """`patch_colours` as bits (n, patches, ceil(colours / 8)) uint8: what `Example.colours` keeps."""
+    return np.packbits(patch_colours(images, patch) > 0, axis=-1)
+
+
+# an existence fact that holds names an object drawn on the canvas: its colour, shape and box
+OBJECT_FACT = re.compile(rf"is there an? (\w+) ({'|'.join(SHAPES)}) in the image \?")
+
+
+def shape_targets(item, views, size: int, patch: int, cover: float = 0.25) -> np.ndarray:
+    """(n_views, (size/patch)^2) int8: the index in SHAPES of the object covering at least `cover` of
+    each patch once `views` (boxes of the item's canvas) are resized to the input square, -100 where
+    none does. Why: the committed model answered pope's shapes near chance at the full view and
+    zoomed, though a linear probe read 54% of them from its frozen tower (CHANGELOG, stop 59); a
+    CLIP patch carries its object's category, this gives each of the tower's cells its object's shape.
+    The objects are the item's "yes" existence facts, redrawn as a label mask."""
+    mask = Image.new("L", item.image.size, 0)
+    d = ImageDraw.Draw(mask)
+    for q, a, box in item.facts:
+        m = OBJECT_FACT.fullmatch(q)
+        if a == "yes" and m:
+            draw_shape(d, m.group(2), box, SHAPES.index(m.group(2)) + 1)
+    g = size // patch
+    out = np.full((len(views), g * g), -100, dtype=np.int8)
+    for i, v in enumerate(views):
+        lab = np.asarray(mask.crop(tuple(v)).resize((size, size), Image.NEAREST)).reshape(g, patch, g, patch)
+        counts = np.stack([(lab == k + 1).mean((1, 3)) for k in range(len(SHAPES))], -1).reshape(g * g, -1)
+        hit = counts.max(1) >= cover
+        out[i, hit] = counts[hit].argmax(1)
+    return out

@@ -193,6 +193,10 @@ def lm_step(model, batch, aux: AuxHeads | None, cfg: TrainConfig):
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         parts.update(colour=lc.item(), read=lr.item(), where=lp.item())
         loss = loss + lc + cfg.read_weight * lr + cfg.position * lp
+        if aux.shape is not None:
+            ls = aux.shape_loss(feats, batch["shape_targets"])
+            parts["shape"] = ls.item()
+            loss = loss + cfg.shape_weight * ls
     return loss, parts
 
 
@@ -281,7 +285,7 @@ def train(cfg: TrainConfig) -> Path:
     data, reads = cached_render(cfg, mcfg, work, log)
     col = Collator(processor)
     aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size,
-                    cfg.read_pool, cfg.colour_weight) if cfg.aux else None)
+                    cfg.read_pool, cfg.colour_weight, cfg.shape_weight > 0) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     full = full_views(data)
@@ -316,7 +320,7 @@ def train(cfg: TrainConfig) -> Path:
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
-    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind, looks=ex.looks[:1]) for ex in data
+    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind, looks=ex.looks[:1], shapes=ex.shapes) for ex in data
              if ex.kind in ("evidence", "two", "window") and 0 not in ex.untrained]
     plan += [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
