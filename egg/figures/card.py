@@ -8,6 +8,7 @@ LOSS_NAMES = {
     "colour": "colour: key-colour probe",
     "read": "read: glyph probe",
     "where": "where: position probe",
+    "shape": "shape: per-patch shape probe (pope objects)",
 }
 CONDITIONS = ["base", "oracle", "box_crop", "peak_crop", "random_crop"]
 
