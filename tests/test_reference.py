@@ -299,8 +299,12 @@ torch.set_num_threads(2)
 from egg.reference.config import TrainConfig, PRESETS
 from egg.reference.build import ReferenceConfig
 from egg.reference.data import render_dataset
+from egg.reference.data import _render_chunk, render_jobs
 p = dict(PRESETS["llava15"]); m = p.pop("model")
-data, reads = render_dataset(TrainConfig(**{**p, "items_per_family": 2, "workers": 2}), ReferenceConfig(**m), print)
+cfg = TrainConfig(**{**p, "items_per_family": 2, "workers": 2})
+_render_chunk(render_jobs(cfg, ReferenceConfig(**m))[0])  # rendered in this process first, as a test may
+assert torch.get_num_threads() == 2  # which leaves its threads alone
+data, reads = render_dataset(cfg, ReferenceConfig(**m), print)
 assert all(ex.colours is not None for ex in data + reads)
 print("rendered", len(data))
 '''
@@ -308,7 +312,9 @@ print("rendered", len(data))
 
 def test_rendering_workers_do_not_hang_in_the_parents_thread_pool():
     """Forked render workers compute colour targets with torch; entering the OpenMP pool their
-    parent started hangs them (it did, at 0% CPU), unless they run on one thread."""
+    parent started hangs them (it did, at 0% CPU), unless they run on one thread. They did again
+    when the parent had rendered a chunk itself first (a test did): its collator was inherited, and
+    with it the sign that the worker's threads were set (stop 60)."""
     import subprocess
     import sys
 

@@ -7,7 +7,9 @@ constant here or a field of ``TrainConfig``.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -302,19 +304,23 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
     return out
 
 
-_COLLATOR = None  # one per rendering process
+_COLLATORS: dict = {}  # one per rendering process and model (a forked worker does not use its parent's)
+
+
+def _one_thread() -> None:
+    """A forked rendering worker must not enter the OpenMP pool its parent started (it hangs there,
+    in the colour targets' torch ops): one thread, as torch's DataLoader workers run."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _render_chunk(args) -> tuple[list[Example], list[Example]]:
-    global _COLLATOR
     family, split, start, n, seed, per_item, model, mix, geometry, (read_min, read_scale, cut, own, pair) = args
-    if _COLLATOR is None:
-        import torch
-
-        # a forked worker must not enter the OpenMP pool its parent started (it hangs there):
-        # one thread, as torch's DataLoader workers run
-        torch.set_num_threads(1)
-        _COLLATOR = Collator(build_processor(ReferenceConfig(**model)))
+    key = (os.getpid(), json.dumps(model, sort_keys=True))
+    if key not in _COLLATORS:
+        _COLLATORS[key] = Collator(build_processor(ReferenceConfig(**model)))
+    col = _COLLATORS[key]
     size, mix = model["image_size"], dict(mix)
     shapes = mix.pop("shapes", False)  # present (True) only where `TrainConfig.shape_weight` asks for it
     out, reads = [], []
@@ -329,7 +335,7 @@ def _render_chunk(args) -> tuple[list[Example], list[Example]]:
         out.extend(convs)
         reads.extend(crops)
     for ex in out + reads:  # tokenising in the workers keeps the chat template off the training loop
-        ex.enc = _COLLATOR.encode(len(ex.images), ex.turns, ex.untrained)
+        ex.enc = col.encode(len(ex.images), ex.turns, ex.untrained)
         ex.colours = pack_colours(ex.images, model["patch_size"])
         if size > 128:
             ex.images = Packed(ex.images)
@@ -360,7 +366,7 @@ def render_dataset(cfg: TrainConfig, model: ReferenceConfig, log) -> tuple[list[
     data: list[Example] = []
     reads: list[Example] = []
     t0 = time.time()
-    with get_context("fork").Pool(cfg.workers) as pool:
+    with get_context("fork").Pool(cfg.workers, initializer=_one_thread) as pool:
         for k, (part, rd) in enumerate(pool.imap(_render_chunk, jobs)):
             data.extend(part)
             reads.extend(rd)
