@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from egg import synthetic as bench
@@ -76,3 +77,10 @@ def test_shape_weight_renders_pope_with_shape_targets_and_leaves_other_jobs_as_t
     assert set(aux.state()) == {"colour", "read", "where", "shape"}
     assert set(AuxHeads(16, 10, "cpu", 24).state()) == {"colour", "read", "where"}
     assert aux.shape_loss(feats, torch.full_like(batch["shape_targets"], -100)).item() == 0
+
+
+def test_shape_weight_without_the_auxiliary_heads_is_refused_before_any_work(tmp_path):
+    cfg = T.config_from_args(["--preset", "llava15", "--shape-weight", "1", "--aux", "0", "--out", str(tmp_path / "m")])
+    with pytest.raises(ValueError, match="shape_weight=1.0 needs the auxiliary heads"):
+        T.train(cfg)
+    assert not (tmp_path / "train_cache").exists()

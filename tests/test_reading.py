@@ -120,6 +120,13 @@ def test_the_command_line_writes_its_result(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["settings"]["steps"] == 2 and saved["n"] == {f: 1 for f in R.FAMILIES}
     assert "| text | 1 |" in capsys.readouterr().out
+    # pope's reading facts are its shapes, asked of the object's region
+    R.main(["tower", "--size", "56", "--hidden", "16", "--train-items", "1", "--test-items", "1", "--steps", "2",
+            "--layers", "1", "--families", "pope", "--geometry", "llava15-large-pope", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["n"] == {"pope": 1} and saved["settings"]["families"] == "pope"
+    with pytest.raises(SystemExit, match="'text,popo': give some of"):
+        R.main(["tower", "--families", "text,popo"])
 
 
 def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):

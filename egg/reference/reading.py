@@ -82,7 +82,9 @@ def _facts(families, split: str, n: int, seed: int, geometry: str):
     for fam in families:
         for i in range(n):
             it = bench.item(fam, split, i, seed, geometry)
-            yield fam, it, [(q, a, b) for q, a, b in it.facts if _is_read(a)]
+            reads = [(q, a, b) for q, a, b in it.facts if _is_read(a)]
+            if reads:  # a pope item asks a shape only of a colour seen once
+                yield fam, it, reads
 
 
 def crowded(item: bench.Item, box, crop) -> bool:
@@ -416,6 +418,8 @@ def main(argv=None) -> None:
     ap.add_argument("what", choices=["frozen", "tower", "decoder"])
     ap.add_argument("model", nargs="?", help="frozen, decoder: the saved model whose tower is probed / decoder trained")
     ap.add_argument("--geometry", default="llava15-large")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help="comma-separated families whose reading facts are scored (pope's: its shapes)")
     ap.add_argument("--train-items", type=int, default=None,
                     help="per family (default: 150 centred, each at every scale; 500 random, two crops each)")
     ap.add_argument("--test-items", type=int, default=50, help="per family, of the test split")
@@ -447,6 +451,9 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    fams = tuple(f for f in a.families.split(",") if f)
+    if not fams or set(fams) - set(bench.families()):
+        raise SystemExit(f"--families {a.families!r}: give some of {bench.families()}, comma-separated")
     if a.what in ("frozen", "decoder"):
         if not a.model:
             raise SystemExit(f"{a.what}: name the saved model, e.g. data/reference-llava15-large")
@@ -455,15 +462,15 @@ def main(argv=None) -> None:
         model = LlavaForConditionalGeneration.from_pretrained(a.model).to(a.device).eval()
         proc, vc = AutoProcessor.from_pretrained(a.model), model.config.vision_config
         shape = dict(geometry=a.geometry, size=vc.image_size)
-        test = scale_set(n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
+        test = scale_set(fams, n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
         crops = a.train_crops or ("centred" if a.what == "frozen" else "random")
         if crops == "centred":
-            train = scale_set(split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
+            train = scale_set(fams, split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
         elif a.what == "frozen" and a.pool == "detail":
             raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
                              "the detail's tokens")
         else:
-            train = training_set(n=a.train_items or 500, max_scale=a.max_scale, square=crops == "square",
+            train = training_set(fams, n=a.train_items or 500, max_scale=a.max_scale, square=crops == "square",
                                  spread=a.spread, views=a.views, per_item=a.per_item, **shape)
         if a.what == "frozen":
             r = frozen_probe(model, proc, train, test, pool=a.pool)
@@ -476,10 +483,10 @@ def main(argv=None) -> None:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
                               vision_heads=a.heads, text_hidden=128, text_layers=1, text_heads=4,
                               max_positions=2048, position_init="sincos")
-        test = scale_set(n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
-        train = training_set(n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
+        test = scale_set(fams, n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
+        train = training_set(fams, n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
-    r.settings.update(geometry=a.geometry, train_items=a.train_items, test_items=a.test_items, test_seed=a.test_seed)
+    r.settings.update({k: getattr(a, k) for k in ("geometry", "families", "train_items", "test_items", "test_seed")})
     print(table(r))
     print("(in brackets: % of crops that show another object's detail too, and the detail's median side in px)")
     print(f"train accuracy {r.train_accuracy:.0f}%")

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,9 @@ def train(cfg: TrainConfig) -> Path:
     bottom with every setting coming from ``cfg``. Returns the output directory."""
     import torch
 
+    if cfg.shape_weight > 0 and not cfg.aux:
+        raise ValueError(f"shape_weight={cfg.shape_weight} needs the auxiliary heads (aux=1), which carry its probe; "
+                         "give --aux 1 or --shape-weight 0")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -320,7 +324,7 @@ def train(cfg: TrainConfig) -> Path:
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
         log(f"full-view stage: {cfg.full_steps} steps on {len(full)} conversations about the full view")
-    first = [Example(ex.images, ex.turns[:1], ex.family, ex.kind, looks=ex.looks[:1], shapes=ex.shapes) for ex in data
+    first = [replace(ex, turns=ex.turns[:1], looks=ex.looks[:1], enc=None, untrained=()) for ex in data
              if ex.kind in ("evidence", "two", "window") and 0 not in ex.untrained]
     plan += [(first, idx) for idx in batches(first, cfg.batch_size, rng)][: int(cfg.curriculum * len(data) / cfg.batch_size)]
     for _ in range(cfg.epochs):
