@@ -516,7 +516,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
 def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
     """`init` starts from a finished model (no warm-up; its frozen tower stays as it was) and
     `full_steps` first trains on conversations about the full view alone, with the loss on where
-    each answer attends; `train_only` changes only the parameters it names; a missing model or
+    each answer attends; `train_only` changes only the parameters it names; `rewarm_steps` warms its
+    tower up again first; a missing model or
     one of another shape is refused by name."""
     from safetensors.torch import load_file
 
@@ -545,6 +546,13 @@ def test_a_later_stage_continues_a_saved_model_on_the_full_view(tmp_path):
     assert changed and all(re.search(r"self_attn\.(q|k)_proj", k) for k in changed)
     with pytest.raises(ValueError, match="matches no parameter name"):
         T.only_matching(torch.nn.Linear(2, 2), "nothing")
+    # `rewarm_steps`: the saved tower warms up again (through the auxiliary heads), then stays frozen
+    again = T.train(T.TrainConfig(out=str(tmp_path / "r" / "ref"), init=str(first), rewarm_steps=2, max_steps=1, **kw))
+    assert "rewarm" in json.loads((again / "training_log.json").read_text())
+    r = load_file(str(again / "model.safetensors"))
+    assert not all(torch.equal(a[k], r[k]) for k in tower)
+    with pytest.raises(ValueError, match="rewarm_steps=2 continues an --init model's tower"):
+        T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), rewarm_steps=2, **kw))
     with pytest.raises(SystemExit, match="no reference model saved there"):
         T.train(T.TrainConfig(out=str(tmp_path / "c" / "ref"), init=str(tmp_path / "nothing"), **kw))
     with pytest.raises(SystemExit, match="another shape"):

@@ -259,6 +259,9 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.shape_weight > 0 and not cfg.aux:
         raise ValueError(f"shape_weight={cfg.shape_weight} needs the auxiliary heads (aux=1), which carry its probe; "
                          "give --aux 1 or --shape-weight 0")
+    if cfg.rewarm_steps and not (cfg.aux and cfg.init):
+        raise ValueError(f"rewarm_steps={cfg.rewarm_steps} continues an --init model's tower through the "
+                         "auxiliary heads: give --init and --aux 1, or --rewarm-steps 0")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -300,6 +303,9 @@ def train(cfg: TrainConfig) -> Path:
                                                 lambda: pretrain_vision(model, aux, single, col, cfg, log, full), log)
     if cfg.init:
         record["continues"] = before["config"]
+    if cfg.rewarm_steps and not (cfg.resume and (work / "resume.pt").exists()):  # the checkpoint holds its result
+        # the tower learns again on the crops, before the decoder meets its new tokens
+        record["rewarm"] = pretrain_vision(model, aux, single, col, replace(cfg, vision_steps=cfg.rewarm_steps), log, full)
     if cfg.init_vision:
         record["vision_from"] = vision_from["config"]
     if cfg.freeze_vision:  # no graph through the tower: its activations are not kept for a backward
