@@ -161,6 +161,13 @@ def test_a_crop_is_crowded_where_it_shows_another_objects_detail():
     assert not R.crowded(it, obj, obj)  # its own detail does not count
     assert R.crowded(it, obj, (0, 0, W, H))
     assert R.crowded(it, obj, others[0][1]) and not R.crowded(it, others[0][0], others[0][1])
+    # pope records no details: its objects are its "yes" existence facts, each its own detail
+    it = bench.item("pope", "test", 0, 13, "llava15-large-pope")
+    objs = [tuple(b) for q, a, b in it.facts if a == "yes" and q.startswith("is there")]
+    assert len(objs) >= 3 and not it.meta.get("details")
+    W, H = it.image.size
+    assert not R.crowded(it, objs[0], objs[0]) and R.crowded(it, objs[0], (0, 0, W, H))
+    assert R.crowded(it, objs[0], objs[1]) and not R.crowded(it, objs[1], objs[1])
 
 
 def test_the_decoder_pass_is_the_models_own_forward(sets):

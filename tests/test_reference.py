@@ -654,6 +654,39 @@ def test_the_warm_up_mixes_in_full_views_only_when_asked(ref_cfg, ref_processor)
     assert "warmup_full" in T.WARMUP_KEYS and "init_vision" in T.WARMUP_KEYS
 
 
+def test_the_warm_up_teaches_pope_shapes_per_patch_only_with_shape_weight(ref_cfg, ref_processor, tmp_path):
+    """With `shape_weight` the warm-up's loss includes the shape probe on the patches pope's objects
+    cover (one answer per crop cannot say which of its objects is asked): its gradient reaches the
+    tower, the curve records it, and it keys the warm-up's cache; without it nothing changes."""
+    from egg.reference.build import build_model
+    from egg.reference.probes import shape_targets
+
+    rng, S, patch = np.random.default_rng(0), ref_cfg.image_size, ref_cfg.patch_size
+    reads = []
+    for it in [bench.item("pope", "train", i, 1, "llava15-large-pope") for i in range(6)]:
+        for ex in D.reading_crops(it, rng, 3, S, max_scale=4.0, patch=patch):
+            ex.shapes = shape_targets(it, ex.views, S, patch)
+            reads.append(ex)
+    assert len(reads) >= 8 and sum((ex.shapes >= 0).sum() for ex in reads) > 0
+
+    def tower_after(weight):
+        model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)
+        torch.manual_seed(0)
+        aux = T.AuxHeads(ref_cfg.text_hidden, len(ref_processor.tokenizer), "cpu", shapes=weight > 0)
+        cfg = T.TrainConfig(vision_steps=20, batch_size=4, shape_weight=weight)
+        curve = T.pretrain_vision(model, aux, reads, D.Collator(ref_processor), cfg, lambda _: None)
+        return [p.detach().clone() for p in model.model.vision_tower.parameters()], curve, model, aux
+
+    (plain, c0, *_), (shaped, c1, model, aux) = tower_after(0.0), tower_after(1.0)
+    assert "shape" not in c0[0] and c1[0]["shape"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(plain, shaped))
+    runs = []
+    for w in (0.0, 0.0, 1.0, 1.0):  # the second of each loads the first's; a shape weight is a warm-up of its own
+        T.cached_warmup(model, aux, tmp_path, T.TrainConfig(shape_weight=w), ref_cfg, lambda: runs.append(w) or [],
+                        lambda _: None)
+    assert runs == [0.0, 1.0]
+
+
 def test_the_colour_probe_finds_the_colours_the_shipped_model_sees():
     """The committed 8x8 model's tower was trained on full views: a linear probe reads most key-colour
     patches there (measured 76% recall, 89% precision); a random tower gives the probe far less."""

@@ -38,10 +38,10 @@ import numpy as np
 from .. import synthetic as bench
 from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
-from .build import ReferenceConfig, build_model, build_processor
-from .detail import detail_box
-from .build import tower_tokens, visual_tokens
+from .build import ReferenceConfig, build_model, build_processor, tower_tokens, visual_tokens
 from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side
+from .detail import detail_box
+from .probes import OBJECT_FACT
 
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 FAMILIES = ("text", "doc", "info", "vstar")  # the families whose evidence holds a detail to read
@@ -88,9 +88,10 @@ def _facts(families, split: str, n: int, seed: int, geometry: str):
 
 
 def crowded(item: bench.Item, box, crop) -> bool:
-    """Whether `crop` holds over half of the detail of an object other than `box`'s."""
+    """Whether `crop` holds over half of the detail of an object other than `box`'s (pope: of another object)."""
+    details = item.meta.get("details") or [(b, b) for q, a, b in item.facts if a == "yes" and OBJECT_FACT.fullmatch(q)]
     return any(box_area(box_intersection(crop, d) or (0, 0, 0, 0)) > 0.5 * box_area(d)
-               for o, d in item.meta.get("details", []) if tuple(o) != tuple(box))
+               for o, d in details if tuple(o) != tuple(box))
 
 
 def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 13, geometry: str = "llava15-large",

@@ -110,13 +110,17 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, f
         batch = {k: v.to(cfg.device) for k, v in col(part).items()}
         feats = visual_tokens(model, batch["pixel_values"])
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
+        # pope's objects, crops and full views alike, name their shape in every patch they cover: unlike
+        # the read head's one answer per crop, this stays unambiguous where a crop shows several objects
+        ls = aux.shape_loss(feats, batch["shape_targets"]) if aux.shape is not None else lc * 0
         opt.zero_grad(set_to_none=True)
-        (lc + lr + (lp if cfg.position > 0 else 0)).backward()
+        (lc + lr + (lp if cfg.position > 0 else 0) + cfg.shape_weight * ls).backward()
         opt.step()
         sched.step()
         smooth = lr.item() if smooth is None else cfg.smoothing * smooth + (1 - cfg.smoothing) * lr.item()
         if step % 20 == 0:
-            curve.append({"step": step, "read": smooth, "colour": lc.item(), "where": lp.item()})
+            curve.append({"step": step, "read": smooth, "colour": lc.item(), "where": lp.item()}
+                         | ({"shape": ls.item()} if aux.shape is not None else {}))
         if step % 100 == 0:
             log(f"vision warm-up step {step}/{cfg.vision_steps} read {smooth:.3f} colour {lc.item():.3f}")
     return curve
@@ -135,6 +139,8 @@ def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: Refe
     import torch
 
     key = {**{k: getattr(cfg, k) for k in WARMUP_KEYS}, "model": mcfg.to_dict()}
+    if cfg.shape_weight:  # a key of its own only where it acts: earlier runs' caches stay valid
+        key["shape_weight"] = cfg.shape_weight
     path = work / "warmup.pt"
     if path.exists():
         state = torch.load(path, weights_only=False)
