@@ -122,9 +122,10 @@ def test_the_command_line_writes_its_result(tmp_path, capsys):
     assert "| text | 1 |" in capsys.readouterr().out
     # pope's reading facts are its shapes, asked of the object's region
     R.main(["tower", "--size", "56", "--hidden", "16", "--train-items", "1", "--test-items", "1", "--steps", "2",
-            "--layers", "1", "--families", "pope", "--geometry", "llava15-large-pope", "--out", str(out)])
+            "--layers", "1", "--families", "pope", "--geometry", "llava15-large-pope", "--scales", "1,6", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["n"] == {"pope": 1} and saved["settings"]["families"] == "pope"
+    assert set(saved["accuracy"]) == {"1.0", "6.0"} and "| pope | 1 | " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="'text,popo': give some of"):
         R.main(["tower", "--families", "text,popo"])
 
@@ -135,9 +136,10 @@ def test_the_frozen_probe_takes_the_saved_models_input_size(tmp_path, capsys):
     proc.save_pretrained(tmp_path / "m")
     out = tmp_path / "r.json"
     R.main(["frozen", str(tmp_path / "m"), "--pool", "detail", "--train-items", "1", "--test-items", "1",
-            "--out", str(out)])
+            "--scales", "1,2,8", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["settings"]["pool"] == "detail" and saved["settings"]["model"] == str(tmp_path / "m")
+    assert set(saved["accuracy"]) == {"1.0", "2.0", "8.0"} and set(saved["crowded"]) == {"1.0", "2.0", "8.0"}
     assert saved["n"] == {f: 1 for f in R.FAMILIES} and "| vstar | 1 |" in capsys.readouterr().out
     R.main(["frozen", str(tmp_path / "m"), "--pool", "attention", "--train-crops", "random", "--train-items", "1",
             "--test-items", "1", "--out", str(out)])

@@ -49,8 +49,9 @@ class TrainConfig:
     read_weight: float = 0.5  # weight of the glyph-reading probe in the decoder steps' auxiliary loss
     # > 0: weight of a probe in the auxiliary loss (warm-up, rewarm and decoder steps) that reads, in every
     # patch a pope object covers, its shape (`probes.shape_targets`); pope's examples are then rendered with
-    # those targets. The read head cannot teach it: it reads one answer per crop, and a pope crop 3-4x
-    # the object's side shows another object on 79-97% of test items (CHANGELOG, stop 62)
+    # those targets (the read head reads one answer per crop, and a pope crop 3-4x the object's side shows
+    # another object on 79-97% of test items). In 500 rewarm steps its loss stayed at the labels' prior
+    # (CHANGELOG, stop 62), as in run 55's decoder steps (stop 60)
     shape_weight: float = 0.0
     vision_warmup: int = 100  # learning-rate warm-up steps of the vision tower's pretraining
     vision_decay: int = 0  # 1: after its warm-up, the tower's learning rate falls to 0 along a cosine

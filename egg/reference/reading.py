@@ -425,13 +425,13 @@ def main(argv=None) -> None:
                     help="per family (default: 150 centred, each at every scale; 500 random, two crops each)")
     ap.add_argument("--test-items", type=int, default=50, help="per family, of the test split")
     ap.add_argument("--test-seed", type=int, default=13)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--heads", type=int, default=4)
+    for flag, default in (("--hidden", 64), ("--layers", 3), ("--heads", 4)):  # tower: its size
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--pool", choices=["all", "detail", "attention"], default="all",
                     help="frozen: max-pool every token, or only those on the detail; or attention-pool them")
     ap.add_argument("--max-scale", type=float, default=4.0)
+    ap.add_argument("--scales", default="1,1.5,2,3,4", help="the test crops' sides, x the object's (pope asks at 5-7)")
     ap.add_argument("--train-crops", choices=["centred", "random", "square"], default=None,
                     help="centred crops at the test's scales (frozen's default), or random ones 1 to --max-scale x, "
                          "anywhere around the object and of any aspect, as training draws them (decoder's default), "
@@ -452,7 +452,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    fams = tuple(f for f in a.families.split(",") if f)
+    fams, scales = tuple(f for f in a.families.split(",") if f), tuple(float(f) for f in a.scales.split(","))
     if not fams or set(fams) - set(bench.families()):
         raise SystemExit(f"--families {a.families!r}: give some of {bench.families()}, comma-separated")
     if a.what in ("frozen", "decoder"):
@@ -462,11 +462,11 @@ def main(argv=None) -> None:
 
         model = LlavaForConditionalGeneration.from_pretrained(a.model).to(a.device).eval()
         proc, vc = AutoProcessor.from_pretrained(a.model), model.config.vision_config
-        shape = dict(geometry=a.geometry, size=vc.image_size)
-        test = scale_set(fams, n=a.test_items, seed=a.test_seed, patch=vc.patch_size, **shape)
+        shape, at = dict(geometry=a.geometry, size=vc.image_size), dict(patch=vc.patch_size, scales=scales)
+        test = scale_set(fams, n=a.test_items, seed=a.test_seed, **at, **shape)
         crops = a.train_crops or ("centred" if a.what == "frozen" else "random")
         if crops == "centred":
-            train = scale_set(fams, split="train", n=a.train_items or 150, seed=1, patch=vc.patch_size, **shape)
+            train = scale_set(fams, split="train", n=a.train_items or 150, seed=1, **at, **shape)
         elif a.what == "frozen" and a.pool == "detail":
             raise SystemExit("--pool detail needs --train-crops centred: random crops do not record "
                              "the detail's tokens")
@@ -484,7 +484,7 @@ def main(argv=None) -> None:
         cfg = ReferenceConfig(image_size=a.size, patch_size=14, vision_hidden=a.hidden, vision_layers=a.layers,
                               vision_heads=a.heads, text_hidden=128, text_layers=1, text_heads=4,
                               max_positions=2048, position_init="sincos")
-        test = scale_set(fams, n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size)
+        test = scale_set(fams, n=a.test_items, seed=a.test_seed, geometry=a.geometry, size=a.size, scales=scales)
         train = training_set(fams, n=a.train_items or 500, geometry=a.geometry, size=a.size, max_scale=a.max_scale)
         r = train_tower(cfg, train, test, a.steps, device=a.device, log=lambda m: print(m, flush=True))
     r.settings.update({k: getattr(a, k) for k in ("geometry", "families", "train_items", "test_items", "test_seed")})
