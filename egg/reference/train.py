@@ -112,9 +112,12 @@ def pretrain_vision(model, aux: AuxHeads, reads: list[Example], col, cfg, log, f
         lc, lr, lp = aux.loss(feats, batch["colour_targets"], batch["read_targets"])
         # pope's objects, crops and full views alike, name their shape in every patch they cover: unlike
         # the read head's one answer per crop, this stays unambiguous where a crop shows several objects
-        ls = aux.shape_loss(feats, batch["shape_targets"]) if aux.shape is not None else lc * 0
+        loss = lc + lr + (lp if cfg.position > 0 else 0)
+        if aux.shape is not None:
+            ls = aux.shape_loss(feats, batch["shape_targets"])
+            loss = loss + cfg.shape_weight * ls
         opt.zero_grad(set_to_none=True)
-        (lc + lr + (lp if cfg.position > 0 else 0) + cfg.shape_weight * ls).backward()
+        loss.backward()
         opt.step()
         sched.step()
         smooth = lr.item() if smooth is None else cfg.smoothing * smooth + (1 - cfg.smoothing) * lr.item()
