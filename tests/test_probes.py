@@ -79,6 +79,31 @@ def test_shape_weight_renders_pope_with_shape_targets_and_leaves_other_jobs_as_t
     assert aux.shape_loss(feats, torch.full_like(batch["shape_targets"], -100)).item() == 0
 
 
+def test_the_object_pooled_shape_probe_reads_each_shapes_cells_pooled():
+    """With shape_pool "object", one prediction per image and shape present, on that shape's cells
+    pooled by max: features that say the shape in one of its cells only are read there; per patch
+    they are not."""
+    torch = pytest.importorskip("torch")
+    targets = torch.full((2, 6), -100, dtype=torch.int8)
+    targets[0, :3], targets[0, 4], targets[1, 1:3] = 2, 0, 2  # image 0: a shape-2 object and a shape-0 one
+    feats = torch.zeros(2, 6, 5)
+    feats[0, 0, 2] = feats[1, 2, 2] = feats[0, 4, 0] = 6.0  # one cell of each says its shape
+    pooled = AuxHeads(5, 10, "cpu", 24, read_pool="max", shapes=True, shape_pool="object")
+    patch = AuxHeads(5, 10, "cpu", 24, shapes=True)
+    for aux in (pooled, patch):
+        with torch.no_grad():
+            aux.shape.weight.copy_(torch.eye(5))
+            aux.shape.bias.zero_()
+    assert pooled.shape_loss(feats, targets).item() < 0.02  # log(1 + 4 exp(-6)) for each of the three
+    assert patch.shape_loss(feats, targets).item() > 0.5  # the other cells of each object are at chance
+    # the mean pools the same cells: one cell of two or three says it, less sure, still above a blank map's
+    mean = AuxHeads(5, 10, "cpu", 24, read_pool="mean", shapes=True, shape_pool="object")
+    mean.shape.load_state_dict(pooled.shape.state_dict())
+    assert 0.1 < mean.shape_loss(feats, targets).item() < mean.shape_loss(feats * 0, targets).item()
+    with pytest.raises(ValueError, match="shape_pool"):
+        AuxHeads(5, 10, "cpu", shape_pool="cell")
+
+
 def test_shape_weight_without_the_auxiliary_heads_is_refused_before_any_work(tmp_path):
     cfg = T.config_from_args(["--preset", "llava15", "--shape-weight", "1", "--aux", "0", "--out", str(tmp_path / "m")])
     with pytest.raises(ValueError, match="shape_weight=1.0 needs the auxiliary heads"):

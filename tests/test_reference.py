@@ -915,7 +915,7 @@ def _trained_with(cfg, committed: dict, stop_step: int = 0) -> None:
     default = {**json.loads(json.dumps(vars(T.TrainConfig()))), "stop_step": stop_step}
     assert later <= {"look_detail", "read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
                      "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step", "pope_weight",
-                     "shape_weight", "rewarm_steps"}
+                     "shape_weight", "shape_pool", "rewarm_steps"}
     assert "stop_step" in later and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})

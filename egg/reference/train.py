@@ -143,7 +143,7 @@ def cached_warmup(model, aux: AuxHeads, work: Path, cfg: TrainConfig, mcfg: Refe
 
     key = {**{k: getattr(cfg, k) for k in WARMUP_KEYS}, "model": mcfg.to_dict()}
     if cfg.shape_weight:  # a key of its own only where it acts: earlier runs' caches stay valid
-        key["shape_weight"] = cfg.shape_weight
+        key.update(shape_weight=cfg.shape_weight, shape_pool=cfg.shape_pool)
     path = work / "warmup.pt"
     if path.exists():
         state = torch.load(path, weights_only=False)
@@ -301,7 +301,7 @@ def train(cfg: TrainConfig) -> Path:
     data, reads = cached_render(cfg, mcfg, work, log)
     col = Collator(processor)
     aux = (AuxHeads(mcfg.text_hidden, len(processor.tokenizer), cfg.device, mcfg.image_size // mcfg.patch_size,
-                    cfg.read_pool, cfg.colour_weight, cfg.shape_weight > 0) if cfg.aux else None)
+                    cfg.read_pool, cfg.colour_weight, cfg.shape_weight > 0, cfg.shape_pool) if cfg.aux else None)
     params = list(model.parameters()) + (aux.parameters() if aux else [])
     record = {"config": {**cfg.__dict__, "model": mcfg.to_dict()}, "loss": [], "eval": []}
     full = full_views(data)
