@@ -122,6 +122,24 @@ def test_kl_to_uniform_map_equals_entropy_map(adapter, prep):
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
 
 
+def test_entropy_gradient_is_exact_where_the_model_is_sure():
+    """At an entropy of 3.5e-7 nats (the token after a one-token answer), the gradient on the top
+    logit must be the closed form -p (log p + H), not float32 rounding: computed in float32 it is
+    7% off, enough to move a map's boxes between CPUs (CHANGELOG, stop 63)."""
+    z = torch.randn(40, generator=torch.Generator().manual_seed(0)) + 4.0
+    z[7] = 26.0  # float32 logits, as a model gives them
+    lp = torch.log_softmax(z.double(), -1)
+    want = -lp.exp() * (lp + float(-(lp.exp() * lp).sum()))
+    for fn in (entropy, OBJECTIVES["kl_to_uniform"]):
+        x = z.clone().requires_grad_(True)
+        fn(x).backward()
+        np.testing.assert_allclose(x.grad.abs().double(), want.abs(), rtol=1e-6)
+    y = z.clone().requires_grad_(True)
+    lp32 = torch.log_softmax(y, -1)  # the float32 entropy, as before stop 63
+    (-(lp32.exp() * lp32).sum()).backward()
+    assert abs(float(y.grad[7]) / float(want[7]) - 1) > 0.01
+
+
 def test_objectives_on_batched_and_degenerate_logits():
     x = torch.randn(3, 40)
     for fn in OBJECTIVES.values():
