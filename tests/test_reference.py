@@ -681,10 +681,13 @@ def test_the_warm_up_teaches_pope_shapes_per_patch_only_with_shape_weight(ref_cf
     assert "shape" not in c0[0] and c1[0]["shape"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(plain, shaped))
     runs = []
-    for w in (0.0, 0.0, 1.0, 1.0):  # the second of each loads the first's; a shape weight is a warm-up of its own
-        T.cached_warmup(model, aux, tmp_path, T.TrainConfig(shape_weight=w), ref_cfg, lambda: runs.append(w) or [],
-                        lambda _: None)
-    assert runs == [0.0, 1.0]
+    # the second of each loads the first's; a shape weight, and its pooling, is a warm-up of its own
+    for w, pool in [(0.0, "patch"), (0.0, "patch"), (1.0, "patch"), (1.0, "patch"), (1.0, "object"), (1.0, "object")]:
+        T.cached_warmup(model, aux, tmp_path, T.TrainConfig(shape_weight=w, shape_pool=pool), ref_cfg,
+                        lambda: runs.append((w, pool)) or [], lambda _: None)
+    assert runs == [(0.0, "patch"), (1.0, "patch"), (1.0, "object")]
+    with pytest.raises(ValueError, match="shape_pool must be one of"):  # before any rendering
+        T.train(T.TrainConfig(out=str(tmp_path / "x" / "ref"), shape_weight=1.0, shape_pool="cell"))
 
 
 def test_the_colour_probe_finds_the_colours_the_shipped_model_sees():
