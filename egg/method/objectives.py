@@ -6,8 +6,9 @@ Why: a model sure of its next token (p = 1 - 1e-7) has log p of its top token be
 resolution at a logit of 20 (2e-6), so that token's entropy gradient, as large as all the others'
 together, was rounding noise: a map taken past a one-token answer (`token_index=2`) moved its
 boxes on 21 of 40 items between a CPU's AVX2 and AVX-512 kernels (CHANGELOG, stop 63).
-``entropy`` and ``nucleus_entropy`` are lower when the model is more decided, ``log_max_prob`` and ``kl_to_uniform`` higher. Only the gradient's magnitude
-per visual token enters the map, so the sign convention does not change it.
+``entropy`` and ``nucleus_entropy`` are lower when the model is more decided, ``log_max_prob``
+and ``kl_to_uniform`` higher. Only the gradient's magnitude per visual token enters the map, so
+the sign convention does not change it.
 
 >>> OBJECTIVES["entropy"](logits)
 >>> get_objective("nucleus-entropy")  # names use '-' or '_'

@@ -13,6 +13,12 @@ from ..synthetic.core import COLOURS, SHAPES, draw_shape
 SHAPE_POOLS = ("patch", "object")  # `AuxHeads.shape_loss`: each patch, or each shape's cells pooled
 
 
+def check_shape_pool(pool: str) -> None:
+    """Refuse a `shape_pool` that `AuxHeads.shape_loss` does not know (the trainer asks before rendering)."""
+    if pool not in SHAPE_POOLS:
+        raise ValueError(f"shape_pool must be one of {SHAPE_POOLS}, got {pool!r}")
+
+
 class AuxHeads:
     """Linear probes on the visual tokens that give the vision tower a direct training signal.
 
@@ -29,8 +35,7 @@ class AuxHeads:
 
         if read_pool not in ("mean", "max"):
             raise ValueError(f"read_pool must be 'mean' or 'max', got {read_pool!r}")
-        if shape_pool not in SHAPE_POOLS:
-            raise ValueError(f"shape_pool must be one of {SHAPE_POOLS}, got {shape_pool!r}")
+        check_shape_pool(shape_pool)
         if colour_weight <= 0:
             raise ValueError(f"colour_weight must be > 0, got {colour_weight!r}")
         self.colour = torch.nn.Linear(dim, len(COLOURS)).to(device)

@@ -62,7 +62,7 @@ from .evaluation import eval_line, quick_eval
 from .build import visual_tokens
 from .data import Collator, Example, batches, cpu_seconds, full_views
 from .look import attention_rows, capturing, look_loss, register
-from .probes import SHAPE_POOLS, AuxHeads
+from .probes import AuxHeads, check_shape_pool
 
 
 def only_matching(model, pattern: str) -> list:
@@ -268,8 +268,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.shape_weight > 0 and not cfg.aux:
         raise ValueError(f"shape_weight={cfg.shape_weight} needs the auxiliary heads (aux=1), which carry its probe; "
                          "give --aux 1 or --shape-weight 0")
-    if cfg.shape_pool not in SHAPE_POOLS:  # refused before the rendering, not after it
-        raise ValueError(f"shape_pool must be one of {SHAPE_POOLS}, got {cfg.shape_pool!r}")
+    check_shape_pool(cfg.shape_pool)  # before the rendering, not after it
     if cfg.rewarm_steps and not (cfg.aux and cfg.init):
         raise ValueError(f"rewarm_steps={cfg.rewarm_steps} continues an --init model's tower through the "
                          "auxiliary heads: give --init and --aux 1, or --rewarm-steps 0")
