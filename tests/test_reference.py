@@ -782,6 +782,25 @@ def test_the_reading_stage_alternates_whole_batches_of_full_views_when_asked():
                             np.random.default_rng(3))
 
 
+def test_the_reading_stage_weighs_pope_crops_only_when_asked():
+    """`pope_read_weight` puts each pope reading crop that many times in the stage's pool (the others
+    once), so pope's share of the crops' batches grows without rendering anything again; below 1 it
+    is refused by name."""
+    one = np.zeros((1, 4, 4, 3), np.uint8)
+    reads = [D.Example(one, [("q", "a")], f, "read") for f in ["text"] * 30 + ["pope"] * 10]
+    cfg = T.TrainConfig(batch_size=8, read_steps=50, pope_read_weight=4)
+    plan, _ = T.reading_stage(reads, [], cfg, np.random.default_rng(3))
+    pool = plan[0][0]
+    assert len(pool) == 70 and sum(ex.family == "pope" for ex in pool) == 40
+    assert {id(ex) for ex in pool} == {id(ex) for ex in reads}  # the same crops, not new ones
+    drawn = [pool[i].family for p, idx in plan for i in idx]
+    assert abs(drawn.count("pope") / len(drawn) - 4 / 7) < 0.05
+    plain, _ = T.reading_stage(reads, [], T.TrainConfig(batch_size=8, read_steps=50), np.random.default_rng(3))
+    assert plain[0][0] is reads
+    with pytest.raises(ValueError, match="pope_read_weight=0 leaves pope's reading crops out"):
+        T.reading_stage(reads, [], T.TrainConfig(batch_size=8, read_steps=5, pope_read_weight=0), np.random.default_rng(3))
+
+
 def test_the_reading_stage_draws_from_the_whole_mixture_only_with_read_mix():
     """The reading stage's other batches hold the single-image full views of the rendered set, or
     with `read_mix` every kind of conversation, crops appended to the full view too (read without
@@ -918,7 +937,8 @@ def _trained_with(cfg, committed: dict, stop_step: int = 0) -> None:
     default = {**json.loads(json.dumps(vars(T.TrainConfig()))), "stop_step": stop_step}
     assert later <= {"look_detail", "read_min_scale", "read_square", "read_spread", "pope_readable_px", "read_own",
                      "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step", "pope_weight",
-                     "shape_weight", "shape_pool", "rewarm_steps"}
+                     "shape_weight", "shape_pool", "rewarm_steps",
+                     "pope_read_weight"}
     assert "stop_step" in later and all(ours[k] == default[k] for k in later)
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})

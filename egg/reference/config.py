@@ -77,6 +77,10 @@ class TrainConfig:
     # the crop centred on it (0: centred). Fitted on crops anywhere, no reader read a 3x crop centred on the
     # object as well as one fitted on centred crops did (CHANGELOG, stops 51 and 52).
     read_spread: float = 1.0
+    # pope's reading crops come this many times in the reading stage's pool: at 1, pope is one family of eight
+    # there, and run 58's 400 steps read pope's shapes at 4-8x on 33-62% of objects where 500 steps of pope
+    # crops alone read 56-75% (CHANGELOG, stop 63)
+    pope_read_weight: int = 1
     read_own: int = 0  # 1: a reading crop of a multiple-choice item's evidence asks its own question (`reading_crops`)
     # share of reading crops that come as EGG appends them: the full view, then the evidence's crop and
     # another object's, in random order (run 49: a second crop misled the reader of off-centre crops)

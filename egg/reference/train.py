@@ -230,6 +230,10 @@ def reading_stage(reads: list[Example], data: list[Example], cfg: TrainConfig,
     full views (a whole batch when alternating). Those are drawn from their own stream, so that a
     stage without them is the one earlier runs had."""
     full = data if cfg.read_mix else full_views(data)
+    if cfg.pope_read_weight < 1:
+        raise ValueError(f"pope_read_weight={cfg.pope_read_weight} leaves pope's reading crops out: give 1 (the default) or more")
+    if cfg.pope_read_weight > 1:
+        reads = reads + [r for r in reads if r.family == "pope"] * (cfg.pope_read_weight - 1)
     if cfg.read_alternate:
         return _alternating(reads, full, cfg, rng)
     n_full = int(round(cfg.batch_size * cfg.read_full))
@@ -336,6 +340,8 @@ def train(cfg: TrainConfig) -> Path:
         paired = len(reads) - len(single)
         log(f"reading stage: {cfg.read_steps} steps on {len(reads)} reading crops"
             + (f", {paired} of them beside the full view and another crop" if paired else ", one image each")
+            + (f", pope's {sum(r.family == 'pope' for r in reads)} {cfg.pope_read_weight} times each in the pool"
+               if cfg.pope_read_weight > 1 else "")
             + (f", {share} {'mixture' if cfg.read_mix else 'full-view'} conversations" if n_full else ""))
     plan += stage(full, cfg.full_steps, cfg.batch_size, rng, "full_steps")
     if cfg.full_steps:
