@@ -782,7 +782,7 @@ def test_the_reading_stage_alternates_whole_batches_of_full_views_when_asked():
                             np.random.default_rng(3))
 
 
-def test_the_reading_stage_weighs_pope_crops_only_when_asked():
+def test_the_reading_stage_weighs_pope_crops_only_when_asked(tmp_path):
     """`pope_read_weight` puts each pope reading crop that many times in the stage's pool (the others
     once), so pope's share of the crops' batches grows without rendering anything again; below 1 it
     is refused by name."""
@@ -799,6 +799,9 @@ def test_the_reading_stage_weighs_pope_crops_only_when_asked():
     assert plain[0][0] is reads
     with pytest.raises(ValueError, match="pope_read_weight=0 leaves pope's reading crops out"):
         T.reading_stage(reads, [], T.TrainConfig(batch_size=8, read_steps=5, pope_read_weight=0), np.random.default_rng(3))
+    with pytest.raises(ValueError, match="pope_read_weight=0 leaves"):  # before any rendering
+        T.train(T.TrainConfig(out=str(tmp_path / "x" / "ref"), pope_read_weight=0))
+    assert not (tmp_path / "x").exists()  # refused before its work directory was made
 
 
 def test_the_reading_stage_draws_from_the_whole_mixture_only_with_read_mix():

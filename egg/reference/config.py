@@ -79,7 +79,7 @@ class TrainConfig:
     read_spread: float = 1.0
     # pope's reading crops come this many times in the reading stage's pool: at 1, pope is one family of eight
     # there, and run 58's 400 steps read pope's shapes at 4-8x on 33-62% of objects where 500 steps of pope
-    # crops alone read 56-75% (CHANGELOG, stop 63)
+    # crops alone read 56-75% (CHANGELOG, stop 63). At 8 (run 59), pope's answers did not move (stop 64)
     pope_read_weight: int = 1
     read_own: int = 0  # 1: a reading crop of a multiple-choice item's evidence asks its own question (`reading_crops`)
     # share of reading crops that come as EGG appends them: the full view, then the evidence's crop and

@@ -221,6 +221,12 @@ def stage(pool: list[Example], steps: int, size: int, rng: np.random.Generator, 
     return plan[:steps]
 
 
+def check_pope_read_weight(weight: int) -> None:
+    """Refuse a `pope_read_weight` that leaves pope's crops out (the trainer asks before rendering)."""
+    if weight < 1:
+        raise ValueError(f"pope_read_weight={weight} leaves pope's reading crops out: give 1 (the default) or more")
+
+
 def reading_stage(reads: list[Example], data: list[Example], cfg: TrainConfig,
                   rng: np.random.Generator) -> tuple[list[tuple], int]:
     """The reading stage's batches, with `cfg.read_full` of each drawn from the full-view
@@ -230,8 +236,7 @@ def reading_stage(reads: list[Example], data: list[Example], cfg: TrainConfig,
     full views (a whole batch when alternating). Those are drawn from their own stream, so that a
     stage without them is the one earlier runs had."""
     full = data if cfg.read_mix else full_views(data)
-    if cfg.pope_read_weight < 1:
-        raise ValueError(f"pope_read_weight={cfg.pope_read_weight} leaves pope's reading crops out: give 1 (the default) or more")
+    check_pope_read_weight(cfg.pope_read_weight)
     if cfg.pope_read_weight > 1:
         reads = reads + [r for r in reads if r.family == "pope"] * (cfg.pope_read_weight - 1)
     if cfg.read_alternate:
@@ -272,7 +277,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.shape_weight > 0 and not cfg.aux:
         raise ValueError(f"shape_weight={cfg.shape_weight} needs the auxiliary heads (aux=1), which carry its probe; "
                          "give --aux 1 or --shape-weight 0")
-    check_shape_pool(cfg.shape_pool)  # before the rendering, not after it
+    check_shape_pool(cfg.shape_pool)  # these two before the rendering, not after it
+    check_pope_read_weight(cfg.pope_read_weight)
     if cfg.rewarm_steps and not (cfg.aux and cfg.init):
         raise ValueError(f"rewarm_steps={cfg.rewarm_steps} continues an --init model's tower through the "
                          "auxiliary heads: give --init and --aux 1, or --rewarm-steps 0")
