@@ -122,7 +122,10 @@ def test_lmms_eval_cli_runs_egg(ref_dir, tmp_path):
     swapped for a TextVQA-format fixture), with --model egg."""
     import lmms_eval
 
-    exe = shutil.which("lmms-eval") or str(Path(sys.executable).with_name("lmms-eval"))
+    # the one installed beside this interpreter: another on PATH belongs to another environment
+    # (one left by an interrupted setup ran a deleted venv's Python: stop 64)
+    beside = Path(sys.executable).with_name("lmms-eval")
+    exe = str(beside) if beside.exists() else shutil.which("lmms-eval")
     data = benchmarks.write_fixture("textvqa", tmp_path / "data", n=2)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
