@@ -1,0 +1,200 @@
+"""Is pope's answer in a model's visual states? An attention reader fitted on them (#16).
+
+The 24x24 reference models answer pope's "is there a {colour} {shape} in the image ?" "yes" as
+often on its negatives as on its positives, even with the asked object's tight crop appended
+and on training images (CHANGELOG, stop 64). This tells where that fails: a small reader,
+its query built from the asked colour and shape alone, attends over one image's visual states
+at one decoder layer and answers yes or no. It is fitted on pope's training facts and scored on
+test questions. If it answers where the decoder does not, the states hold the answer and the
+decoder's training is what misses it; if it does not, the tower's tokens lack it.
+
+The image's tokens come before the question in the prompt, so under causal attention their
+states at every layer do not depend on the question: one forward pass per image serves every
+question about it.
+
+    python -m egg.reference.existence data/reference-llava15-large-pope --train-images 600 --out out/existence.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import synthetic as bench
+from ..synthetic.core import COLOURS, SHAPES
+
+COLOUR_NAMES, SHAPE_NAMES = list(COLOURS), list(SHAPES)
+
+
+@dataclass
+class ExistenceProbe:
+    """One reader's scores (%): on its training questions, on the test questions, and its "yes" rate
+    on the test's positives and negatives (equal rates: the answer does not depend on the image).
+    `curve`: test accuracy after some epochs, with the questions seen by then."""
+    layer: int
+    query: str  # what the reader's query is built from: "colour+shape", "colour" or "shape"
+    train_accuracy: float
+    test_accuracy: float
+    yes_on_positives: float
+    yes_on_negatives: float
+    n_train: int
+    n_test: int
+    curve: list[dict] = field(default_factory=list)
+
+
+def parse_question(q: str) -> tuple[int, int]:
+    """The (colour, shape) indices that pope's question asks about."""
+    words = q.split()
+    if len(words) < 5 or words[:3] != ["is", "there", "a"] or words[3] not in COLOURS or words[4] not in SHAPES:
+        raise ValueError(f"not a pope question: {q!r} (expected 'is there a {{colour}} {{shape}} ...')")
+    return COLOUR_NAMES.index(words[3]), SHAPE_NAMES.index(words[4])
+
+
+def questions(items, facts: bool) -> np.ndarray:
+    """Rows (image, colour, shape, yes) of pope items: their training facts (`facts`), or their question."""
+    rows = []
+    for i, it in enumerate(items):
+        asked = [(q, a) for q, a, _ in it.facts if a in ("yes", "no") and q.startswith("is there")] if facts \
+            else [(it.question, it.meta["label"])]
+        rows += [(i, *parse_question(q), a == "yes") for q, a in asked]
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def visual_states(vlm, image) -> "torch.Tensor":
+    """(layers + 1, visual tokens, hidden): the image's visual tokens at the decoder's input and after
+    each layer, in float16 (a probe's input, not the model's)."""
+    import torch
+
+    ad = vlm.adapter
+    prep = ad.prepare([image], "is there a red circle in the image ?")
+    emb = ad.inputs_embeds(prep, ad.visual_embeddings(prep))
+    with torch.no_grad():
+        # the decoder alone: no logits over the sequence (8x faster than the whole model's forward)
+        out = vlm.model.get_decoder()(inputs_embeds=emb, output_hidden_states=True)
+    return torch.stack([h[0, prep.visual_positions] for h in out.hidden_states]).half()
+
+
+def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):
+    import torch
+    from torch import nn
+
+    class Reader(nn.Module):
+        """Query = embedding(colour) + embedding(shape); keys and values linear in the states."""
+
+        def __init__(self):
+            super().__init__()
+            self.colour, self.shape = nn.Embedding(len(COLOURS), heads * width), nn.Embedding(len(SHAPES), heads * width)
+            self.norm, self.key, self.value = nn.LayerNorm(dim), nn.Linear(dim, heads * width), nn.Linear(dim, heads * width)
+            self.out = nn.Sequential(nn.Linear(2 * heads * width, 128), nn.GELU(), nn.Linear(128, 1))
+
+        def forward(self, x, img, c, s):
+            """x: (B, T, dim) the states of B images; img, c, s: per question, its image's row in x, colour, shape."""
+            x = self.norm(x.float())
+            b, t, _ = x.shape
+            q = (self.colour(c) if colour else 0) + (self.shape(s) if shape else 0)
+            q = q.view(-1, heads, width)
+            k = self.key(x).view(b, t, heads, width)[img]
+            v = self.value(x).view(b, t, heads, width)[img]
+            att = torch.einsum("nhk,nthk->nht", q, k).div(width ** 0.5).softmax(-1)
+            read = torch.einsum("nht,nthk->nhk", att, v).reshape(len(c), -1)
+            return self.out(torch.cat([read, q.reshape(len(c), -1)], -1)).squeeze(-1)
+
+    return Reader()
+
+
+def fit_reader(train_states, train_rows: np.ndarray, test_states, test_rows: np.ndarray, layer: int = 0,
+               query: str = "colour+shape", epochs: int = 30, images_per_batch: int = 16, lr: float = 2e-3,
+               seed: int = 0, curve_at=(1, 2, 3, 5, 8, 12, 20, 30)) -> ExistenceProbe:
+    """Fit a reader on `train_states[:, layer]` (N, layers + 1, T, dim) for `train_rows` (`questions`),
+    score it on the test's. A batch is `images_per_batch` images with all their questions."""
+    import torch
+    from torch import nn
+
+    if query not in ("colour+shape", "colour", "shape"):
+        raise ValueError(f"query must be 'colour+shape', 'colour' or 'shape', got {query!r}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    m = _reader(train_states.shape[-1], 4, 32, "colour" in query, "shape" in query)
+    opt = torch.optim.AdamW(m.parameters(), lr, weight_decay=0.01)
+    tr, te = torch.as_tensor(train_rows), torch.as_tensor(test_rows)
+
+    def batches(states, rows, shuffle):
+        order = torch.randperm(len(states), generator=gen) if shuffle else torch.arange(len(states))
+        for imgs in order.split(images_per_batch):
+            imgs = imgs.sort().values
+            r = rows[torch.isin(rows[:, 0], imgs)]
+            if len(r):
+                yield r, m(states[imgs, layer], torch.searchsorted(imgs, r[:, 0].contiguous()), r[:, 1], r[:, 2])
+
+    def answers(states, rows):
+        """per row of `rows`, in order: whether the reader says yes"""
+        with torch.no_grad():
+            got = {}
+            for r, logit in batches(states, rows, False):
+                got.update(zip(map(tuple, r.tolist()), (logit > 0).tolist()))
+        return np.array([got[tuple(r)] for r in rows.tolist()])
+
+    curve, seen = [], 0
+    for ep in range(1, epochs + 1):
+        for r, logit in batches(train_states, tr, True):
+            loss = nn.functional.binary_cross_entropy_with_logits(logit, r[:, 3].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(r)
+        if ep in curve_at and ep < epochs:
+            curve.append({"epoch": ep, "questions_seen": seen,
+                          "test_accuracy": round(100 * float((answers(test_states, te) == test_rows[:, 3]).mean()), 1)})
+    yes_tr, yes_te = answers(train_states, tr), answers(test_states, te)
+    pos = test_rows[:, 3] == 1
+    pct = lambda a: round(100 * float(np.mean(a)), 1) if len(a) else float("nan")
+    acc = pct(yes_te == test_rows[:, 3])
+    curve.append({"epoch": epochs, "questions_seen": seen, "test_accuracy": acc})
+    return ExistenceProbe(layer, query, pct(yes_tr == train_rows[:, 3]), acc, pct(yes_te[pos]), pct(yes_te[~pos]),
+                          len(train_rows), len(test_rows), curve)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="a saved model (e.g. data/reference-llava15-large-pope)")
+    ap.add_argument("--train-images", type=int, default=600, help="pope training items (seed 1), all their facts")
+    ap.add_argument("--test-items", type=int, default=300, help="pope test items")
+    ap.add_argument("--test-seed", type=int, default=13)
+    ap.add_argument("--layers", default="0", help="comma-separated decoder layers (0: its input)")
+    ap.add_argument("--queries", default="colour+shape", help="comma-separated: colour+shape, colour, shape")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="a JSON file for the results")
+    a = ap.parse_args(argv)
+    import torch
+    from tqdm import tqdm
+
+    from ..api import load_model
+
+    torch.set_num_threads(a.threads)
+    vlm = load_model(a.model, device="cpu")
+    geo = bench.geometry_for(vlm)
+    train = bench.load("pope", "train", a.train_images, 1, geometry=geo)
+    test = bench.load("pope", "test", a.test_items, a.test_seed, geometry=geo)
+    xs = {name: torch.stack([visual_states(vlm, it.image) for it in tqdm(items, desc=f"{name} states")])
+          for name, items in (("train", train), ("test", test))}
+    rows = {"train": questions(train, facts=True), "test": questions(test, facts=False)}
+    results = []
+    for layer in (int(v) for v in a.layers.split(",")):
+        for query in a.queries.split(","):
+            r = fit_reader(xs["train"], rows["train"], xs["test"], rows["test"], layer, query, a.epochs)
+            results.append(r)
+            print(f"layer {layer} query {query}: train {r.train_accuracy}% test {r.test_accuracy}% "
+                  f"(yes on {r.yes_on_positives}% of positives, {r.yes_on_negatives}% of negatives; "
+                  f"n = {r.n_train} / {r.n_test})", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"model": a.model, "train_images": a.train_images, "test_items": a.test_items,
+                                           "test_seed": a.test_seed, "results": [asdict(r) for r in results]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

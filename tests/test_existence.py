@@ -1,0 +1,72 @@
+"""The existence probe (egg.reference.existence): its reader learns the answer where the states hold
+it and stays at chance where they do not; its states are the decoder's own."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from egg import synthetic as bench
+from egg.reference.existence import COLOUR_NAMES, SHAPE_NAMES, fit_reader, parse_question, questions, visual_states
+
+
+def _planted(n_images: int, plant: bool, seed: int):
+    """States of n images (1 layer, 32 tokens, 24 dims) with two objects each; `plant`: each object's
+    colour and shape written into one token, as a tower's output would hold them."""
+    g = np.random.default_rng(seed)
+    code_c = np.random.default_rng(99).normal(size=(len(COLOUR_NAMES), 24))
+    code_s = np.random.default_rng(98).normal(size=(len(SHAPE_NAMES), 24))
+    x = g.normal(scale=0.5, size=(n_images, 1, 32, 24))
+    rows = []
+    for i in range(n_images):
+        objs = {(int(g.integers(6)), int(g.integers(5))) for _ in range(2)}
+        for k, (c, s) in enumerate(objs):
+            if plant:
+                x[i, 0, k] += 2 * code_c[c] + 2 * code_s[s]
+            rows.append((i, c, s, 1))
+            absent = (c, (s + 1 + int(g.integers(4))) % 5)  # the object's colour, another shape
+            if absent not in objs:
+                rows.append((i, *absent, 0))
+    return torch.tensor(x, dtype=torch.float16), np.array(rows)
+
+
+@pytest.mark.parametrize("plant", [True, False])
+def test_the_reader_answers_where_the_states_hold_the_answer_and_only_there(plant):
+    xtr, rtr = _planted(200, plant, 0)
+    xte, rte = _planted(100, plant, 1)
+    r = fit_reader(xtr, rtr, xte, rte, epochs=8, images_per_batch=16, lr=5e-3)
+    assert r.n_train == len(rtr) and r.n_test == len(rte) and r.curve[-1]["test_accuracy"] == r.test_accuracy
+    if plant:
+        assert r.test_accuracy >= 85, r
+        assert r.yes_on_positives - r.yes_on_negatives >= 70, r
+    else:
+        assert r.test_accuracy <= 70, r  # the negatives share the colour: only the shape can tell them apart
+    colour_only = fit_reader(xtr, rtr, xte, rte, query="colour", epochs=8, lr=5e-3)
+    assert colour_only.test_accuracy <= 75, colour_only  # every negative's colour is present
+
+
+def test_pope_questions_parse_and_refuse_others():
+    assert parse_question("is there a blue star in the image ?") == (COLOUR_NAMES.index("blue"), SHAPE_NAMES.index("star"))
+    with pytest.raises(ValueError, match="not a pope question"):
+        parse_question("what shape is in the blue region ?")
+    items = bench.load("pope", "train", 3, 1, geometry="llava15")
+    rows = questions(items, facts=True)
+    n_facts = sum(a in ("yes", "no") and q.startswith("is there") for it in items for q, a, _ in it.facts)
+    assert rows.shape == (n_facts, 4) and set(rows[:, 0]) == {0, 1, 2} and set(rows[:, 3]) == {0, 1}
+    test = questions(items, facts=False)
+    assert test.shape == (3, 4) and [bool(r[3]) for r in test] == [it.meta["label"] == "yes" for it in items]
+
+
+def test_visual_states_are_the_decoders_own(vlm, scene):
+    s = visual_states(vlm, scene)
+    ad = vlm.adapter
+    prep = ad.prepare([scene], "is there a red circle in the image ?")
+    vis = ad.visual_embeddings(prep)
+    layers = vlm.model.config.text_config.num_hidden_layers
+    assert s.shape == (layers + 1, prep.n_visual, vis.shape[-1]) and s.dtype == torch.float16
+    assert torch.allclose(s[0].float(), vis.half().float())
+    # the image's tokens come first: another question leaves their states unchanged
+    other = ad.prepare([scene], "is there a green cross in the image ?")
+    with torch.no_grad():
+        out = vlm.model(inputs_embeds=ad.inputs_embeds(other, ad.visual_embeddings(other)), output_hidden_states=True)
+    assert torch.allclose(s[-1].float(), out.hidden_states[-1][0, other.visual_positions].half().float(), atol=1e-3)
