@@ -36,6 +36,7 @@ def test_the_reader_answers_where_the_states_hold_the_answer_and_only_there(plan
     xte, rte = _planted(100, plant, 1)
     r = fit_reader(xtr, rtr, xte, rte, epochs=8, images_per_batch=16, lr=5e-3)
     assert r.n_train == len(rtr) and r.n_test == len(rte) and r.curve[-1]["test_accuracy"] == r.test_accuracy
+    assert len(r.correct) == len(rte) and round(100 * np.mean(r.correct), 1) == r.test_accuracy
     if plant:
         assert r.test_accuracy >= 85, r
         assert r.yes_on_positives - r.yes_on_negatives >= 70, r

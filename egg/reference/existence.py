@@ -33,7 +33,8 @@ COLOUR_NAMES, SHAPE_NAMES = list(COLOURS), list(SHAPES)
 class ExistenceProbe:
     """One reader's scores (%): on its training questions, on the test questions, and its "yes" rate
     on the test's positives and negatives (equal rates: the answer does not depend on the image).
-    `curve`: test accuracy after some epochs, with the questions seen by then."""
+    `curve`: test accuracy after some epochs, with the questions seen by then; `correct`: per test
+    question, in order, whether the reader answered it (for paired comparisons with a model's answers)."""
     layer: int
     query: str  # what the reader's query is built from: "colour+shape", "colour" or "shape"
     train_accuracy: float
@@ -43,6 +44,7 @@ class ExistenceProbe:
     n_train: int
     n_test: int
     curve: list[dict] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
 
 
 def parse_question(q: str) -> tuple[int, int]:
@@ -151,10 +153,11 @@ def fit_reader(train_states, train_rows: np.ndarray, test_states, test_rows: np.
     yes_tr, yes_te = answers(train_states, tr), answers(test_states, te)
     pos = test_rows[:, 3] == 1
     pct = lambda a: round(100 * float(np.mean(a)), 1) if len(a) else float("nan")
-    acc = pct(yes_te == test_rows[:, 3])
+    ok = yes_te == test_rows[:, 3]
+    acc = pct(ok)
     curve.append({"epoch": epochs, "questions_seen": seen, "test_accuracy": acc})
     return ExistenceProbe(layer, query, pct(yes_tr == train_rows[:, 3]), acc, pct(yes_te[pos]), pct(yes_te[~pos]),
-                          len(train_rows), len(test_rows), curve)
+                          len(train_rows), len(test_rows), curve, ok.tolist())
 
 
 def main(argv=None) -> None:
