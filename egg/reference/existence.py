@@ -13,7 +13,12 @@ states at every layer do not depend on the question: one forward pass per image 
 question about it.
 
     python -m egg.reference.existence data/reference-llava15-large-pope --train-images 600 --out out/existence.json
+
+With ``--decoder-steps N`` the model's own decoder is then trained on the same facts at the full view
+from its frozen tower's tokens (`reading.train_decoder`, nothing else taught) and scored on the same
+questions: whether it learns what the reader finds, and how fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,6 +82,20 @@ def visual_states(vlm, image) -> "torch.Tensor":
         # the decoder alone: no logits over the sequence (8x faster than the whole model's forward)
         out = vlm.model.get_decoder()(inputs_embeds=emb, output_hidden_states=True)
     return torch.stack([h[0, prep.visual_positions] for h in out.hidden_states]).half()
+
+
+def full_view_set(items, facts: bool, size: int):
+    """A `reading.ReadingSet` of pope's questions (`questions`' rows) on each item's full view, resized to
+    the model's input square as training shows it."""
+    from .data import _resize
+    from .reading import ReadingSet
+
+    rows = questions(items, facts)
+    views = [_resize(it.image, (0, 0, *it.image.size), size) for it in items]
+    qs = [f"is there a {COLOUR_NAMES[c]} {SHAPE_NAMES[t]} in the image ?" for _, c, t, _ in rows]
+    zero = np.zeros(len(rows))
+    return ReadingSet({1.0: np.stack([views[i] for i in rows[:, 0]])}, ["yes" if y else "no" for y in rows[:, 3]],
+                      ["pope"] * len(rows), qs, crowded={1.0: zero}, detail_px={1.0: zero})
 
 
 def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):
@@ -169,6 +188,9 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", default="0", help="comma-separated decoder layers (0: its input)")
     ap.add_argument("--queries", default="colour+shape", help="comma-separated: colour+shape, colour, shape")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--decoder-steps", type=int, default=0,
+                    help="> 0: then train the model's decoder this many steps on the same facts (frozen tower)")
+    ap.add_argument("--decoder-lr", type=float, default=5e-4, help="the decoder's learning rate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     a = ap.parse_args(argv)
@@ -193,10 +215,19 @@ def main(argv=None) -> None:
             print(f"layer {layer} query {query}: train {r.train_accuracy}% test {r.test_accuracy}% "
                   f"(yes on {r.yes_on_positives}% of positives, {r.yes_on_negatives}% of negatives; "
                   f"n = {r.n_train} / {r.n_test})", flush=True)
+    decoder = None
+    if a.decoder_steps > 0:
+        from .reading import train_decoder
+
+        size = vlm.model.config.vision_config.image_size
+        decoder = train_decoder(vlm.model, vlm.processor, full_view_set(train, True, size), full_view_set(test, False, size),
+                                a.decoder_steps, lr=a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
+                                log=lambda m: print("decoder " + m, flush=True))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"model": a.model, "train_images": a.train_images, "test_items": a.test_items,
-                                           "test_seed": a.test_seed, "results": [asdict(r) for r in results]}, indent=1))
+                                           "test_seed": a.test_seed, "results": [asdict(r) for r in results],
+                                           "decoder": asdict(decoder) if decoder else None}, indent=1))
 
 
 if __name__ == "__main__":
