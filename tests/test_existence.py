@@ -104,3 +104,10 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     assert [(r["layer"], r["query"]) for r in d["results"]] == [(0, "colour+shape"), (0, "colour"), (1, "colour+shape"), (1, "colour")]
     assert all(r["n_test"] == 4 and len(r["correct"]) == 4 for r in d["results"])
     assert d["decoder"]["n"] == {"pope": 4} and d["decoder"]["settings"]["steps"] == 2
+
+
+def test_the_command_names_a_layer_the_decoder_does_not_have(ref_dir):
+    from egg.reference.existence import main
+
+    with pytest.raises(SystemExit, match="--layers '0,9'.*from 0 .* to 4"):
+        main([str(ref_dir), "--layers", "0,9", "--train-images", "1", "--test-items", "1"])

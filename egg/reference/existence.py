@@ -79,7 +79,7 @@ def visual_states(vlm, image) -> "torch.Tensor":
     prep = ad.prepare([image], "is there a red circle in the image ?")
     emb = ad.inputs_embeds(prep, ad.visual_embeddings(prep))
     with torch.no_grad():
-        # the decoder alone: no logits over the sequence (8x faster than the whole model's forward)
+        # the decoder alone: no logits over the sequence
         out = vlm.model.get_decoder()(inputs_embeds=emb, output_hidden_states=True)
     return torch.stack([h[0, prep.visual_positions] for h in out.hidden_states]).half()
 
@@ -201,6 +201,10 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(a.threads)
     vlm = load_model(a.model, device="cpu")
+    n_layers = vlm.model.config.text_config.num_hidden_layers
+    layers = [int(v) for v in a.layers.split(",")]
+    if any(not 0 <= v <= n_layers for v in layers):
+        raise SystemExit(f"--layers {a.layers!r}: give layers from 0 (the decoder's input) to {n_layers}, comma-separated")
     geo = bench.geometry_for(vlm)
     train = bench.load("pope", "train", a.train_images, 1, geometry=geo)
     test = bench.load("pope", "test", a.test_items, a.test_seed, geometry=geo)
@@ -208,7 +212,7 @@ def main(argv=None) -> None:
           for name, items in (("train", train), ("test", test))}
     rows = {"train": questions(train, facts=True), "test": questions(test, facts=False)}
     results = []
-    for layer in (int(v) for v in a.layers.split(",")):
+    for layer in layers:
         for query in a.queries.split(","):
             r = fit_reader(xs["train"], rows["train"], xs["test"], rows["test"], layer, query, a.epochs)
             results.append(r)
