@@ -82,8 +82,8 @@ def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_proc
     s = full_view_set(items, facts=True, size=ref_cfg.image_size)
     rows = questions(items, facts=True)
     assert s.images[1.0].shape == (len(rows), ref_cfg.image_size, ref_cfg.image_size, 3)
-    asked = [(q, a) for it in items for q, a, _ in it.facts if a in ("yes", "no") and q.startswith("is there")]
-    assert list(zip(s.questions, s.answers)) == asked  # the items' own facts, in order
+    facts = [(q, a) for it in items for q, a, _ in it.facts if a in ("yes", "no") and q.startswith("is there")]
+    assert list(zip(s.questions, s.answers)) == facts  # the items' own facts, in order
     first = rows[:, 0] == 0  # every fact of an item shows that item's full view
     assert (s.images[1.0][first] == s.images[1.0][0]).all() and not (s.images[1.0][~first][0] == s.images[1.0][0]).all()
     model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)  # its own: training changes it

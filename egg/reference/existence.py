@@ -60,13 +60,16 @@ def parse_question(q: str) -> tuple[int, int]:
     return COLOUR_NAMES.index(words[3]), SHAPE_NAMES.index(words[4])
 
 
+def asked(item, facts: bool) -> list[tuple[str, str]]:
+    """(question, "yes"/"no") of a pope item: its "is there" training facts (`facts`), or its test question."""
+    if not facts:
+        return [(item.question, item.meta["label"])]
+    return [(q, a) for q, a, _ in item.facts if a in ("yes", "no") and q.startswith("is there")]
+
+
 def questions(items, facts: bool) -> np.ndarray:
-    """Rows (image, colour, shape, yes) of pope items: their training facts (`facts`), or their question."""
-    rows = []
-    for i, it in enumerate(items):
-        asked = [(q, a) for q, a, _ in it.facts if a in ("yes", "no") and q.startswith("is there")] if facts \
-            else [(it.question, it.meta["label"])]
-        rows += [(i, *parse_question(q), a == "yes") for q, a in asked]
+    """Rows (image, colour, shape, yes) of pope items' `asked` questions."""
+    rows = [(i, *parse_question(q), a == "yes") for i, it in enumerate(items) for q, a in asked(it, facts)]
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
@@ -85,17 +88,16 @@ def visual_states(vlm, image) -> "torch.Tensor":
 
 
 def full_view_set(items, facts: bool, size: int):
-    """A `reading.ReadingSet` of pope's questions (`questions`' rows) on each item's full view, resized to
+    """A `reading.ReadingSet` of pope's `asked` questions on each item's full view, resized to
     the model's input square as training shows it."""
     from .data import _resize
     from .reading import ReadingSet
 
-    rows = questions(items, facts)
+    pairs = [(i, q, a) for i, it in enumerate(items) for q, a in asked(it, facts)]
     views = [_resize(it.image, (0, 0, *it.image.size), size) for it in items]
-    qs = [f"is there a {COLOUR_NAMES[c]} {SHAPE_NAMES[t]} in the image ?" for _, c, t, _ in rows]
-    zero = np.zeros(len(rows))
-    return ReadingSet({1.0: np.stack([views[i] for i in rows[:, 0]])}, ["yes" if y else "no" for y in rows[:, 3]],
-                      ["pope"] * len(rows), qs, crowded={1.0: zero}, detail_px={1.0: zero})
+    zero = np.zeros(len(pairs))
+    return ReadingSet({1.0: np.stack([views[i] for i, _, _ in pairs])}, [a for _, _, a in pairs], ["pope"] * len(pairs),
+                      [q for _, q, _ in pairs], crowded={1.0: zero}, detail_px={1.0: zero})
 
 
 def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):
@@ -201,7 +203,7 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(a.threads)
     vlm = load_model(a.model, device="cpu")
-    n_layers = vlm.model.config.text_config.num_hidden_layers
+    n_layers = vlm.adapter.num_layers
     layers = [int(v) for v in a.layers.split(",")]
     if any(not 0 <= v <= n_layers for v in layers):
         raise SystemExit(f"--layers {a.layers!r}: give layers from 0 (the decoder's input) to {n_layers}, comma-separated")
@@ -223,7 +225,7 @@ def main(argv=None) -> None:
     if a.decoder_steps > 0:
         from .reading import train_decoder
 
-        size = vlm.model.config.vision_config.image_size
+        size = vlm.adapter.input_resolution[0]
         decoder = train_decoder(vlm.model, vlm.processor, full_view_set(train, True, size), full_view_set(test, False, size),
                                 a.decoder_steps, lr=a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 log=lambda m: print("decoder " + m, flush=True))
