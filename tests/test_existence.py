@@ -76,7 +76,7 @@ def test_visual_states_are_the_decoders_own(vlm, scene):
 def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_processor):
     from egg.reference.build import build_model
     from egg.reference.existence import full_view_set
-    from egg.reference.reading import train_decoder
+    from egg.reference.reading import _by_image, train_decoder
 
     items = bench.load("pope", "train", 4, 1, geometry="llava15")
     s = full_view_set(items, facts=True, size=ref_cfg.image_size)
@@ -90,6 +90,9 @@ def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_proc
     test = full_view_set(bench.load("pope", "test", 3, 13, geometry="llava15"), facts=False, size=ref_cfg.image_size)
     r = train_decoder(model, ref_processor, s, test, steps=2, batch=4, eval_every=1, log=lambda m: None)
     assert r.n == {"pope": 3} and [c["step"] for c in r.curve] == [0, 1, 2] and len(r.correct[1.0]) == 3
+    # each full view once, its facts sharing its prefix pass
+    views, row = _by_image(s.images[1.0])
+    assert len(views) == 4 and row.tolist() == rows[:, 0].tolist() and (views[row] == s.images[1.0]).all()
 
 
 def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_path):
@@ -104,6 +107,11 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     assert [(r["layer"], r["query"]) for r in d["results"]] == [(0, "colour+shape"), (0, "colour"), (1, "colour+shape"), (1, "colour")]
     assert all(r["n_test"] == 4 and len(r["correct"]) == 4 for r in d["results"])
     assert d["decoder"]["n"] == {"pope": 4} and d["decoder"]["settings"]["steps"] == 2
+    # the decoder alone: no reader, and no states for one
+    main([str(ref_dir), "--train-images", "3", "--test-items", "4", "--layers", "", "--decoder-steps", "1",
+          "--decoder-images", "2", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["results"] == [] and d["decoder"]["settings"]["batch"] == 2 and len(d["decoder"]["correct"]["1.0"]) == 4
 
 
 def test_the_command_names_a_layer_the_decoder_does_not_have(ref_dir):

@@ -184,8 +184,14 @@ def test_the_decoder_pass_is_the_models_own_forward(sets):
         logits, lab = R._decoder_pass(model, col, feats, enc)
         for k, (ids, labels) in enumerate(enc):
             own = model(input_ids=torch.tensor([ids]), pixel_values=col.pixels(ims[k:k + 1])).logits[0, :-1]
-            assert torch.allclose(logits[k, : len(ids) - 1], own, atol=1e-5)
-            assert lab[k, : len(ids) - 1].tolist() == labels[1:]
+            p = max(i for i, t in enumerate(ids) if t == model.config.image_token_id) + 1  # from here on
+            assert torch.allclose(logits[k, : len(ids) - 1 - p], own[p:], atol=1e-5)
+            assert lab[k, : len(ids) - 1 - p].tolist() == labels[p + 1:]
+        # questions about the same image share its prefix pass: the same as each with its own copy
+        image = [0, 1, 0]
+        shared, _ = R._decoder_pass(model, col, feats[:2], enc, image)
+        assert torch.allclose(shared, R._decoder_pass(model, col, feats[image], enc)[0], atol=1e-5)
+        assert not torch.allclose(shared[2], logits[2], atol=1e-3)  # image 0 in place of its own
     assert (lab != -100).any(1).all()  # every prompt's answer is scored
 
 

@@ -16,7 +16,9 @@ question about it.
 
 With ``--decoder-steps N`` the model's own decoder is then trained on the same facts at the full view
 from its frozen tower's tokens (`reading.train_decoder`, nothing else taught) and scored on the same
-questions: whether it learns what the reader finds, and how fast.
+questions: whether it learns what the reader finds, and how fast. Each full view is encoded once and
+runs through the decoder once per step, its facts sharing that pass (`--decoder-images` views a step);
+``--layers ''`` skips the readers.
 """
 
 from __future__ import annotations
@@ -187,12 +189,13 @@ def main(argv=None) -> None:
     ap.add_argument("--train-images", type=int, default=600, help="pope training items (seed 1), all their facts")
     ap.add_argument("--test-items", type=int, default=300, help="pope test items")
     ap.add_argument("--test-seed", type=int, default=13)
-    ap.add_argument("--layers", default="0", help="comma-separated decoder layers (0: its input)")
+    ap.add_argument("--layers", default="0", help="comma-separated decoder layers (0: its input); '' for no reader")
     ap.add_argument("--queries", default="colour+shape", help="comma-separated: colour+shape, colour, shape")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--decoder-steps", type=int, default=0,
                     help="> 0: then train the model's decoder this many steps on the same facts (frozen tower)")
     ap.add_argument("--decoder-lr", type=float, default=5e-4, help="the decoder's learning rate")
+    ap.add_argument("--decoder-images", type=int, default=8, help="training images per decoder step, all their facts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     a = ap.parse_args(argv)
@@ -204,14 +207,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     vlm = load_model(a.model, device="cpu")
     n_layers = vlm.adapter.num_layers
-    layers = [int(v) for v in a.layers.split(",")]
+    layers = [int(v) for v in a.layers.split(",") if v.strip()]
     if any(not 0 <= v <= n_layers for v in layers):
         raise SystemExit(f"--layers {a.layers!r}: give layers from 0 (the decoder's input) to {n_layers}, comma-separated")
     geo = bench.geometry_for(vlm)
     train = bench.load("pope", "train", a.train_images, 1, geometry=geo)
     test = bench.load("pope", "test", a.test_items, a.test_seed, geometry=geo)
     xs = {name: torch.stack([visual_states(vlm, it.image) for it in tqdm(items, desc=f"{name} states")])
-          for name, items in (("train", train), ("test", test))}
+          for name, items in (("train", train), ("test", test)) if layers}
     rows = {"train": questions(train, facts=True), "test": questions(test, facts=False)}
     results = []
     for layer in layers:
@@ -227,7 +230,7 @@ def main(argv=None) -> None:
 
         size = vlm.adapter.input_resolution[0]
         decoder = train_decoder(vlm.model, vlm.processor, full_view_set(train, True, size), full_view_set(test, False, size),
-                                a.decoder_steps, lr=a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
+                                a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 log=lambda m: print("decoder " + m, flush=True))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

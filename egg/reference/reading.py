@@ -326,13 +326,36 @@ def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int]
     return [col.encode(1, [(q, a)])[:2] for q, a in zip(test.questions, test.answers)]
 
 
-def _decoder_pass(model, col: Collator, feats, enc):
-    """Logits and labels of one batch: `feats` (n, tokens, dim) in place of each prompt's image tokens."""
+def _decoder_pass(model, col: Collator, feats, enc, image=None):
+    """Logits and labels of one batch, from the first token after the image on: `feats` (u, tokens, dim) the
+    visual tokens of u images, `enc` the encoded questions, question k about image `image[k]` (default: k).
+    The prompt up to the image's last token is the same for every question, and under causal attention its
+    states do not depend on what follows: it runs once per image, and its keys and values serve every
+    question about that image (pope has about 11 facts per picture)."""
+    import torch
+
     ids, lab, mask = (t.to(feats.device) for t in col.pad(enc))
     image_token = model.config.image_token_id
-    emb = model.get_input_embeddings()(ids)
-    emb = emb.masked_scatter((ids == image_token)[..., None], feats.to(emb.dtype))
-    return model(inputs_embeds=emb, attention_mask=mask).logits[:, :-1], lab[:, 1:]
+    p = int((ids[0] == image_token).nonzero().max()) + 1
+    if not (ids[:, :p] == ids[:1, :p]).all() or (lab[:, :p + 1] != -100).any():
+        raise ValueError("every prompt must open with the same text and image tokens, unscored")
+    embed, lm = model.get_input_embeddings(), model.model.language_model
+    prefix = embed(ids[:1, :p]).expand(len(feats), -1, -1)
+    prefix = prefix.masked_scatter((ids[:1, :p] == image_token)[..., None].expand_as(prefix), feats.to(prefix.dtype))
+    cache = lm(inputs_embeds=prefix, use_cache=True).cache
+    cache.reorder_cache(torch.arange(len(enc), device=feats.device) if image is None
+                        else torch.as_tensor(image, device=feats.device))
+    h = lm(inputs_embeds=embed(ids[:, p:]), attention_mask=mask, cache=cache, use_cache=True)
+    return model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
+
+
+def _by_image(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct images of `images` in order of first appearance, and each one's row among them."""
+    import hashlib
+
+    first = {}
+    row = np.array([first.setdefault(hashlib.sha1(im.tobytes()).digest(), len(first)) for im in images])
+    return images[np.unique(row, return_index=True)[1]], row
 
 
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
@@ -343,7 +366,9 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     LLaVA's stage 2 and the recipes' decoder steps train it), scored per scale on `test` (step 0:
     the model as saved). Whether the decoder can learn to find and read the detail at 3x when it
     is taught nothing else, apart from what a recipe mixes in. A test answer counts when every one
-    of its tokens is the argmax after the ones before it (what greedy decoding would answer)."""
+    of its tokens is the argmax after the ones before it (what greedy decoding would answer).
+    A step takes `batch` distinct training images with every question asked of each (a crop of
+    `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts)."""
     import torch
 
     torch.manual_seed(seed)
@@ -351,23 +376,27 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     project = model.model.multi_modal_projector if projector else (lambda v: v)
     frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
     cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
-    # a training set of several scales (`scale_set`) is read at all of them
-    x, enc = cache(np.concatenate(list(train.images.values()))), _encoded(col, train) * len(train.images)
+    # a training set of several scales (`scale_set`) is read at all of them; each distinct image encoded once
+    views, row = _by_image(np.concatenate(list(train.images.values())))
+    x, enc = cache(views), _encoded(col, train) * len(train.images)
+    asked = [np.flatnonzero(row == v) for v in range(len(views))]
     tests = {f: cache(ims) for f, ims in test.images.items()}
     test_enc = _encoded(col, test)
 
-    def correct(feats, enc) -> np.ndarray:
+    def correct(feats, enc, image) -> np.ndarray:
         ok = []
         model.eval()
         with torch.no_grad():
-            for k in range(0, len(feats), 50):
-                logits, lab = _decoder_pass(model, col, project(feats[k:k + 50].to(dev).float()), enc[k:k + 50])
+            for k in range(0, len(enc), 50):
+                im = image[k:k + 50]
+                u, back = np.unique(im, return_inverse=True)
+                logits, lab = _decoder_pass(model, col, project(feats[u].to(dev).float()), enc[k:k + 50], back)
                 ok += [bool(((lg.argmax(-1) == lb) | (lb == -100)).all()) for lg, lb in zip(logits, lab)]
         model.train()
         return np.array(ok)
 
     def accuracy() -> tuple[dict, dict[float, np.ndarray]]:
-        ok = {f: correct(feats, test_enc) for f, feats in tests.items()}
+        ok = {f: correct(feats, test_enc, np.arange(len(test_enc))) for f, feats in tests.items()}
         return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
     for n, p in model.named_parameters():
@@ -380,8 +409,10 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
-        idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
-        logits, lab = _decoder_pass(model, col, project(x[idx].to(dev).float()), [enc[i] for i in idx])
+        ims = rng.choice(len(x), size=min(batch, len(x)), replace=False)
+        idx = np.concatenate([asked[i] for i in ims])
+        image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
+        logits, lab = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -393,8 +424,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
             acc, last = accuracy()
             curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
             log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
-    seen = slice(0, min(len(x), 400))  # the training crops' accuracy, on a share of them
-    train_acc = 100 * float(correct(x[seen], enc[seen]).mean())
+    seen = slice(0, min(len(enc), 400))  # the training questions' accuracy, on a share of them
+    train_acc = 100 * float(correct(x, enc[seen], row[seen]).mean())
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
                         settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector},
                         correct={f: ok.tolist() for f, ok in last.items()})
