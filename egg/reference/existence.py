@@ -198,6 +198,7 @@ def main(argv=None) -> None:
     ap.add_argument("--decoder-images", type=int, default=8, help="training images per decoder step, all their facts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
+    ap.add_argument("--save", default=None, help="with --decoder-steps: a directory for the model with its taught decoder")
     a = ap.parse_args(argv)
     import torch
     from tqdm import tqdm
@@ -208,6 +209,8 @@ def main(argv=None) -> None:
     vlm = load_model(a.model, device="cpu")
     n_layers = vlm.adapter.num_layers
     layers = [int(v) for v in a.layers.split(",") if v.strip()]
+    if a.save and a.decoder_steps <= 0:
+        raise SystemExit("--save keeps the model with its taught decoder: give --decoder-steps too")
     if any(not 0 <= v <= n_layers for v in layers):
         raise SystemExit(f"--layers {a.layers!r}: give layers from 0 (the decoder's input) to {n_layers}, comma-separated")
     geo = bench.geometry_for(vlm)
@@ -232,6 +235,11 @@ def main(argv=None) -> None:
         decoder = train_decoder(vlm.model, vlm.processor, full_view_set(train, True, size), full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 log=lambda m: print("decoder " + m, flush=True))
+        if a.save:
+            from .checkpoint import save
+
+            save(vlm.model, vlm.processor, Path(a.save), {"config": {"geometry": geo.name}, "continues": a.model,
+                                                          "existence_decoder": asdict(decoder), "finished": True})
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"model": a.model, "train_images": a.train_images, "test_items": a.test_items,
