@@ -91,15 +91,15 @@ def visual_states(vlm, image) -> "torch.Tensor":
 
 def full_view_set(items, facts: bool, size: int):
     """A `reading.ReadingSet` of pope's `asked` questions on each item's full view, resized to
-    the model's input square as training shows it."""
+    the model's input square as training shows it; the questions about one item share its view (`rows`)."""
     from .data import _resize
     from .reading import ReadingSet
 
     pairs = [(i, q, a) for i, it in enumerate(items) for q, a in asked(it, facts)]
-    views = [_resize(it.image, (0, 0, *it.image.size), size) for it in items]
+    views = np.stack([_resize(it.image, (0, 0, *it.image.size), size) for it in items])
     zero = np.zeros(len(pairs))
-    return ReadingSet({1.0: np.stack([views[i] for i, _, _ in pairs])}, [a for _, _, a in pairs], ["pope"] * len(pairs),
-                      [q for _, q, _ in pairs], crowded={1.0: zero}, detail_px={1.0: zero})
+    return ReadingSet({1.0: views}, [a for _, _, a in pairs], ["pope"] * len(pairs), [q for _, q, _ in pairs],
+                      crowded={1.0: zero}, detail_px={1.0: zero}, rows=np.array([i for i, _, _ in pairs]))
 
 
 def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):

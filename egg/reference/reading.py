@@ -52,7 +52,9 @@ class ReadingSet:
     """Crops and what they read: `images[f]` is (n, S, S, 3) at scale f (one key: training crops);
     `crowded[f]`: whether that crop holds most of another object's detail as well; `detail_px[f]`:
     the detail's longer side in the crop, in input pixels; `detail_tokens[f]`: (n, tokens) bool, the
-    visual tokens whose patch overlaps the detail."""
+    visual tokens whose patch overlaps the detail. `rows`: where questions share images (the facts of one
+    full view, `existence.full_view_set`), question k is about `images[f][rows[k]]`; None: about `images[f][k]`.
+    Only `train_decoder` reads sets with shared images."""
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
@@ -60,6 +62,11 @@ class ReadingSet:
     crowded: dict[float, np.ndarray] = field(default_factory=dict)
     detail_px: dict[float, np.ndarray] = field(default_factory=dict)
     detail_tokens: dict[float, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray | None = None
+
+    def shown(self) -> np.ndarray:
+        """Per question, its image's row in `images[f]`."""
+        return np.arange(len(self.answers)) if self.rows is None else np.asarray(self.rows)
 
 
 @dataclass
@@ -349,15 +356,6 @@ def _decoder_pass(model, col: Collator, feats, enc, image=None):
     return model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
 
 
-def _by_image(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct images of `images` in order of first appearance, and each one's row among them."""
-    import hashlib
-
-    first = {}
-    row = np.array([first.setdefault(hashlib.sha1(im.tobytes()).digest(), len(first)) for im in images])
-    return images[np.unique(row, return_index=True)[1]], row
-
-
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
                   lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
                   log=print) -> ScaleReading:
@@ -376,10 +374,14 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     project = model.model.multi_modal_projector if projector else (lambda v: v)
     frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
     cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
-    # a training set of several scales (`scale_set`) is read at all of them; each distinct image encoded once
-    views, row = _by_image(np.concatenate(list(train.images.values())))
-    x, enc = cache(views), _encoded(col, train) * len(train.images)
-    asked = [np.flatnonzero(row == v) for v in range(len(views))]
+    # a training set of several scales (`scale_set`) is read at all of them; each image encoded once
+    scales = list(train.images.values())
+    x, enc = cache(np.concatenate(scales) if len(scales) > 1 else scales[0]), _encoded(col, train) * len(scales)
+    row = np.concatenate([train.shown() + k * len(scales[0]) for k in range(len(scales))])
+    asked = [[] for _ in range(len(x))]
+    for k, v in enumerate(row):
+        asked[v].append(k)
+    has = np.array([v for v, a in enumerate(asked) if a])  # images some question is about
     tests = {f: cache(ims) for f, ims in test.images.items()}
     test_enc = _encoded(col, test)
 
@@ -396,7 +398,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         return np.array(ok)
 
     def accuracy() -> tuple[dict, dict[float, np.ndarray]]:
-        ok = {f: correct(feats, test_enc, np.arange(len(test_enc))) for f, feats in tests.items()}
+        ok = {f: correct(feats, test_enc, test.shown()) for f, feats in tests.items()}
         return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
     for n, p in model.named_parameters():
@@ -409,7 +411,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
-        ims = rng.choice(len(x), size=min(batch, len(x)), replace=False)
+        ims = has[rng.choice(len(has), size=min(batch, len(has)), replace=False)]
         idx = np.concatenate([asked[i] for i in ims])
         image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
         logits, lab = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image)
