@@ -106,7 +106,7 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     assert d["decoder"]["n"] == {"pope": 4} and d["decoder"]["settings"]["steps"] == 2
     # the decoder alone: no reader, and no states for one
     main([str(ref_dir), "--train-images", "3", "--test-items", "4", "--layers", "", "--decoder-steps", "1",
-          "--decoder-images", "2", "--out", str(out), "--save", str(tmp_path / "taught")])
+          "--decoder-images", "2", "--rehearse", "1", "--out", str(out), "--save", str(tmp_path / "taught")])
     d = json.loads(out.read_text())
     assert d["results"] == [] and d["decoder"]["settings"]["batch"] == 2 and len(d["decoder"]["correct"]["1.0"]) == 4
     # the taught model, saved, loads as any model does, on the same benchmark geometry
@@ -114,6 +114,8 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
 
     taught, before = (load_model(str(d), device="cpu") for d in (tmp_path / "taught", ref_dir))
     assert bench.geometry_for(taught) == bench.geometry_for(before)
+    stage = json.loads((tmp_path / "taught" / "training_log.json").read_text())["decoder_stage"]
+    assert stage["settings"]["rehearse"] == 1 and stage["continues"] == str(ref_dir) and stage["result"] == d["decoder"]
     changed = [not torch.equal(p, q) for p, q in zip(taught.model.parameters(), before.model.parameters())]
     assert any(changed) and not all(changed)  # the decoder moved, the tower did not
     with pytest.raises(SystemExit, match="--save .* --decoder-steps"):

@@ -262,3 +262,19 @@ def test_a_decoder_answer_counts_where_greedy_decoding_gives_it():
             agree.append(ok == (said == a))
             assert ok == (said == a), (f, k, said, a)
     assert len(agree) == 12
+
+
+def test_joined_sets_keep_each_question_on_its_own_image(sets):
+    """pope's full views (several facts each) beside reading crops (one each): one training set."""
+    from egg.reference.existence import full_view_set
+
+    crops, scales = sets
+    views = full_view_set(bench.load("pope", "train", 2, 1, geometry="llava15"), facts=True, size=56)
+    j = R.joined(views, crops)
+    assert len(j.answers) == len(views.answers) + len(crops.answers) and j.families[-1] == crops.families[-1]
+    shown = lambda s, k: next(iter(s.images.values()))[s.shown()[k]]
+    before = [shown(views, k) for k in range(len(views.answers))] + [shown(crops, k) for k in range(len(crops.answers))]
+    assert all((shown(j, k) == im).all() for k, im in enumerate(before))
+    assert len(j.images[0.0]) == 2 + len(crops.answers)  # each view once
+    with pytest.raises(ValueError, match="one scale each"):
+        R.joined(views, scales)

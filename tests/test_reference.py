@@ -1,6 +1,7 @@
 """The reference VLM's pieces: tokenizer, processor, the training data path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -942,7 +943,7 @@ def _trained_with(cfg, committed: dict, stop_step: int = 0) -> None:
                      "read_pair", "read_full", "read_alternate", "read_mix", "lm_per_example", "stop_step", "pope_weight",
                      "shape_weight", "shape_pool", "rewarm_steps",
                      "pope_read_weight"}
-    assert "stop_step" in later and all(ours[k] == default[k] for k in later)
+    assert all(ours[k] == default[k] for k in later)  # logs since stop 57 hold stop_step itself
     assert ({k: v for k, v in ours.items() if k not in paths | later}
             == {k: v for k, v in committed.items() if k not in paths})
 
@@ -987,6 +988,16 @@ def test_a_recipe_trains_its_stages_in_turn_and_reruns_only_an_unfinished_one(tm
     out = recipes.run(r, tmp_path / "work")
     record = json.loads((out / "training_log.json").read_text())
     assert record["finished"] and record["steps"] == 3 and record["config"]["init"] == str(tmp_path / "work" / "a")
+    # a decoder stage after them: b's record, and the stage's own settings
+    taught = recipes.run(dataclasses.replace(r, out=str(tmp_path / "taught"), stages=r.stages + (
+        ("c", ("--layers", "", "--train-images", "2", "--test-items", "2", "--decoder-steps", "1"), "decoder"),)),
+        tmp_path / "work")
+    told = json.loads((taught / "training_log.json").read_text())
+    assert told["config"] == {**record["config"], "geometry": told["config"]["geometry"]} and told["finished"]
+    assert told["decoder_stage"]["settings"]["decoder_steps"] == 1
+    assert told["decoder_stage"]["continues"] == str(tmp_path / "work" / "b")
+    with pytest.raises(ValueError, match="kind 'tower'"):
+        recipes.stage_configs(dataclasses.replace(r, stages=(("x", (), "tower"),)), tmp_path / "w")
     a_weights = (tmp_path / "work" / "a" / "model.safetensors").stat().st_mtime_ns
     # stage b interrupted: its log says unfinished; a rerun trains b alone and gives the same weights
     log = tmp_path / "work" / "b" / "training_log.json"

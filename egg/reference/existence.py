@@ -18,7 +18,10 @@ With ``--decoder-steps N`` the model's own decoder is then trained on the same f
 from its frozen tower's tokens (`reading.train_decoder`, nothing else taught) and scored on the same
 questions: whether it learns what the reader finds, and how fast. Each full view is encoded once and
 runs through the decoder once per step, its facts sharing that pass (`--decoder-images` views a step);
-``--layers ''`` skips the readers.
+``--layers ''`` skips the readers. ``--rehearse N`` mixes in reading crops of N training items per
+reading family, so that the decoder keeps what it read before (taught pope alone, it forgot: stop 66);
+``--save DIR`` keeps the taught model, its record under `decoder_stage` (and a recipe's "decoder" stage
+runs this command).
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ def fit_reader(train_states, train_rows: np.ndarray, test_states, test_rows: np.
                           len(train_rows), len(test_rows), curve, ok.tolist())
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a saved model (e.g. data/reference-llava15-large-pope)")
     ap.add_argument("--train-images", type=int, default=600, help="pope training items (seed 1), all their facts")
@@ -196,10 +199,32 @@ def main(argv=None) -> None:
                     help="> 0: then train the model's decoder this many steps on the same facts (frozen tower)")
     ap.add_argument("--decoder-lr", type=float, default=5e-4, help="the decoder's learning rate")
     ap.add_argument("--decoder-images", type=int, default=8, help="training images per decoder step, all their facts")
+    ap.add_argument("--rehearse", type=int, default=0,
+                    help="> 0: the decoder also reads two facts of this many training items per reading family "
+                         "in square crops 1-4 x their object (as runs 47-48 drew them): what it read before")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     ap.add_argument("--save", default=None, help="with --decoder-steps: a directory for the model with its taught decoder")
-    a = ap.parse_args(argv)
+    return ap
+
+
+SETTINGS_APART = {"model", "out", "save", "threads"}  # where it reads and writes, not what it teaches
+
+
+def decoder_record(before: dict, args: dict, geometry: str, decoder, minutes: float) -> dict:
+    """The training record saved with a taught decoder: its model's (`before`, as `egg.reference.train`
+    wrote it; the look weight and the stages before stay readable there) plus the stage: its settings,
+    minutes and pope accuracy curve."""
+    stage = {"settings": {k: v for k, v in args.items() if k not in SETTINGS_APART}, "continues": args["model"],
+             "minutes": round(minutes, 1), "result": asdict(decoder)}
+    return {**before, "config": {**before.get("config", {}), "geometry": geometry}, "finished": True,
+            "decoder_stage": stage}
+
+
+def main(argv=None) -> None:
+    a = parser().parse_args(argv)
+    import time
+
     import torch
     from tqdm import tqdm
 
@@ -229,17 +254,22 @@ def main(argv=None) -> None:
                   f"n = {r.n_train} / {r.n_test})", flush=True)
     decoder = None
     if a.decoder_steps > 0:
-        from .reading import train_decoder
+        from .reading import joined, train_decoder, training_set
 
-        size = vlm.adapter.input_resolution[0]
-        decoder = train_decoder(vlm.model, vlm.processor, full_view_set(train, True, size), full_view_set(test, False, size),
+        size, t0 = vlm.adapter.input_resolution[0], time.time()
+        taught = full_view_set(train, True, size)
+        if a.rehearse > 0:
+            taught = joined(taught, training_set(n=a.rehearse, geometry=geo.name, size=size, square=True, spread=0.25))
+        decoder = train_decoder(vlm.model, vlm.processor, taught, full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 log=lambda m: print("decoder " + m, flush=True))
         if a.save:
             from .checkpoint import save
 
-            save(vlm.model, vlm.processor, Path(a.save), {"config": {"geometry": geo.name}, "continues": a.model,
-                                                          "existence_decoder": asdict(decoder), "finished": True})
+            log = Path(a.model) / "training_log.json"
+            before = json.loads(log.read_text()) if log.is_file() else {}
+            save(vlm.model, vlm.processor, Path(a.save),
+                 decoder_record(before, vars(a), geo.name, decoder, (time.time() - t0) / 60))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"model": a.model, "train_images": a.train_images, "test_items": a.test_items,

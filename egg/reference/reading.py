@@ -146,6 +146,18 @@ def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str =
     return ReadingSet({0.0: np.stack(images)}, answers, fams, questions)
 
 
+def joined(*sets: ReadingSet) -> ReadingSet:
+    """One training set of several with one scale each (pope's full views and other families' reading
+    crops), each question about its own set's image."""
+    if any(len(s.images) != 1 for s in sets):
+        raise ValueError("joined takes training sets of one scale each")
+    imgs = [next(iter(s.images.values())) for s in sets]
+    starts = np.cumsum([0] + [len(i) for i in imgs[:-1]])
+    return ReadingSet({0.0: np.concatenate(imgs)}, [a for s in sets for a in s.answers],
+                      [f for s in sets for f in s.families], [q for s in sets for q in s.questions],
+                      rows=np.concatenate([s.shown() + k for s, k in zip(sets, starts)]))
+
+
 def _tokens(model, col: Collator, images: np.ndarray, batch: int = 50, projector: bool = True):
     """The visual tokens of `images`, (n, tokens, dim), without gradients, `batch` at a time; without
     `projector`, the tower's tokens that the projector takes."""

@@ -26,13 +26,26 @@ from .train import TrainConfig, config_from_args, train
 
 @dataclass(frozen=True)
 class Recipe:
-    """`start`: the saved model the first stage continues; `common`: every stage's flags;
-    `stages`: (name, flags) in order; `out`: where the last stage's model is copied. An empty
-    `start`: the first stage trains from scratch."""
+    """`start`: the saved model the first stage continues; `common`: every training stage's flags;
+    `stages`: (name, flags) in order, each a `train` run, or (name, flags, "decoder"): the decoder
+    alone taught pope's facts from its frozen tower (`DecoderStage`); `out`: where the last stage's
+    model is copied. An empty `start`: the first stage trains from scratch."""
     start: str
     out: str
     common: tuple[str, ...]
-    stages: tuple[tuple[str, tuple[str, ...]], ...]
+    stages: tuple[tuple, ...]
+
+
+@dataclass(frozen=True)
+class DecoderStage:
+    """`python -m egg.reference.existence INIT FLAGS --save OUT`: the decoder taught pope's "is there"
+    facts at the full view, the tower frozen. Short (minutes): an interrupted one runs again whole."""
+    init: str
+    out: str
+    flags: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return [self.init, *self.flags, "--save", self.out]
 
 
 _DETAIL = ("--look-detail", "1", "--read-full", "0.5", "--read-alternate", "1")
@@ -128,13 +141,18 @@ def recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def stage_configs(r: Recipe, work: str | Path) -> list[tuple[str, TrainConfig]]:
-    """Each stage's TrainConfig, its model under `work`/<stage>, `--init` the previous one's."""
+def stage_configs(r: Recipe, work: str | Path) -> list[tuple[str, TrainConfig | DecoderStage]]:
+    """Each stage's TrainConfig (or DecoderStage), its model under `work`/<stage>, `--init` the previous one's."""
     work, prev, out = Path(work), r.start, []
-    for name, flags in r.stages:
+    for name, flags, *kind in r.stages:
         dest = work / name
-        argv = [*r.common, *flags, "--init", str(prev), "--out", str(dest), "--resume", "1"]
-        out.append((name, config_from_args(argv)))
+        if kind == ["decoder"]:
+            out.append((name, DecoderStage(str(prev), str(dest), tuple(flags))))
+        elif kind:
+            raise ValueError(f"stage {name}: kind {kind[0]!r}; a stage is a training run or 'decoder'")
+        else:
+            argv = [*r.common, *flags, "--init", str(prev), "--out", str(dest), "--resume", "1"]
+            out.append((name, config_from_args(argv)))
         prev = dest
     return out
 
@@ -163,7 +181,12 @@ def run(name: str | Recipe, work: str | Path | None = None, out: str | Path | No
         done = finished(cfg.out)
         print(f"[{i}/{len(configs)}] {stage}: {'finished, kept' if done else 'training'} -> {cfg.out}", flush=True)
         if not done and not dry_run:
-            train(cfg)
+            if isinstance(cfg, DecoderStage):
+                from .existence import main as teach_decoder
+
+                teach_decoder(cfg.argv())
+            else:
+                train(cfg)
         if stage == stop_after:
             return Path(cfg.out)
     last = Path(configs[-1][1].out)

@@ -312,6 +312,10 @@ def training_line(record: dict) -> str:
     planned = record["config"].get("max_steps", 0)
     look = attention_loss(record)  # it favours the attention-reading baselines: say so
     told = f"; trained with a loss on where its answer attends (weight {look:g})" if look else ""
+    stage = record.get("decoder_stage")
+    if stage:  # `egg.reference.existence --save`: the decoder taught pope's facts after the training run
+        told += (f"; then its decoder alone taught pope's facts at the full view, tower frozen "
+                 f"({stage['settings']['decoder_steps']} steps, {stage['minutes']:.0f} min)")
     if record.get("finished", "minutes" in record):
         return (f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model "
                 f"{record['config']['model']}{told}")
