@@ -76,7 +76,7 @@ def test_visual_states_are_the_decoders_own(vlm, scene):
 def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_processor):
     from egg.reference.build import build_model
     from egg.reference.existence import full_view_set
-    from egg.reference.reading import train_decoder
+    from egg.reference.decoder import train_decoder
 
     items = bench.load("pope", "train", 4, 1, geometry="llava15")
     s = full_view_set(items, facts=True, size=ref_cfg.image_size)

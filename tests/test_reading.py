@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from egg import bench
+from egg.reference import decoder as D
 from egg.reference import reading as R
 from egg.reference.build import ReferenceConfig, build_model, build_processor
 from egg.reference.data import Collator, _is_read
@@ -177,11 +178,11 @@ def test_the_decoder_pass_is_the_models_own_forward(sets):
     proc = build_processor(TINY)
     model = build_model(TINY, proc.tokenizer, 0).eval()
     col = Collator(proc)
-    enc = R._encoded(col, test)[:3]
+    enc = D._encoded(col, test)[:3]
     ims = test.images[3.0][:3]
     with torch.no_grad():
         feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
-        logits, lab = R._decoder_pass(model, col, feats, enc)
+        logits, lab = D._decoder_pass(model, col, feats, enc)
         for k, (ids, labels) in enumerate(enc):
             own = model(input_ids=torch.tensor([ids]), pixel_values=col.pixels(ims[k:k + 1])).logits[0, :-1]
             p = max(i for i, t in enumerate(ids) if t == model.config.image_token_id) + 1  # from here on
@@ -189,8 +190,8 @@ def test_the_decoder_pass_is_the_models_own_forward(sets):
             assert lab[k, : len(ids) - 1 - p].tolist() == labels[p + 1:]
         # questions about the same image share its prefix pass: the same as each with its own copy
         image = [0, 1, 0]
-        shared, _ = R._decoder_pass(model, col, feats[:2], enc, image)
-        assert torch.allclose(shared, R._decoder_pass(model, col, feats[image], enc)[0], atol=1e-5)
+        shared, _ = D._decoder_pass(model, col, feats[:2], enc, image)
+        assert torch.allclose(shared, D._decoder_pass(model, col, feats[image], enc)[0], atol=1e-5)
         assert not torch.allclose(shared[2], logits[2], atol=1e-3)  # image 0 in place of its own
     assert (lab != -100).any(1).all()  # every prompt's answer is scored
 
@@ -202,7 +203,7 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     for _ in range(2):
         model = build_model(TINY, proc.tokenizer, 0)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        runs.append(R.train_decoder(model, proc, train, test, steps=4, batch=4, lr=1e-2, eval_every=2,
+        runs.append(D.train_decoder(model, proc, train, test, steps=4, batch=4, lr=1e-2, eval_every=2,
                                     log=lambda m: None))
         moved = {n.split(".")[1] if n.startswith("model.") else n.split(".")[0]
                  for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -216,7 +217,7 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
     assert a.correct == b.correct and all(len(ok) == 6 for ok in a.correct.values())
     assert a.accuracy[3.0]["text"] == pytest.approx(100 * np.mean(a.correct[3.0][:3]))
     # fitted on centred crops of several scales (`scale_set`): each crop with its own question
-    centred = R.train_decoder(build_model(TINY, proc.tokenizer, 0), proc, test, test, steps=2, batch=4,
+    centred = D.train_decoder(build_model(TINY, proc.tokenizer, 0), proc, test, test, steps=2, batch=4,
                               eval_every=2, log=lambda m: None)
     assert 0 <= centred.train_accuracy <= 100 and [c["step"] for c in centred.curve] == [0, 2]
     # with the projector: the tower's tokens are cached, and the projector learns too (LLaVA's stage 2);
@@ -230,9 +231,9 @@ def test_decoder_training_moves_only_the_decoder_and_is_reproducible(sets):
                               torch.cat([v for _, v in R._tokens(model, col, ims)]), atol=1e-6)
     vision = {n: p.detach().clone() for n, p in model.model.vision_tower.named_parameters()}
     proj = [p.detach().clone() for p in model.model.multi_modal_projector.parameters()]
-    r = R.train_decoder(model, proc, train, test, steps=2, batch=4, lr=1e-2, eval_every=2, projector=True,
+    r = D.train_decoder(model, proc, train, test, steps=2, batch=4, lr=1e-2, eval_every=2, projector=True,
                         log=lambda m: None)
-    assert r.settings["projector"] and r.curve[0]["accuracy"] == R.train_decoder(
+    assert r.settings["projector"] and r.curve[0]["accuracy"] == D.train_decoder(
         build_model(narrow, proc.tokenizer, 0), proc, train, test, steps=0, log=lambda m: None).curve[0]["accuracy"]
     assert all(torch.equal(p, vision[n]) for n, p in model.model.vision_tower.named_parameters())
     assert not any(torch.equal(p, q) for p, q in zip(model.model.multi_modal_projector.parameters(), proj))
@@ -246,12 +247,12 @@ def test_a_decoder_answer_counts_where_greedy_decoding_gives_it():
     proc = AutoProcessor.from_pretrained(path)
     test = R.scale_set(("text",), n=6, geometry="llava15", scales=(1.0, 3.0))
     col = Collator(proc)
-    enc = R._encoded(col, test)
+    enc = D._encoded(col, test)
     agree = []
     for f, ims in test.images.items():
         feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
         with torch.no_grad():
-            logits, lab = R._decoder_pass(model, col, feats, enc)
+            logits, lab = D._decoder_pass(model, col, feats, enc)
         for k, a in enumerate(test.answers):
             ok = bool(((logits[k].argmax(-1) == lab[k]) | (lab[k] == -100)).all())
             prompt = col.encode(1, [(test.questions[k], "")])[0]
@@ -270,11 +271,11 @@ def test_joined_sets_keep_each_question_on_its_own_image(sets):
 
     crops, scales = sets
     views = full_view_set(bench.load("pope", "train", 2, 1, geometry="llava15"), facts=True, size=56)
-    j = R.joined(views, crops)
+    j = D.joined(views, crops)
     assert len(j.answers) == len(views.answers) + len(crops.answers) and j.families[-1] == crops.families[-1]
     shown = lambda s, k: next(iter(s.images.values()))[s.shown()[k]]
     before = [shown(views, k) for k in range(len(views.answers))] + [shown(crops, k) for k in range(len(crops.answers))]
     assert all((shown(j, k) == im).all() for k, im in enumerate(before))
     assert len(j.images[0.0]) == 2 + len(crops.answers)  # each view once
     with pytest.raises(ValueError, match="one scale each"):
-        R.joined(views, scales)
+        D.joined(views, scales)

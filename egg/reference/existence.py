@@ -15,7 +15,7 @@ question about it.
     python -m egg.reference.existence data/reference-llava15-large-pope --train-images 600 --out out/existence.json
 
 With ``--decoder-steps N`` the model's own decoder is then trained on the same facts at the full view
-from its frozen tower's tokens (`reading.train_decoder`, nothing else taught) and scored on the same
+from its frozen tower's tokens (`decoder.train_decoder`, nothing else taught) and scored on the same
 questions: whether it learns what the reader finds, and how fast. Each full view is encoded once and
 runs through the decoder once per step, its facts sharing that pass (`--decoder-images` views a step);
 ``--layers ''`` skips the readers. ``--rehearse N`` mixes in reading crops of N training items per
@@ -254,7 +254,8 @@ def main(argv=None) -> None:
                   f"n = {r.n_train} / {r.n_test})", flush=True)
     decoder = None
     if a.decoder_steps > 0:
-        from .reading import joined, train_decoder, training_set
+        from .decoder import joined, train_decoder
+        from .reading import training_set
 
         size, t0 = vlm.adapter.input_resolution[0], time.time()
         taught = full_view_set(train, True, size)

@@ -15,7 +15,7 @@ cannot do and the decoder must, so each table says how often that was.
   (`AuxHeads`), or a one-layer attention reader, which has to find the detail as a decoder does;
 - `train_tower`: a tower and projector of a given size trained from scratch with that probe
   alone, on crops 1 to `max_scale` x the object (`crop_around`, as the warm-up draws them);
-- `train_decoder`: a saved model's decoder (and projector) trained on the item's question
+- `decoder.train_decoder`: a saved model's decoder (and projector) trained on the item's question
   about each crop, from its frozen tower's tokens.
 
 Training crops are either drawn as training draws them (`training_set`: anywhere around the
@@ -54,7 +54,7 @@ class ReadingSet:
     the detail's longer side in the crop, in input pixels; `detail_tokens[f]`: (n, tokens) bool, the
     visual tokens whose patch overlaps the detail. `rows`: where questions share images (the facts of one
     full view, `existence.full_view_set`), question k is about `images[f][rows[k]]`; None: about `images[f][k]`.
-    Only `train_decoder` reads sets with shared images."""
+    Only `decoder.train_decoder` reads sets with shared images."""
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
@@ -144,18 +144,6 @@ def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str =
                 questions.append(q)
                 fams.append(fam)
     return ReadingSet({0.0: np.stack(images)}, answers, fams, questions)
-
-
-def joined(*sets: ReadingSet) -> ReadingSet:
-    """One training set of several with one scale each (pope's full views and other families' reading
-    crops), each question about its own set's image."""
-    if any(len(s.images) != 1 for s in sets):
-        raise ValueError("joined takes training sets of one scale each")
-    imgs = [next(iter(s.images.values())) for s in sets]
-    starts = np.cumsum([0] + [len(i) for i in imgs[:-1]])
-    return ReadingSet({0.0: np.concatenate(imgs)}, [a for s in sets for a in s.answers],
-                      [f for s in sets for f in s.families], [q for s in sets for q in s.questions],
-                      rows=np.concatenate([s.shown() + k for s, k in zip(sets, starts)]))
 
 
 def _tokens(model, col: Collator, images: np.ndarray, batch: int = 50, projector: bool = True):
@@ -341,110 +329,6 @@ def train_tower(cfg: ReferenceConfig, train: ReadingSet, test: ReadingSet, steps
                         settings={"model": cfg.to_dict(), "steps": steps, "batch": batch, "lr": lr, "seed": seed})
 
 
-def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int]]]:
-    return [col.encode(1, [(q, a)])[:2] for q, a in zip(test.questions, test.answers)]
-
-
-def _decoder_pass(model, col: Collator, feats, enc, image=None):
-    """Logits and labels of one batch, from the first token after the image on: `feats` (u, tokens, dim) the
-    visual tokens of u images, `enc` the encoded questions, question k about image `image[k]` (default: k).
-    The prompt up to the image's last token is the same for every question, and under causal attention its
-    states do not depend on what follows: it runs once per image, and its keys and values serve every
-    question about that image (pope has about 11 facts per picture)."""
-    import torch
-
-    ids, lab, mask = (t.to(feats.device) for t in col.pad(enc))
-    image_token = model.config.image_token_id
-    p = int((ids[0] == image_token).nonzero().max()) + 1
-    if not (ids[:, :p] == ids[:1, :p]).all() or (lab[:, :p + 1] != -100).any():
-        raise ValueError("every prompt must open with the same text and image tokens, unscored")
-    embed, lm = model.get_input_embeddings(), model.model.language_model
-    prefix = embed(ids[:1, :p]).expand(len(feats), -1, -1)
-    prefix = prefix.masked_scatter((ids[:1, :p] == image_token)[..., None].expand_as(prefix), feats.to(prefix.dtype))
-    cache = lm(inputs_embeds=prefix, use_cache=True).cache
-    cache.reorder_cache(torch.arange(len(enc), device=feats.device) if image is None
-                        else torch.as_tensor(image, device=feats.device))
-    h = lm(inputs_embeds=embed(ids[:, p:]), attention_mask=mask, cache=cache, use_cache=True)
-    return model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
-
-
-def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
-                  lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
-                  log=print) -> ScaleReading:
-    """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (the
-    tower as it is, its output computed once; with `projector`, the projector trained too, as
-    LLaVA's stage 2 and the recipes' decoder steps train it), scored per scale on `test` (step 0:
-    the model as saved). Whether the decoder can learn to find and read the detail at 3x when it
-    is taught nothing else, apart from what a recipe mixes in. A test answer counts when every one
-    of its tokens is the argmax after the ones before it (what greedy decoding would answer).
-    A step takes `batch` distinct training images with every question asked of each (a crop of
-    `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts)."""
-    import torch
-
-    torch.manual_seed(seed)
-    col, dev = Collator(processor), next(model.parameters()).device
-    project = model.model.multi_modal_projector if projector else (lambda v: v)
-    frozen = ("model.vision_tower",) if projector else ("model.vision_tower", "model.multi_modal")
-    cache = lambda ims: torch.cat([v.half().cpu() for _, v in _tokens(model, col, ims, projector=not projector)])
-    # a training set of several scales (`scale_set`) is read at all of them; each image encoded once
-    scales = list(train.images.values())
-    x, enc = cache(np.concatenate(scales) if len(scales) > 1 else scales[0]), _encoded(col, train) * len(scales)
-    row = np.concatenate([train.shown() + k * len(scales[0]) for k in range(len(scales))])
-    asked = [[] for _ in range(len(x))]
-    for k, v in enumerate(row):
-        asked[v].append(k)
-    has = np.array([v for v, a in enumerate(asked) if a])  # images some question is about
-    tests = {f: cache(ims) for f, ims in test.images.items()}
-    test_enc = _encoded(col, test)
-
-    def correct(feats, enc, image) -> np.ndarray:
-        ok = []
-        model.eval()
-        with torch.no_grad():
-            for k in range(0, len(enc), 50):
-                im = image[k:k + 50]
-                u, back = np.unique(im, return_inverse=True)
-                logits, lab = _decoder_pass(model, col, project(feats[u].to(dev).float()), enc[k:k + 50], back)
-                ok += [bool(((lg.argmax(-1) == lb) | (lb == -100)).all()) for lg, lb in zip(logits, lab)]
-        model.train()
-        return np.array(ok)
-
-    def accuracy() -> tuple[dict, dict[float, np.ndarray]]:
-        ok = {f: correct(feats, test_enc, test.shown()) for f, feats in tests.items()}
-        return {f: _family_means(test, v) for f, v in ok.items()}, ok
-
-    for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(frozen))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
-    rng = np.random.default_rng(seed)
-    acc, last = accuracy()
-    curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
-    log("step 0 " + _line(acc))
-    for s in range(1, steps + 1):
-        ims = has[rng.choice(len(has), size=min(batch, len(has)), replace=False)]
-        idx = np.concatenate([asked[i] for i in ims])
-        image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
-        logits, lab = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        if s % eval_every == 0 or s == steps:
-            acc, last = accuracy()
-            curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
-            log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
-    seen = slice(0, min(len(enc), 400))  # the training questions' accuracy, on a share of them
-    train_acc = 100 * float(correct(x, enc[seen], row[seen]).mean())
-    return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
-                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector},
-                        correct={f: ok.tolist() for f, ok in last.items()})
-
-
 def _line(acc: dict[float, dict[str, float]]) -> str:
     return " | ".join(f"{f:g}x " + " ".join(f"{k} {v:.0f}" for k, v in d.items()) for f, d in acc.items())
 
@@ -460,6 +344,7 @@ def table(r: ScaleReading) -> str:
 
 
 def main(argv=None) -> None:
+    """The three measurements' command: over 80 lines, as each one's sets and flags are built here."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["frozen", "tower", "decoder"])
     ap.add_argument("model", nargs="?", help="frozen, decoder: the saved model whose tower is probed / decoder trained")
@@ -496,6 +381,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import torch
 
+    from .decoder import train_decoder  # here: decoder imports this module
     torch.set_num_threads(a.threads)
     fams, scales = tuple(f for f in a.families.split(",") if f), tuple(float(f) for f in a.scales.split(","))
     if not fams or set(fams) - set(bench.families()):

@@ -22,8 +22,10 @@ For each test item (docs/method.md section 8, lessons 3 and 4):
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -286,9 +288,6 @@ def acceptance(s) -> list[tuple[str, bool, str]]:
 
 def training_record(path=None) -> dict:
     """The training log saved beside the reference weights; {} for a model without one (a hub id)."""
-    import json
-    from pathlib import Path
-
     from ..api import REFERENCE_DIR
 
     p = Path(path or REFERENCE_DIR) / "training_log.json"
@@ -299,8 +298,7 @@ def training_record(path=None) -> dict:
 
 
 def attention_loss(record: dict) -> float:
-    """The weight of the training loss on where the answer attends (`TrainConfig.look`) in a
-    training record; 0 for none (no record, or a run without it)."""
+    """A training record's weight of the loss on where the answer attends (`TrainConfig.look`); 0 for none."""
     return float(record.get("config", {}).get("look", 0.0)) if record else 0.0
 
 
@@ -309,18 +307,16 @@ def training_line(record: dict) -> str:
     did not finish (the weights `egg.reference.train` writes at every `eval_every`) says so."""
     if not record:
         return "no training record (not a model egg.reference.train wrote)"
-    planned = record["config"].get("max_steps", 0)
     look = attention_loss(record)  # it favours the attention-reading baselines: say so
     told = f"; trained with a loss on where its answer attends (weight {look:g})" if look else ""
-    stage = record.get("decoder_stage")
-    if stage:  # `egg.reference.existence --save`: the decoder taught pope's facts after the training run
-        told += (f"; then its decoder alone taught pope's facts at the full view, tower frozen "
-                 f"({stage['settings']['decoder_steps']} steps, {stage['minutes']:.0f} min)")
+    stage = record.get("decoder_stage")  # `egg.reference.existence --save`: pope's facts taught after the run
+    told += (f"; then its decoder alone taught pope's facts at the full view, tower frozen "
+             f"({stage['settings']['decoder_steps']} steps, {stage['minutes']:.0f} min)") if stage else ""
     if record.get("finished", "minutes" in record):
         return (f"trained for {record['steps']} steps in {record['minutes']:.0f} min; model "
                 f"{record['config']['model']}{told}")
     step = record.get("steps") or max((e["step"] for e in record.get("eval", [])), default=0)
-    return (f"saved at step {step} of {planned or 'a time budget'}, before its run finished; "
+    return (f"saved at step {step} of {record['config'].get('max_steps') or 'a time budget'}, before its run finished; "
             f"model {record['config']['model']}{told}")
 
 
