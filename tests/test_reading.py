@@ -279,3 +279,14 @@ def test_joined_sets_keep_each_question_on_its_own_image(sets):
     assert len(j.images[0.0]) == 2 + len(crops.answers)  # each view once
     with pytest.raises(ValueError, match="one scale each"):
         D.joined(views, scales)
+
+
+def test_training_crops_can_ask_the_items_own_question():
+    """With `own`, a crop of a vstar item's one ring asks the item's multiple-choice question (as the
+    oracle asks it), in the same crops as without."""
+    plain = R.training_set(("vstar",), n=6, size=56, per_item=1)
+    own = R.training_set(("vstar",), n=6, size=56, per_item=1, own=True)
+    items = [bench.item("vstar", "train", i, 1, "llava15-large") for i in range(6)]
+    assert (own.images[0.0] == plain.images[0.0]).all()
+    changed = [k for k, (q, p) in enumerate(zip(own.questions, plain.questions)) if q != p]
+    assert changed and {own.questions[k] for k in changed} <= {it.question for it in items if it.options}

@@ -271,6 +271,14 @@ def full_views(data: list[Example]) -> list[Example]:
     return [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
 
 
+def own_question(item: Item, q: str, a: str, box) -> tuple[str, str]:
+    """A reading fact's question and answer, or the item's own multiple-choice question and taught answer
+    where `box` is its one evidence box (`reading_crops(own=True)`)."""
+    if item.options and [tuple(x) for x in item.boxes] == [tuple(box)]:
+        return item.question, target_answer(item)
+    return q, a
+
+
 def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_scale: float = 2.0,
                   detail: float | None = None, patch: int = 14, min_scale: float = 1.0, cut: dict | None = None,
                   own: bool = False, pair: float = 0.0):
@@ -288,8 +296,7 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        if own and item.options and [tuple(x) for x in item.boxes] == [tuple(b)]:
-            q, a = item.question, target_answer(item)
+        q, a = own_question(item, q, a, b) if own else (q, a)
         crop = crop_around(b, (W, H), rng, (min_scale, max_scale), EXACT_P if min_scale == 1 else 0.0, **(cut or {}))
         d = detail_box(item, b) if detail is not None else None
         views, kind = [crop], "read"

@@ -202,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rehearse", type=int, default=0,
                     help="> 0: the decoder also reads two facts of this many training items per reading family "
                          "in square crops 1-4 x their object (as runs 47-48 drew them): what it read before")
+    ap.add_argument("--rehearse-own", type=int, default=0,
+                    help="1: a rehearsal crop of a multiple-choice item's one evidence box asks its own question, "
+                         "as the oracle asks it (run 48's --read-own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     ap.add_argument("--save", default=None, help="with --decoder-steps: a directory for the model with its taught decoder")
@@ -260,7 +263,8 @@ def main(argv=None) -> None:
         size, t0 = vlm.adapter.input_resolution[0], time.time()
         taught = full_view_set(train, True, size)
         if a.rehearse > 0:
-            taught = joined(taught, training_set(n=a.rehearse, geometry=geo.name, size=size, square=True, spread=0.25))
+            taught = joined(taught, training_set(n=a.rehearse, geometry=geo.name, size=size, square=True, spread=0.25,
+                                                 own=bool(a.rehearse_own)))
         decoder = train_decoder(vlm.model, vlm.processor, taught, full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 log=lambda m: print("decoder " + m, flush=True))

@@ -39,7 +39,7 @@ from .. import synthetic as bench
 from ..method.boxes import box_area, box_intersection, clamp_aspect
 from ..synthetic.checks import loose_crop
 from .build import ReferenceConfig, build_model, build_processor, tower_tokens, visual_tokens
-from .data import Collator, _is_read, _resize, crop_around, look_tokens, shown_side
+from .data import Collator, _is_read, _resize, crop_around, look_tokens, own_question, shown_side
 from .detail import detail_box
 from .probes import OBJECT_FACT
 
@@ -129,14 +129,16 @@ def scale_set(families=FAMILIES, split: str = "test", n: int = 50, seed: int = 1
 
 def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str = "llava15-large", size: int = 336,
                  max_scale: float = 4.0, per_item: int = 2, square: bool = False, spread: float = 1.0,
-                 views: int = 1) -> ReadingSet:
+                 views: int = 1, own: bool = False) -> ReadingSet:
     """`per_item` reading facts per training item, each in `views` crops 1 to `max_scale` x its object's side
-    (`crop_around`: any aspect or square, the object anywhere in it or within `spread` of its middle)."""
+    (`crop_around`: any aspect or square, the object anywhere in it or within `spread` of its middle); with
+    `own`, a crop of a multiple-choice item's one evidence box asks its own question (`data.own_question`)."""
     rng = np.random.default_rng(seed)
     images, answers, fams, questions = [], [], [], []
     for fam, it, reads in _facts(families, "train", n, seed, geometry):
         for k in rng.permutation(len(reads))[:per_item]:
             q, a, b = reads[k]
+            q, a = own_question(it, q, a, b) if own else (q, a)
             for _ in range(views):
                 images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale), 0.0, square, spread),
                                       size))
