@@ -92,6 +92,24 @@ def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_proc
     assert r.n == {"pope": 3} and [c["step"] for c in r.curve] == [0, 1, 2] and len(r.correct[1.0]) == 3
 
 
+def test_full_view_rehearsal_asks_what_training_teaches_at_the_full_view():
+    """`taught_at_full_view`: where each object is and the control's own question, never a detail the
+    full view does not show at the readable size (as `data.examples_for` leaves it untaught)."""
+    from egg.reference.data import target_answer
+    from egg.reference.existence import full_view_set, taught_at_full_view
+
+    geo = "llava15-large-pope"
+    text, rwqa = bench.item("text", "train", 0, 1, geo), bench.item("rwqa", "train", 0, 1, geo)
+    taught = taught_at_full_view(text, 336, 64.0)
+    assert taught and all(q.startswith("where is") for q, _ in taught)  # the letter is not shown at 64 px
+    assert len(taught) == len(text.facts) - sum(a is not None for _, a, _ in text.facts)
+    assert (text.question, text.answers[0]) in taught_at_full_view(text, 336, 1.0)  # a 1 px reader reads it all
+    assert (rwqa.question, target_answer(rwqa)) in taught_at_full_view(rwqa, 336, 64.0)
+    s = full_view_set(iter([text, rwqa]), lambda it: taught_at_full_view(it, 56, 64.0), 56)
+    assert s.images[1.0].shape == (2, 56, 56, 3) and set(s.families) == {"text", "rwqa"}
+    assert s.shown().tolist() == sorted(s.shown().tolist()) and s.families[-1] == "rwqa"
+
+
 def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_path):
     import json
 
@@ -106,7 +124,8 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     assert d["decoder"]["n"] == {"pope": 4} and d["decoder"]["settings"]["steps"] == 2
     # the decoder alone: no reader, and no states for one
     main([str(ref_dir), "--train-images", "3", "--test-items", "4", "--layers", "", "--decoder-steps", "1",
-          "--decoder-images", "2", "--rehearse", "1", "--out", str(out), "--save", str(tmp_path / "taught")])
+          "--decoder-images", "2", "--rehearse", "1", "--rehearse-full", "1", "--out", str(out),
+          "--save", str(tmp_path / "taught")])
     d = json.loads(out.read_text())
     assert d["results"] == [] and d["decoder"]["settings"]["batch"] == 2 and len(d["decoder"]["correct"]["1.0"]) == 4
     # the taught model, saved, loads as any model does, on the same benchmark geometry
@@ -115,7 +134,7 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     taught, before = (load_model(str(d), device="cpu") for d in (tmp_path / "taught", ref_dir))
     assert bench.geometry_for(taught) == bench.geometry_for(before)
     stage = json.loads((tmp_path / "taught" / "training_log.json").read_text())["decoder_stage"]
-    assert stage["settings"]["rehearse"] == 1 and stage["continues"] == str(ref_dir) and stage["result"] == d["decoder"]
+    assert stage["settings"]["rehearse"] == stage["settings"]["rehearse_full"] == 1 and stage["continues"] == str(ref_dir) and stage["result"] == d["decoder"]
     changed = [not torch.equal(p, q) for p, q in zip(taught.model.parameters(), before.model.parameters())]
     assert any(changed) and not all(changed)  # the decoder moved, the tower did not
     with pytest.raises(SystemExit, match="--save .* --decoder-steps"):

@@ -197,6 +197,16 @@ def window_view(item: Item, box, rng: np.random.Generator, size: int, scale=WIND
     return _resize(img, win, size)[None], turns, win
 
 
+def item_turns(item: Item, digits: bool = False):
+    """An item's own question and its facts as (question, answer, boxes to read or None): a position
+    in words (`position_words`), an answer read off a detail with the boxes it is read from."""
+    W, H = item.image.size
+    facts = [(q, a if a is not None else position_words(b, (W, H), digits), [b] if _is_read(a) else None)
+             for q, a, b in item.facts]
+    read_own = _is_read(target_answer(item)) or item.meta.get("compares", False)  # a yes/no comparing details
+    return (item.question, target_answer(item), list(item.boxes) if read_own else None), facts
+
+
 def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_turns: int = 4,
                  readable_px: float = READABLE_PX, window_max: float = WINDOW_SCALE[1],
                  patch: int = 12, digits: bool = False, looks: bool = True, detail: float | None = None) -> list[Example]:
@@ -213,15 +223,11 @@ def examples_for(item: Item, rng: np.random.Generator, n: int, size: int, max_tu
     img, W, H = item.image, *item.image.size
     full_view = (0, 0, W, H)
     full = _resize(img, full_view, size)
-    # facts as (question, answer, boxes to read or None)
-    facts = [(q, a if a is not None else position_words(b, (W, H), digits), [b] if _is_read(a) else None)
-             for q, a, b in item.facts]
+    own, facts = item_turns(item, digits)
     where = {q: b for q, _, b in item.facts}
     named = {**{q: [b] for q, b in where.items()}, item.question: list(item.boxes)}
     reads = [f for f, (_, a, _) in zip(facts, item.facts) if a is not None]
     details = [f for f in facts if f[2] is not None]  # readable in a window on their own
-    read_own = _is_read(target_answer(item)) or item.meta.get("compares", False)  # a yes/no comparing details
-    own = (item.question, target_answer(item), list(item.boxes) if read_own else None)
     kinds, probs = list(KINDS), np.array(list(KINDS.values()))
     out = []
     for kind in map(str, rng.choice(kinds, size=n, p=probs / probs.sum())):
@@ -271,10 +277,10 @@ def full_views(data: list[Example]) -> list[Example]:
     return [ex for ex in data if len(ex.images) == 1 and ex.kind in ("full", "locate")]
 
 
-def own_question(item: Item, q: str, a: str, box) -> tuple[str, str]:
-    """A reading fact's question and answer, or the item's own multiple-choice question and taught answer
-    where `box` is its one evidence box (`reading_crops(own=True)`)."""
-    if item.options and [tuple(x) for x in item.boxes] == [tuple(box)]:
+def own_question(item: Item, q: str, a: str, box, own: bool = True) -> tuple[str, str]:
+    """A reading fact's question and answer, or with `own`, the item's own multiple-choice question and
+    taught answer where `box` is its one evidence box (`reading_crops(own=True)`)."""
+    if own and item.options and [tuple(x) for x in item.boxes] == [tuple(box)]:
         return item.question, target_answer(item)
     return q, a
 
@@ -296,7 +302,7 @@ def reading_crops(item: Item, rng: np.random.Generator, n: int, size: int, max_s
     out = []
     for k in rng.permutation(len(reads))[:n]:
         q, a, b = reads[k]
-        q, a = own_question(item, q, a, b) if own else (q, a)
+        q, a = own_question(item, q, a, b, own)
         crop = crop_around(b, (W, H), rng, (min_scale, max_scale), EXACT_P if min_scale == 1 else 0.0, **(cut or {}))
         d = detail_box(item, b) if detail is not None else None
         views, kind = [crop], "read"
@@ -490,11 +496,3 @@ class Collator:
                     ex.shapes if ex.shapes is not None else np.full((len(ex.images), self.tokens_per_image), -100, np.int8)
                     for ex in batch])),
                 "read_targets": torch.from_numpy(read)}
-
-
-def cpu_seconds() -> float:
-    """CPU time used by this process and its finished children (the rendering pool)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

@@ -138,7 +138,7 @@ def training_set(families=FAMILIES, n: int = 500, seed: int = 1, geometry: str =
     for fam, it, reads in _facts(families, "train", n, seed, geometry):
         for k in rng.permutation(len(reads))[:per_item]:
             q, a, b = reads[k]
-            q, a = own_question(it, q, a, b) if own else (q, a)
+            q, a = own_question(it, q, a, b, own)
             for _ in range(views):
                 images.append(_resize(it.image, crop_around(b, it.image.size, rng, (1.0, max_scale), 0.0, square, spread),
                                       size))

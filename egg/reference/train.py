@@ -60,9 +60,17 @@ from .checkpoint import cached_render, environment, load_checkpoint, load_initia
 from .config import TrainConfig, config_from_args
 from .evaluation import eval_line, quick_eval
 from .build import visual_tokens
-from .data import Collator, Example, batches, cpu_seconds, full_views
+from .data import Collator, Example, batches, full_views
 from .look import attention_rows, capturing, look_loss, register
 from .probes import AuxHeads, check_shape_pool
+
+
+def cpu_seconds() -> float:
+    """CPU time used by this process and its finished children (the rendering pool)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def only_matching(model, pattern: str) -> list:
