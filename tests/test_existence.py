@@ -90,6 +90,14 @@ def test_the_decoder_is_taught_the_same_facts_at_the_full_view(ref_cfg, ref_proc
     test = full_view_set(bench.load("pope", "test", 3, 13, geometry="llava15"), facts=False, size=ref_cfg.image_size)
     r = train_decoder(model, ref_processor, s, test, steps=2, batch=4, eval_every=1, log=lambda m: None)
     assert r.n == {"pope": 3} and [c["step"] for c in r.curve] == [0, 1, 2] and len(r.correct[1.0]) == 3
+    # train_only: the parameters it does not name stay as they were (where the decoder attends), the others move
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    r = train_decoder(model, ref_processor, s, test, steps=2, batch=4, lr=1e-2, eval_every=2, train_only="mlp",
+                      log=lambda m: None)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".mlp." in n for n in moved) and r.settings["train_only"] == "mlp"
+    with pytest.raises(ValueError, match="no_such_part"):
+        train_decoder(model, ref_processor, s, test, steps=1, batch=4, train_only="no_such_part", log=lambda m: None)
 
 
 def test_full_view_rehearsal_asks_what_training_teaches_at_the_full_view():
@@ -100,14 +108,26 @@ def test_full_view_rehearsal_asks_what_training_teaches_at_the_full_view():
 
     geo = "llava15-large-pope"
     text, rwqa = bench.item("text", "train", 0, 1, geo), bench.item("rwqa", "train", 0, 1, geo)
-    taught = taught_at_full_view(text, 336, 64.0)
+    asked = taught_at_full_view(text, 336, 64.0)
+    taught = [(q, a) for q, a, _ in asked if a is not None]
     assert taught and all(q.startswith("where is") for q, _ in taught)  # the letter is not shown at 64 px
     assert len(taught) == len(text.facts) - sum(a is not None for _, a, _ in text.facts)
-    assert (text.question, text.answers[0]) in taught_at_full_view(text, 336, 1.0)  # a 1 px reader reads it all
-    assert (rwqa.question, target_answer(rwqa)) in taught_at_full_view(rwqa, 336, 64.0)
-    s = full_view_set(iter([text, rwqa]), lambda it: taught_at_full_view(it, 56, 64.0), 56)
+    assert len(asked) == len(text.facts) + 1 and asked[0] == (text.question, None, list(text.boxes))
+    assert (text.question, text.answers[0], list(text.boxes)) in taught_at_full_view(text, 336, 1.0)  # 1 px: all read
+    assert (rwqa.question, target_answer(rwqa), list(rwqa.boxes)) in taught_at_full_view(rwqa, 336, 64.0)
+    ask = lambda it: taught_at_full_view(it, 56, 64.0)
+    s = full_view_set(iter([text, rwqa]), ask, 56)
     assert s.images[1.0].shape == (2, 56, 56, 3) and set(s.families) == {"text", "rwqa"}
     assert s.shown().tolist() == sorted(s.shown().tolist()) and s.families[-1] == "rwqa"
+    assert None not in s.answers and len(s.answers) == len(taught) + sum(a is not None for _, a, _ in ask(rwqa))
+    # with a patch: the questions not taught there are asked to look alone, each at its object's tokens
+    looked = full_view_set(iter([text, rwqa]), ask, 56, patch=14)  # a 4x4 grid
+    assert looked.answers[0] is None and len(looked.looks) == len(looked.answers) == len(asked) + len(ask(rwqa))
+    W, H = text.image.size
+    x0, y0, x1, y1 = text.boxes[0]
+    cells = {r * 4 + c for r in range(4) for c in range(4)
+             if c < x1 * 4 / W and (c + 1) > x0 * 4 / W and r < y1 * 4 / H and (r + 1) > y0 * 4 / H}
+    assert set(looked.looks[0]) == cells and 0 < len(cells) < 16
 
 
 def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_path):
@@ -146,3 +166,45 @@ def test_the_command_names_a_layer_the_decoder_does_not_have(ref_dir):
 
     with pytest.raises(SystemExit, match="--layers '0,9'.*from 0 .* to 4"):
         main([str(ref_dir), "--layers", "0,9", "--train-images", "1", "--test-items", "1"])
+
+
+def test_the_decoder_stage_attention_loss_is_trainings_over_the_cached_prefix(ref_cfg, ref_processor):
+    """`_decoder_pass` runs the image's prefix once and the questions after it; its look loss must be
+    the one training computes from eager attention over the whole prompt."""
+    from egg.reference.build import build_model
+    from egg.reference.data import Collator
+    from egg.reference.decoder import _decoder_pass, _encoded, train_decoder
+    from egg.reference.existence import full_view_set
+    from egg.reference.look import look_loss, register
+
+    model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)
+    col, n_vis = Collator(ref_processor), (ref_cfg.image_size // ref_cfg.patch_size) ** 2
+    s = full_view_set(bench.load("pope", "train", 2, 1, geometry="llava15"), True, ref_cfg.image_size, ref_cfg.patch_size)
+    assert len(s.looks) == len(s.answers) and all(s.looks)  # every pope fact names an object
+    enc, image = _encoded(col, s), s.shown()
+    feats = torch.randn(2, n_vis, ref_cfg.text_hidden, generator=torch.Generator().manual_seed(0))
+    model.model.language_model.set_attn_implementation(register(masked=True))
+    logits, _, lf = _decoder_pass(model, col, feats, enc, image, s.looks)
+
+    ids, _, mask = col.pad(enc)
+    emb = model.get_input_embeddings()(ids)
+    is_vis = ids == model.config.image_token_id
+    emb = emb.masked_scatter(is_vis[..., None].expand_as(emb), feats[torch.as_tensor(image)])
+    model.model.language_model.set_attn_implementation("eager")
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, output_attentions=True)
+    att = out.attentions
+    look_q = torch.tensor([(k, e[2][0]) for k, e in enumerate(enc)])
+    look_at = torch.zeros((len(enc), n_vis), dtype=torch.bool)
+    for k, v in enumerate(s.looks):
+        look_at[k, list(v)] = True
+    assert torch.allclose(lf, look_loss(att, is_vis, look_q, look_at), atol=1e-5)
+    p = int(is_vis[0].nonzero().max()) + 1  # and its logits are the whole prompt's
+    ok = torch.cat([mask[:, p + 1:].bool(), torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)[:, :logits.shape[1]]
+    assert torch.allclose(logits[ok], model.lm_head(out.last_hidden_state)[:, p:-1][ok], atol=1e-4)
+
+    test = full_view_set(bench.load("pope", "test", 2, 13, geometry="llava15"), False, ref_cfg.image_size)
+    r = train_decoder(model, ref_processor, s, test, steps=1, batch=2, look=3.0, log=lambda m: None)
+    assert r.settings["look"] == 3.0 and r.curve[-1]["loss"] is not None
+    assert model.model.language_model.config._attn_implementation == "eager"  # as it came
+    with pytest.raises(ValueError, match="looks"):
+        train_decoder(model, ref_processor, test, test, steps=1, look=3.0)

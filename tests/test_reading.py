@@ -183,7 +183,7 @@ def test_the_decoder_pass_is_the_models_own_forward(sets):
     with torch.no_grad():
         feats = torch.cat([v for _, v in R._tokens(model, col, ims)])
         logits, lab = D._decoder_pass(model, col, feats, enc)
-        for k, (ids, labels) in enumerate(enc):
+        for k, (ids, labels, _) in enumerate(enc):
             own = model(input_ids=torch.tensor([ids]), pixel_values=col.pixels(ims[k:k + 1])).logits[0, :-1]
             p = max(i for i, t in enumerate(ids) if t == model.config.image_token_id) + 1  # from here on
             assert torch.allclose(logits[k, : len(ids) - 1 - p], own[p:], atol=1e-5)

@@ -8,6 +8,7 @@ values (pope asks about 11 facts of one full view).
 """
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -25,20 +26,26 @@ def joined(*sets: ReadingSet) -> ReadingSet:
     starts = np.cumsum([0] + [len(i) for i in imgs[:-1]])
     return ReadingSet({0.0: np.concatenate(imgs)}, [a for s in sets for a in s.answers],
                       [f for s in sets for f in s.families], [q for s in sets for q in s.questions],
-                      rows=np.concatenate([s.shown() + k for s, k in zip(sets, starts)]))
+                      rows=np.concatenate([s.shown() + k for s, k in zip(sets, starts)]),
+                      looks=[v for s in sets for v in (s.looks or [()] * len(s.answers))])
 
 
-def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int]]]:
-    return [col.encode(1, [(q, a)])[:2] for q, a in zip(test.questions, test.answers)]
+def _encoded(col: Collator, test: ReadingSet) -> list[tuple[list[int], list[int], list[int]]]:
+    """(ids, labels, the position predicting the answer) per question; an answer None is not asked for."""
+    return [col.encode(1, [(q, a)]) for q, a in zip(test.questions, test.answers)]
 
 
-def _decoder_pass(model, col: Collator, feats, enc, image=None):
+def _decoder_pass(model, col: Collator, feats, enc, image=None, looks=None):
     """Logits and labels of one batch, from the first token after the image on: `feats` (u, tokens, dim) the
     visual tokens of u images, `enc` the encoded questions, question k about image `image[k]` (default: k).
     The prompt up to the image's last token is the same for every question, and under causal attention its
     states do not depend on what follows: it runs once per image, and its keys and values serve every
-    question about that image (pope has about 11 facts per picture)."""
+    question about that image (pope has about 11 facts per picture). With `looks` (per question, the
+    visual tokens of the object it names; the model's attention then `look.ROWS`), also training's
+    attention loss (`look.look_loss`) over the questions that name one, else None."""
     import torch
+
+    from .look import attention_rows, capturing, look_loss
 
     ids, lab, mask = (t.to(feats.device) for t in col.pad(enc))
     image_token = model.config.image_token_id
@@ -51,13 +58,25 @@ def _decoder_pass(model, col: Collator, feats, enc, image=None):
     cache = lm(inputs_embeds=prefix, use_cache=True).cache
     cache.reorder_cache(torch.arange(len(enc), device=feats.device) if image is None
                         else torch.as_tensor(image, device=feats.device))
-    h = lm(inputs_embeds=embed(ids[:, p:]), attention_mask=mask, cache=cache, use_cache=True)
-    return model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
+    with capturing() as captured:
+        h = lm(inputs_embeds=embed(ids[:, p:]), attention_mask=mask, cache=cache, use_cache=True)
+    out = model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
+    if looks is None:
+        return out
+    named = [k for k, v in enumerate(looks) if v]
+    if not named:
+        return (*out, None)
+    look_q = torch.tensor([(k, enc[k][2][0] - p) for k in named], device=feats.device)
+    look_at = torch.zeros((len(named), feats.shape[1]), dtype=torch.bool, device=feats.device)
+    for r, k in enumerate(named):
+        look_at[r, list(looks[k])] = True
+    is_vis = torch.cat([(ids[:, :p] == image_token), torch.zeros_like(ids[:, p:], dtype=torch.bool)], 1)
+    return (*out, look_loss(attention_rows(captured, look_q, offset=p), is_vis, look_q, look_at))
 
 
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
                   lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
-                  log=print) -> ScaleReading:
+                  train_only: str = "", look: float = 0.0, log=print) -> ScaleReading:
     """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (the
     tower as it is, its output computed once; with `projector`, the projector trained too, as
     LLaVA's stage 2 and the recipes' decoder steps train it), scored per scale on `test` (step 0:
@@ -65,7 +84,11 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     is taught nothing else, apart from what a recipe mixes in. A test answer counts when every one
     of its tokens is the argmax after the ones before it (what greedy decoding would answer).
     A step takes `batch` distinct training images with every question asked of each (a crop of
-    `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts)."""
+    `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts).
+    `train_only`: a regex; only the trainable parameters whose names match it train (e.g. not the query and
+    key projections, where the decoder attends, which EGG's map follows). `look` > 0: training's attention
+    loss at that weight on the questions of `train.looks` (taught with none, run 67's decoder stage
+    moved EGG's map off the evidence; questions answered None then teach where to look alone)."""
     import torch
 
     torch.manual_seed(seed)
@@ -100,9 +123,21 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         ok = {f: correct(feats, test_enc, test.shown()) for f, feats in tests.items()}
         return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
+    rx = re.compile(train_only or ".")
+    if look > 0 and not train.looks:
+        raise ValueError("look > 0 needs a training set with looks (existence.full_view_set with a patch)")
+    looks = train.looks * len(scales) if look > 0 else None
+    lm, attention = model.model.language_model, model.model.language_model.config._attn_implementation
+    if look > 0:  # the attention rows the loss reads; the model is given back as it came
+        from .look import register
+
+        lm.set_attn_implementation(register(masked=True))
     for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(frozen))
+        p.requires_grad_(not n.startswith(frozen) and bool(rx.search(n)))
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"train_only={train_only!r} leaves no decoder parameter to train, e.g. "
+                         f"{next(n for n, _ in model.named_parameters() if not n.startswith(frozen))!r}")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
@@ -113,8 +148,11 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         ims = has[rng.choice(len(has), size=min(batch, len(has)), replace=False)]
         idx = np.concatenate([asked[i] for i in ims])
         image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
-        logits, lab = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image)
+        logits, lab, *lf = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image,
+                                         None if looks is None else [looks[i] for i in idx])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
+        if lf and lf[0] is not None:
+            loss = loss + look * lf[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -125,8 +163,11 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
             acc, last = accuracy()
             curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
             log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
-    seen = slice(0, min(len(enc), 400))  # the training questions' accuracy, on a share of them
-    train_acc = 100 * float(correct(x, enc[seen], row[seen]).mean())
+    lm.set_attn_implementation(attention)
+    # the training questions' accuracy, on a share of those with an answer
+    seen = np.flatnonzero([a is not None for a in train.answers] * len(scales))[:400]
+    train_acc = 100 * float(correct(x, [enc[i] for i in seen], row[seen]).mean())
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
-                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector},
+                        settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector,
+                                  "train_only": train_only, "look": look},
                         correct={f: ok.tolist() for f, ok in last.items()})

@@ -22,6 +22,9 @@ runs through the decoder once per step, its facts sharing that pass (`--decoder-
 reading family, so that the decoder keeps what it read before (taught pope alone, it forgot: stop 66);
 ``--rehearse-full N`` the full views of N training items of every other family, with what training teaches
 there (`taught_at_full_view`: with reading crops alone rehearsed, the control fell from 99 to 71%, stop 67);
+``--decoder-look W`` adds training's attention loss on each full view's question (the object it names; those
+not taught there are asked for it alone): taught without, the stage moved EGG's map off the evidence (stop 67);
+``--decoder-train REGEX`` trains only the decoder parameters it names;
 ``--save DIR`` keeps the taught model, its record under `decoder_stage` (and a recipe's "decoder" stage
 runs this command).
 """
@@ -67,16 +70,17 @@ def parse_question(q: str) -> tuple[int, int]:
     return COLOUR_NAMES.index(words[3]), SHAPE_NAMES.index(words[4])
 
 
-def asked(item, facts: bool) -> list[tuple[str, str]]:
-    """(question, "yes"/"no") of a pope item: its "is there" training facts (`facts`), or its test question."""
+def asked(item, facts: bool) -> list[tuple[str, str, list]]:
+    """(question, "yes"/"no", the boxes it names) of a pope item: its "is there" training facts (`facts`;
+    a negative names the object it differs from, as training looks there), or its test question."""
     if not facts:
-        return [(item.question, item.meta["label"])]
-    return [(q, a) for q, a, _ in item.facts if a in ("yes", "no") and q.startswith("is there")]
+        return [(item.question, item.meta["label"], list(item.boxes))]
+    return [(q, a, [b]) for q, a, b in item.facts if a in ("yes", "no") and q.startswith("is there")]
 
 
 def questions(items, facts: bool) -> np.ndarray:
     """Rows (image, colour, shape, yes) of pope items' `asked` questions."""
-    rows = [(i, *parse_question(q), a == "yes") for i, it in enumerate(items) for q, a in asked(it, facts)]
+    rows = [(i, *parse_question(q), a == "yes") for i, it in enumerate(items) for q, a, _ in asked(it, facts)]
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
@@ -94,33 +98,41 @@ def visual_states(vlm, image) -> "torch.Tensor":
     return torch.stack([h[0, prep.visual_positions] for h in out.hidden_states]).half()
 
 
-def full_view_set(items, facts, size: int):
+def full_view_set(items, facts, size: int, patch: int = 0):
     """A `reading.ReadingSet` of questions on each item's full view, resized to the model's input square
     as training shows it; the questions about one item share its view (`rows`). `facts`: pope's `asked`
-    training facts (True) or test question (False), or a function giving an item's (question, answer)
-    pairs (`taught_at_full_view`). `items` may be a generator: only the views are kept."""
-    from .data import _resize
+    training facts (True) or test question (False), or a function giving an item's (question, answer
+    or None, boxes named) triples (`taught_at_full_view`). With `patch`, each question's `looks` are the
+    visual tokens over the boxes it names (training's attention loss); without, the questions answered
+    None (asked only to look) are left out. `items` may be a generator: only the views are kept."""
+    from .data import _resize, look_tokens
     from .reading import ReadingSet
 
     ask = facts if callable(facts) else (lambda it: asked(it, facts))
-    views, pairs = [], []
+    views, shown, qs, answers, families, looks = [], [], [], [], [], []
     for i, it in enumerate(items):
         views.append(_resize(it.image, (0, 0, *it.image.size), size))
-        pairs += [(i, q, a, it.family) for q, a in ask(it)]
-    zero = np.zeros(len(pairs))
-    return ReadingSet({1.0: np.stack(views)}, [p[2] for p in pairs], [p[3] for p in pairs], [p[1] for p in pairs],
-                      crowded={1.0: zero}, detail_px={1.0: zero}, rows=np.array([p[0] for p in pairs]))
+        for q, a, boxes in ask(it):
+            if a is None and not patch:
+                continue
+            shown.append(i), qs.append(q), answers.append(a), families.append(it.family)
+            looks.append(look_tokens(boxes, [(0, 0, *it.image.size)], size, patch) if patch else ())
+    zero = np.zeros(len(shown))
+    return ReadingSet({1.0: np.stack(views)}, answers, families, qs, crowded={1.0: zero},
+                      detail_px={1.0: zero}, rows=np.array(shown), looks=looks if patch else [])
 
 
-def taught_at_full_view(item, size: int, readable_px: float, digits: bool = True) -> list[tuple[str, str]]:
-    """What training teaches on an item's full view (`data.examples_for`): its own question and facts, but
-    those read off a detail that the view does not show at `readable_px` or more."""
+def taught_at_full_view(item, size: int, readable_px: float, digits: bool = True) -> list[tuple[str, str | None, list]]:
+    """What training asks on an item's full view (`data.examples_for`): its own question and facts, with
+    the boxes each names (where training's attention loss looks); the answer None where it is read off a
+    detail that the view does not show at `readable_px` or more (asked, not taught)."""
     from .data import item_turns, untaught
 
     own, facts = item_turns(item, digits)
     turns = [own, *facts]
     skip = set(untaught(turns, [(0, 0, *item.image.size)], size, readable_px))
-    return [(q, a) for k, (q, a, _) in enumerate(turns) if k not in skip]
+    named = {**{q: [b] for q, _, b in item.facts}, item.question: list(item.boxes)}  # as examples_for's looks
+    return [(q, None if k in skip else a, named[q]) for k, (q, a, _) in enumerate(turns)]
 
 
 def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):
@@ -228,6 +240,13 @@ def parser() -> argparse.ArgumentParser:
                          "training teaches there (their own question, where each object is, what is readable)")
     ap.add_argument("--rehearse-px", type=float, default=64.0,
                     help="with --rehearse-full: a detail shown this many pixels or more is read there (--readable-px)")
+    ap.add_argument("--decoder-train", default="",
+                    help="a regex: only the decoder parameters whose names match it train, e.g. "
+                         "'(v_proj|o_proj|mlp|lm_head)' keeps where it attends (run 67 lost EGG's map)")
+    ap.add_argument("--decoder-look", type=float, default=0.0,
+                    help="> 0: the decoder stage's attention loss at this weight (training's --look): each full-view "
+                         "question attends to the object it names; with --rehearse-full, the questions not taught "
+                         "there are asked for that alone")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     ap.add_argument("--save", default=None, help="with --decoder-steps: a directory for the model with its taught decoder")
@@ -284,7 +303,8 @@ def main(argv=None) -> None:
         from .reading import training_set
 
         size, t0 = vlm.adapter.input_resolution[0], time.time()
-        taught = full_view_set(train, True, size)
+        patch = vlm.model.config.vision_config.patch_size if a.decoder_look > 0 else 0
+        taught = full_view_set(train, True, size, patch)
         del train  # full-size items (~1.5 MB each): only their views are taught from here on
         if a.rehearse > 0:
             taught = joined(taught, training_set(n=a.rehearse, geometry=geo.name, size=size, square=True, spread=0.25,
@@ -295,10 +315,10 @@ def main(argv=None) -> None:
             items = (bench.item(f, "train", i, 1, geo) for f in bench.families() if f != "pope"
                      for i in range(a.rehearse_full))
             ask = lambda it: taught_at_full_view(it, size, a.rehearse_px, position_digits(geo.name))
-            taught = joined(taught, full_view_set(items, ask, size))
+            taught = joined(taught, full_view_set(items, ask, size, patch))
         decoder = train_decoder(vlm.model, vlm.processor, taught, full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
-                                log=lambda m: print("decoder " + m, flush=True))
+                                train_only=a.decoder_train, look=a.decoder_look, log=lambda m: print("decoder " + m, flush=True))
         if a.save:
             from .checkpoint import save
 

@@ -19,6 +19,7 @@ import torch
 
 #: The attention implementation's name, as registered with transformers' ``AttentionInterface``.
 ROWS = "egg_attention_rows"
+ROWS_MASKED = "egg_attention_rows_masked"
 
 _captured: list | None = None  # (query, key, scaling) per layer while ``capturing`` is open
 
@@ -33,12 +34,21 @@ def _rows_forward(module, query, key, value, attention_mask, dropout: float = 0.
                                   **kwargs)
 
 
-def register() -> str:
-    """Register ``ROWS`` with transformers (idempotent); its name, for ``set_attn_implementation``."""
+def register(masked: bool = False) -> str:
+    """Register ``ROWS`` with transformers (idempotent); its name, for ``set_attn_implementation``.
+    transformers builds no attention mask for it: SDPA's causal kernel alone, right for training's
+    passes (no cache, right padding: a pad comes after every token that counts), as the committed
+    models were trained. `masked`: the same attention under ``ROWS_MASKED``, with SDPA's mask, which a
+    pass after a cached prefix needs (the causal kernel would align its queries with the first keys)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ROWS, _rows_forward)
-    return ROWS
+    if not masked:
+        return ROWS
+    AttentionInterface.register(ROWS_MASKED, _rows_forward)
+    AttentionMaskInterface.register(ROWS_MASKED, sdpa_mask)
+    return ROWS_MASKED
 
 
 @contextlib.contextmanager
@@ -53,11 +63,11 @@ def capturing() -> Iterator[list]:
         _captured = old
 
 
-def attention_rows(captured: list, look_q: torch.Tensor) -> list[torch.Tensor]:
+def attention_rows(captured: list, look_q: torch.Tensor, offset: int = 0) -> list[torch.Tensor]:
     """Per layer, the attention weights of the rows ``look_q`` ((n, 2): batch index, query
     position), shape (n, heads, L): what ``att[b, :, q]`` of eager attention's (B, heads, L, L)
     weights holds. Causal: keys after the query get zero weight (right padding then never
-    counts)."""
+    counts). `offset`: the keys the pass's queries come after (a cached prefix's length)."""
     b, q = look_q[:, 0], look_q[:, 1]
     out = []
     for query, key, scaling in captured:
@@ -67,7 +77,7 @@ def attention_rows(captured: list, look_q: torch.Tensor) -> list[torch.Tensor]:
             k = k.repeat_interleave(heads // kv_heads, dim=1)
         qr = query[b, :, q].unsqueeze(2)  # (n, heads, 1, d)
         scores = (qr @ k.transpose(-1, -2)).squeeze(2) * scaling  # (n, heads, L)
-        later = torch.arange(k.shape[2], device=k.device)[None, :] > q[:, None]  # (n, L)
+        later = torch.arange(k.shape[2], device=k.device)[None, :] > q[:, None] + offset  # (n, L)
         scores = scores.masked_fill(later[:, None, :], float("-inf"))
         out.append(torch.softmax(scores.float(), dim=-1).to(query.dtype))
     return out

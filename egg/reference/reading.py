@@ -54,7 +54,8 @@ class ReadingSet:
     the detail's longer side in the crop, in input pixels; `detail_tokens[f]`: (n, tokens) bool, the
     visual tokens whose patch overlaps the detail. `rows`: where questions share images (the facts of one
     full view, `existence.full_view_set`), question k is about `images[f][rows[k]]`; None: about `images[f][k]`.
-    Only `decoder.train_decoder` reads sets with shared images."""
+    Only `decoder.train_decoder` reads sets with shared images, and `looks`: per question, the visual
+    tokens of the object it names (its attention loss; empty: none), and an answer None asks for that alone."""
     images: dict[float, np.ndarray]
     answers: list[str]
     families: list[str]
@@ -63,6 +64,7 @@ class ReadingSet:
     detail_px: dict[float, np.ndarray] = field(default_factory=dict)
     detail_tokens: dict[float, np.ndarray] = field(default_factory=dict)
     rows: np.ndarray | None = None
+    looks: list[tuple[int, ...]] = field(default_factory=list)
 
     def shown(self) -> np.ndarray:
         """Per question, its image's row in `images[f]`."""
