@@ -74,6 +74,33 @@ def _decoder_pass(model, col: Collator, feats, enc, image=None, looks=None):
     return (*out, look_loss(attention_rows(captured, look_q, offset=p), is_vis, look_q, look_at))
 
 
+def _trainable(model, frozen: tuple[str, ...], train_only: str) -> list:
+    """The parameters a decoder stage trains: none under `frozen`; with `train_only` (a regex), only those it
+    names (e.g. not the query and key projections, where the decoder attends, which EGG's map follows)."""
+    rx = re.compile(train_only or ".")
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(frozen) and bool(rx.search(n)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"train_only={train_only!r} leaves no decoder parameter to train, e.g. "
+                         f"{next(n for n, _ in model.named_parameters() if not n.startswith(frozen))!r}")
+    return params
+
+
+def _attending(model, train: ReadingSet, look: float) -> str:
+    """With `look` > 0, the decoder's attention set to record the rows its loss reads (`look.ROWS_MASKED`);
+    the implementation it had, to give it back. Questions answered None in `train` teach where to look alone
+    (taught with no attention loss, run 67's decoder stage moved EGG's map off the evidence)."""
+    had = model.model.language_model.config._attn_implementation
+    if look > 0:
+        if not train.looks:
+            raise ValueError("look > 0 needs a training set with looks (existence.full_view_set with a patch)")
+        from .look import register
+
+        model.model.language_model.set_attn_implementation(register(masked=True))
+    return had
+
+
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
                   lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
                   train_only: str = "", look: float = 0.0, log=print) -> ScaleReading:
@@ -85,10 +112,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     of its tokens is the argmax after the ones before it (what greedy decoding would answer).
     A step takes `batch` distinct training images with every question asked of each (a crop of
     `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts).
-    `train_only`: a regex; only the trainable parameters whose names match it train (e.g. not the query and
-    key projections, where the decoder attends, which EGG's map follows). `look` > 0: training's attention
-    loss at that weight on the questions of `train.looks` (taught with none, run 67's decoder stage
-    moved EGG's map off the evidence; questions answered None then teach where to look alone)."""
+    `train_only`: a regex naming the parameters that train; `look` > 0: training's attention loss (`_attending`)."""
     import torch
 
     torch.manual_seed(seed)
@@ -123,21 +147,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         ok = {f: correct(feats, test_enc, test.shown()) for f, feats in tests.items()}
         return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
-    rx = re.compile(train_only or ".")
-    if look > 0 and not train.looks:
-        raise ValueError("look > 0 needs a training set with looks (existence.full_view_set with a patch)")
+    attention, params = _attending(model, train, look), _trainable(model, frozen, train_only)
     looks = train.looks * len(scales) if look > 0 else None
-    lm, attention = model.model.language_model, model.model.language_model.config._attn_implementation
-    if look > 0:  # the attention rows the loss reads; the model is given back as it came
-        from .look import register
-
-        lm.set_attn_implementation(register(masked=True))
-    for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(frozen) and bool(rx.search(n)))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"train_only={train_only!r} leaves no decoder parameter to train, e.g. "
-                         f"{next(n for n, _ in model.named_parameters() if not n.startswith(frozen))!r}")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
@@ -151,8 +162,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         logits, lab, *lf = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image,
                                          None if looks is None else [looks[i] for i in idx])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
-        if lf and lf[0] is not None:
-            loss = loss + look * lf[0]
+        loss = loss + look * lf[0] if lf and lf[0] is not None else loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -163,7 +173,7 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
             acc, last = accuracy()
             curve.append({"step": s, "loss": smooth, "seconds": time.time() - t0, "accuracy": acc})
             log(f"step {s}/{steps} loss {smooth:.3f} {(time.time() - t0) / s:.2f}s/step " + _line(acc))
-    lm.set_attn_implementation(attention)
+    model.model.language_model.set_attn_implementation(attention)  # as it came
     # the training questions' accuracy, on a share of those with an answer
     seen = np.flatnonzero([a is not None for a in train.answers] * len(scales))[:400]
     train_acc = 100 * float(correct(x, [enc[i] for i in seen], row[seen]).mean())
