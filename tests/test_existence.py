@@ -168,6 +168,29 @@ def test_the_command_names_a_layer_the_decoder_does_not_have(ref_dir):
         main([str(ref_dir), "--layers", "0,9", "--train-images", "1", "--test-items", "1"])
 
 
+def _eager(model, col, feats, enc, image, looks):
+    """The look loss and the logits after the image of the whole prompts (eager attention, no cache), as
+    training computes them; `looks` per prompt, per turn."""
+    from egg.reference.look import look_loss
+
+    ids, _, mask = col.pad(enc)
+    emb = model.get_input_embeddings()(ids)
+    is_vis = ids == model.config.image_token_id
+    emb = emb.masked_scatter(is_vis[..., None].expand_as(emb), feats[torch.as_tensor(image)])
+    had = model.model.language_model.config._attn_implementation
+    model.model.language_model.set_attn_implementation("eager")
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, output_attentions=True)
+    model.model.language_model.set_attn_implementation(had)
+    named = [(k, enc[k][2][t], v) for k, turns in enumerate(looks) for t, v in enumerate(turns) if v]
+    look_at = torch.zeros((len(named), feats.shape[1]), dtype=torch.bool)
+    for r, (_, _, v) in enumerate(named):
+        look_at[r, list(v)] = True
+    look_q = torch.tensor([(k, q) for k, q, _ in named])
+    p = int(is_vis[0].nonzero().max()) + 1
+    ok = torch.cat([mask[:, p + 1:].bool(), torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)
+    return look_loss(out.attentions, is_vis, look_q, look_at), model.lm_head(out.last_hidden_state)[:, p:-1], ok
+
+
 def test_the_decoder_stage_attention_loss_is_trainings_over_the_cached_prefix(ref_cfg, ref_processor):
     """`_decoder_pass` runs the image's prefix once and the questions after it; its look loss must be
     the one training computes from eager attention over the whole prompt."""
@@ -175,7 +198,7 @@ def test_the_decoder_stage_attention_loss_is_trainings_over_the_cached_prefix(re
     from egg.reference.data import Collator
     from egg.reference.decoder import _decoder_pass, _encoded, train_decoder
     from egg.reference.existence import full_view_set
-    from egg.reference.look import look_loss, register
+    from egg.reference.look import register
 
     model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)
     col, n_vis = Collator(ref_processor), (ref_cfg.image_size // ref_cfg.patch_size) ** 2
@@ -184,27 +207,53 @@ def test_the_decoder_stage_attention_loss_is_trainings_over_the_cached_prefix(re
     enc, image = _encoded(col, s), s.shown()
     feats = torch.randn(2, n_vis, ref_cfg.text_hidden, generator=torch.Generator().manual_seed(0))
     model.model.language_model.set_attn_implementation(register(masked=True))
-    logits, _, lf = _decoder_pass(model, col, feats, enc, image, s.looks)
+    logits, _, lf = _decoder_pass(model, col, feats, enc, image, [(v,) for v in s.looks])
+    loss, whole, ok = _eager(model, col, feats, enc, image, [(v,) for v in s.looks])
+    assert torch.allclose(lf, loss, atol=1e-5)  # and its logits are the whole prompt's
+    assert torch.allclose(logits[ok[:, :logits.shape[1]]], whole[ok[:, :logits.shape[1]]], atol=1e-4)
 
-    ids, _, mask = col.pad(enc)
-    emb = model.get_input_embeddings()(ids)
-    is_vis = ids == model.config.image_token_id
-    emb = emb.masked_scatter(is_vis[..., None].expand_as(emb), feats[torch.as_tensor(image)])
     model.model.language_model.set_attn_implementation("eager")
-    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask, output_attentions=True)
-    att = out.attentions
-    look_q = torch.tensor([(k, e[2][0]) for k, e in enumerate(enc)])
-    look_at = torch.zeros((len(enc), n_vis), dtype=torch.bool)
-    for k, v in enumerate(s.looks):
-        look_at[k, list(v)] = True
-    assert torch.allclose(lf, look_loss(att, is_vis, look_q, look_at), atol=1e-5)
-    p = int(is_vis[0].nonzero().max()) + 1  # and its logits are the whole prompt's
-    ok = torch.cat([mask[:, p + 1:].bool(), torch.zeros_like(mask[:, :1], dtype=torch.bool)], 1)[:, :logits.shape[1]]
-    assert torch.allclose(logits[ok], model.lm_head(out.last_hidden_state)[:, p:-1][ok], atol=1e-4)
-
     test = full_view_set(bench.load("pope", "test", 2, 13, geometry="llava15"), False, ref_cfg.image_size)
     r = train_decoder(model, ref_processor, s, test, steps=1, batch=2, look=3.0, log=lambda m: None)
     assert r.settings["look"] == 3.0 and r.curve[-1]["loss"] is not None
     assert model.model.language_model.config._attn_implementation == "eager"  # as it came
     with pytest.raises(ValueError, match="looks"):
         train_decoder(model, ref_processor, test, test, steps=1, look=3.0)
+
+
+def test_the_decoder_stage_rehearses_trainings_conversations_with_crops_appended(ref_cfg, ref_processor, tmp_path):
+    """`training_mixture` draws the conversations of the saved model's training record; `_mixture` groups
+    them by image count, and a prompt of a full view and crops gets training's look loss over every view."""
+    import json
+    from dataclasses import asdict
+
+    from egg.reference.build import build_model
+    from egg.reference.config import TrainConfig
+    from egg.reference.data import Collator
+    from egg.reference.decoder import _decoder_pass, _mixture, train_decoder
+    from egg.reference.existence import full_view_set, training_mixture
+    from egg.reference.look import register
+
+    with pytest.raises(SystemExit, match="training_log.json"):
+        training_mixture(tmp_path, 1)
+    (tmp_path / "training_log.json").write_text(json.dumps({"config": asdict(TrainConfig(model=ref_cfg.to_dict()))}))
+    mix = training_mixture(tmp_path, 2, workers=1)
+    tokens = (ref_cfg.image_size // ref_cfg.patch_size) ** 2
+    assert {len(ex.images) for ex in mix} >= {1, 2} and all(ex.enc for ex in mix)
+    two = [ex for ex in mix if len(ex.images) == 2 and any(t >= tokens for v in ex.looks for t in v)]
+    assert two  # some turn looks at its object in the appended crop
+    model = build_model(ref_cfg, ref_processor.tokenizer, seed=0)
+    col = Collator(ref_processor)
+    groups = _mixture(mix, lambda ims: torch.randn(len(ims), tokens, ref_cfg.text_hidden,
+                                                   generator=torch.Generator().manual_seed(len(ims))))
+    x, enc, looks = groups[2]
+    assert x.shape[1] == 2 * tokens and len(enc) == len(looks) == sum(len(ex.images) == 2 for ex in mix)
+    model.model.language_model.set_attn_implementation(register(masked=True))
+    _, _, lf = _decoder_pass(model, col, x[:4], enc[:4], None, looks[:4])
+    assert torch.allclose(lf, _eager(model, col, x[:4], enc[:4], np.arange(4), looks[:4])[0], atol=1e-5)
+
+    s = full_view_set(bench.load("pope", "train", 2, 1, geometry="v1"), True, ref_cfg.image_size, ref_cfg.patch_size)
+    test = full_view_set(bench.load("pope", "test", 2, 13, geometry="v1"), False, ref_cfg.image_size)
+    r = train_decoder(model, ref_processor, s, test, steps=2, batch=4, look=3.0, mix=mix, mix_share=1.0,
+                      log=lambda m: None)
+    assert r.settings["mix"] == len(mix) and r.settings["mix_share"] == 1.0

@@ -40,9 +40,9 @@ def _decoder_pass(model, col: Collator, feats, enc, image=None, looks=None):
     visual tokens of u images, `enc` the encoded questions, question k about image `image[k]` (default: k).
     The prompt up to the image's last token is the same for every question, and under causal attention its
     states do not depend on what follows: it runs once per image, and its keys and values serve every
-    question about that image (pope has about 11 facts per picture). With `looks` (per question, the
-    visual tokens of the object it names; the model's attention then `look.ROWS`), also training's
-    attention loss (`look.look_loss`) over the questions that name one, else None."""
+    question about that image (pope has about 11 facts per picture). With `looks` (per question, per turn:
+    the visual tokens of the object it names; the model's attention then `look.ROWS_MASKED`), also
+    training's attention loss (`look.look_loss`) over the turns that name one, else None."""
     import torch
 
     from .look import attention_rows, capturing, look_loss
@@ -63,15 +63,50 @@ def _decoder_pass(model, col: Collator, feats, enc, image=None, looks=None):
     out = model.lm_head(h.last_hidden_state)[:, :-1], lab[:, p + 1:]
     if looks is None:
         return out
-    named = [k for k, v in enumerate(looks) if v]
+    named = [(k, enc[k][2][t] - p, v) for k, turns in enumerate(looks) for t, v in enumerate(turns) if v]
     if not named:
         return (*out, None)
-    look_q = torch.tensor([(k, enc[k][2][0] - p) for k in named], device=feats.device)
+    look_q = torch.tensor([(k, q) for k, q, _ in named], device=feats.device)
     look_at = torch.zeros((len(named), feats.shape[1]), dtype=torch.bool, device=feats.device)
-    for r, k in enumerate(named):
-        look_at[r, list(looks[k])] = True
+    for r, (_, _, v) in enumerate(named):
+        look_at[r, list(v)] = True
     is_vis = torch.cat([(ids[:, :p] == image_token), torch.zeros_like(ids[:, p:], dtype=torch.bool)], 1)
     return (*out, look_loss(attention_rows(captured, look_q, offset=p), is_vis, look_q, look_at))
+
+
+def _mixture(mix, cache) -> dict[int, tuple]:
+    """Training's own conversations (`data.Example`s, encoded), grouped by their number of images as
+    `data.batches` groups them (a batch's prompts share one prefix): per count k, the visual tokens of
+    each conversation's images side by side ((n, k x tokens, dim), computed once), their encodings and
+    their looks (per turn, over all k images)."""
+    import torch
+
+    groups: dict[int, list] = {}
+    for ex in mix:
+        groups.setdefault(len(ex.images), []).append(ex)
+    out = {}
+    for k, exs in sorted(groups.items()):
+        x = [cache(np.concatenate([np.asarray(ex.images) for ex in exs[i:i + 32]])) for i in range(0, len(exs), 32)]
+        x = torch.cat(x).view(len(exs), -1, x[0].shape[-1])
+        out[k] = (x, [ex.enc for ex in exs], [ex.looks or ((),) * len(ex.turns) for ex in exs])
+    return out
+
+
+def _step_batch(rng, batch: int, train: tuple, groups: dict, mix_share: float) -> tuple:
+    """One step's visual tokens, encodings, image per question (None: each its own) and looks (None: no
+    attention loss): `mix_share` of the steps a batch of `_mixture`'s conversations with one number of
+    images, else `batch` of `train`'s images (tokens, encodings, questions per image, images asked about,
+    looks) with every question asked of each."""
+    x, enc, asked, has, looks = train
+    if groups and rng.random() < mix_share:
+        counts = np.array([len(g[1]) for g in groups.values()])
+        gx, genc, glooks = list(groups.values())[rng.choice(len(counts), p=counts / counts.sum())]
+        idx = rng.choice(len(genc), size=min(batch, len(genc)), replace=False)
+        return gx[idx], [genc[i] for i in idx], None, None if looks is None else [glooks[i] for i in idx]
+    ims = has[rng.choice(len(has), size=min(batch, len(has)), replace=False)]
+    idx = np.concatenate([asked[i] for i in ims])
+    image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
+    return x[ims], [enc[i] for i in idx], image, None if looks is None else [looks[i] for i in idx]
 
 
 def _trainable(model, frozen: tuple[str, ...], train_only: str) -> list:
@@ -103,7 +138,7 @@ def _attending(model, train: ReadingSet, look: float) -> str:
 
 def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: int = 1500, batch: int = 32,
                   lr: float = 2e-4, seed: int = 0, eval_every: int = 500, projector: bool = False,
-                  train_only: str = "", look: float = 0.0, log=print) -> ScaleReading:
+                  train_only: str = "", look: float = 0.0, mix=(), mix_share: float = 0.0, log=print) -> ScaleReading:
     """`model`'s decoder trained to answer each crop's question from its frozen visual tokens (the
     tower as it is, its output computed once; with `projector`, the projector trained too, as
     LLaVA's stage 2 and the recipes' decoder steps train it), scored per scale on `test` (step 0:
@@ -112,7 +147,9 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     of its tokens is the argmax after the ones before it (what greedy decoding would answer).
     A step takes `batch` distinct training images with every question asked of each (a crop of
     `scale_set` or `training_set` has one; a full view of `existence.full_view_set`, all its facts).
-    `train_only`: a regex naming the parameters that train; `look` > 0: training's attention loss (`_attending`)."""
+    `train_only`: a regex naming the parameters that train; `look` > 0: training's attention loss (`_attending`).
+    `mix`: training's own conversations (full views and crops, `_mixture`); that share of the steps take
+    `batch` of them instead, all with one number of images (EGG and the oracle ask with a crop appended)."""
     import torch
 
     torch.manual_seed(seed)
@@ -148,7 +185,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
         return {f: _family_means(test, v) for f, v in ok.items()}, ok
 
     attention, params = _attending(model, train, look), _trainable(model, frozen, train_only)
-    looks = train.looks * len(scales) if look > 0 else None
+    looks = [(v,) for v in train.looks] * len(scales) if look > 0 else None
+    groups = _mixture(mix, cache) if mix_share > 0 else {}
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(steps))
     rng = np.random.default_rng(seed)
@@ -156,11 +194,8 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     curve, smooth, t0 = [{"step": 0, "loss": None, "seconds": 0.0, "accuracy": acc}], None, time.time()
     log("step 0 " + _line(acc))
     for s in range(1, steps + 1):
-        ims = has[rng.choice(len(has), size=min(batch, len(has)), replace=False)]
-        idx = np.concatenate([asked[i] for i in ims])
-        image = np.repeat(np.arange(len(ims)), [len(asked[i]) for i in ims])
-        logits, lab, *lf = _decoder_pass(model, col, project(x[ims].to(dev).float()), [enc[i] for i in idx], image,
-                                         None if looks is None else [looks[i] for i in idx])
+        feats, benc, image, blooks = _step_batch(rng, batch, (x, enc, asked, has, looks), groups, mix_share)
+        logits, lab, *lf = _decoder_pass(model, col, project(feats.to(dev).float()), benc, image, blooks)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1))
         loss = loss + look * lf[0] if lf and lf[0] is not None else loss
         opt.zero_grad(set_to_none=True)
@@ -179,5 +214,5 @@ def train_decoder(model, processor, train: ReadingSet, test: ReadingSet, steps: 
     train_acc = 100 * float(correct(x, [enc[i] for i in seen], row[seen]).mean())
     return ScaleReading(acc, **_described(test), train_accuracy=round(train_acc, 1), curve=curve,
                         settings={"steps": steps, "batch": batch, "lr": lr, "seed": seed, "projector": projector,
-                                  "train_only": train_only, "look": look},
+                                  "train_only": train_only, "look": look, "mix": len(mix), "mix_share": mix_share},
                         correct={f: ok.tolist() for f, ok in last.items()})

@@ -24,7 +24,9 @@ reading family, so that the decoder keeps what it read before (taught pope alone
 there (`taught_at_full_view`: with reading crops alone rehearsed, the control fell from 99 to 71%, stop 67);
 ``--decoder-look W`` adds training's attention loss on each full view's question (the object it names; those
 not taught there are asked for it alone): taught without, the stage moved EGG's map off the evidence (stop 67);
-``--decoder-train REGEX`` trains only the decoder parameters it names;
+``--decoder-train REGEX`` trains only the decoder parameters it names; ``--rehearse-mix N`` the conversations
+the model was trained on (`training_mixture`: full views with crops appended, where EGG and the oracle ask;
+with the attention loss alone on full views, run 68b lost the reading there, stop 68);
 ``--save DIR`` keeps the taught model, its record under `decoder_stage` (and a recipe's "decoder" stage
 runs this command).
 """
@@ -133,6 +135,22 @@ def taught_at_full_view(item, size: int, readable_px: float, digits: bool = True
     skip = set(untaught(turns, [(0, 0, *item.image.size)], size, readable_px))
     named = {**{q: [b] for q, _, b in item.facts}, item.question: list(item.boxes)}  # as examples_for's looks
     return [(q, None if k in skip else a, named[q]) for k, (q, a, _) in enumerate(turns)]
+
+
+def training_mixture(model_dir, n: int, workers: int = 2) -> list:
+    """The conversations the model in `model_dir` was trained on, as its training record's settings draw
+    them (`data.render_dataset`), from its first `n` training items per family: full views with the
+    crops appended as EGG and the oracle append them, each turn looking at what it names."""
+    from .build import ReferenceConfig
+    from .config import TrainConfig
+    from .data import render_dataset
+
+    log = Path(model_dir) / "training_log.json"
+    if not log.is_file():
+        raise SystemExit(f"--rehearse-mix draws {model_dir}'s training conversations from its training_log.json, "
+                         "which it lacks: give a model trained by egg.reference.train")
+    cfg = TrainConfig(**{**json.loads(log.read_text())["config"], "items_per_family": n, "workers": workers})
+    return render_dataset(cfg, ReferenceConfig(**cfg.model), lambda m: print("mixture " + m, flush=True))[0]
 
 
 def _reader(dim: int, heads: int, width: int, colour: bool, shape: bool):
@@ -247,6 +265,10 @@ def parser() -> argparse.ArgumentParser:
                     help="> 0: the decoder stage's attention loss at this weight (training's --look): each full-view "
                          "question attends to the object it names; with --rehearse-full, the questions not taught "
                          "there are asked for that alone")
+    ap.add_argument("--rehearse-mix", type=int, default=0,
+                    help="> 0: the decoder also rehearses the conversations the model was trained on (its training "
+                         "record's mixture), of this many training items per family, with crops appended")
+    ap.add_argument("--mix-share", type=float, default=0.5, help="with --rehearse-mix: the share of steps that do")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="a JSON file for the results")
     ap.add_argument("--save", default=None, help="with --decoder-steps: a directory for the model with its taught decoder")
@@ -318,7 +340,9 @@ def main(argv=None) -> None:
             taught = joined(taught, full_view_set(items, ask, size, patch))
         decoder = train_decoder(vlm.model, vlm.processor, taught, full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
-                                train_only=a.decoder_train, look=a.decoder_look, log=lambda m: print("decoder " + m, flush=True))
+                                train_only=a.decoder_train, look=a.decoder_look, log=lambda m: print("decoder " + m, flush=True),
+                                mix=training_mixture(a.model, a.rehearse_mix, a.threads) if a.rehearse_mix > 0 else (),
+                                mix_share=a.mix_share if a.rehearse_mix > 0 else 0.0)
         if a.save:
             from .checkpoint import save
 
