@@ -305,6 +305,9 @@ def main(argv=None) -> None:
         raise SystemExit("--save keeps the model with its taught decoder: give --decoder-steps too")
     if any(not 0 <= v <= n_layers for v in layers):
         raise SystemExit(f"--layers {a.layers!r}: give layers from 0 (the decoder's input) to {n_layers}, comma-separated")
+    # rendered first, while this process is small: its workers fork it (forked after the sets below, they
+    # outgrew 24 GB)
+    mix = training_mixture(a.model, a.rehearse_mix, a.threads) if a.decoder_steps > 0 and a.rehearse_mix > 0 else ()
     geo = bench.geometry_for(vlm)
     train = bench.load("pope", "train", a.train_images, 1, geometry=geo)
     test = bench.load("pope", "test", a.test_items, a.test_seed, geometry=geo)
@@ -341,8 +344,7 @@ def main(argv=None) -> None:
         decoder = train_decoder(vlm.model, vlm.processor, taught, full_view_set(test, False, size),
                                 a.decoder_steps, a.decoder_images, a.decoder_lr, eval_every=max(a.decoder_steps // 6, 1),
                                 train_only=a.decoder_train, look=a.decoder_look, log=lambda m: print("decoder " + m, flush=True),
-                                mix=training_mixture(a.model, a.rehearse_mix, a.threads) if a.rehearse_mix > 0 else (),
-                                mix_share=a.mix_share if a.rehearse_mix > 0 else 0.0)
+                                mix=mix, mix_share=a.mix_share if mix else 0.0)
         if a.save:
             from .checkpoint import save
 
