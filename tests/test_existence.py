@@ -157,6 +157,11 @@ def test_the_command_writes_the_readers_and_the_decoders_results(ref_dir, tmp_pa
     assert stage["settings"]["rehearse"] == stage["settings"]["rehearse_full"] == 1 and stage["continues"] == str(ref_dir) and stage["result"] == d["decoder"]
     changed = [not torch.equal(p, q) for p, q in zip(taught.model.parameters(), before.model.parameters())]
     assert any(changed) and not all(changed)  # the decoder moved, the tower did not
+    # continuing it: its training record's conversations rehearsed, with the attention loss
+    main([str(tmp_path / "taught"), "--train-images", "2", "--test-items", "2", "--layers", "", "--decoder-steps", "2",
+          "--decoder-images", "2", "--rehearse-mix", "1", "--mix-share", "1", "--decoder-look", "1", "--out", str(out)])
+    settings = json.loads(out.read_text())["decoder"]["settings"]
+    assert settings["mix"] > 0 and settings["mix_share"] == 1.0 and settings["look"] == 1.0
     with pytest.raises(SystemExit, match="--save .* --decoder-steps"):
         main([str(ref_dir), "--save", str(tmp_path / "x")])
 
